@@ -1,0 +1,40 @@
+"""`openjepa` command line: parsing only; the work is done by functions anyone can call."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, load_config
+from .data import DataError
+
+EXIT_BAD_INPUT = 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = train(cfg, max_steps=args.max_steps)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="openjepa", description="I-JEPA pretraining and reuse")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("train", help="pretrain (resumes from RUN/checkpoints/latest.pt if present)")
+    p.add_argument("config", help="YAML config (ours or a reference one)")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. optimization.epochs=10")
+    p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
+    p.set_defaults(func=_train)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"openjepa: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Typed configuration: dataclasses with defaults, YAML files, dotted overrides, validation.
+
+The sections and key names are those of the reference repository (data / logging / mask / meta /
+optimization), so its YAML files load unchanged; our additions live in the same sections. Any
+unknown or mistyped key is an error that names it and the closest valid key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+DATASETS = ("folder", "fashion_mnist", "synthetic")
+LOSSES = ("smooth_l1", "l2")
+TARGETS = ("representations", "pixels")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and the problem."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "folder"  # folder | fashion_mnist | synthetic
+    root_path: str = ""  # folder datasets: root_path / image_folder; fashion_mnist: idx files ("" = search)
+    image_folder: str = ""
+    synthetic_size: int = 1024  # images in the synthetic dataset (random blobs; for tests and benchmarks)
+    batch_size: int = 128  # per process
+    crop_size: int = 224
+    crop_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])
+    in_chans: int = 3
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    num_workers: int = 4
+    pin_mem: bool = True
+    use_horizontal_flip: bool = False
+    # Accepted for reference configs; I-JEPA uses no other augmentation, so they must stay off.
+    use_gaussian_blur: bool = False
+    use_color_distortion: bool = False
+    color_jitter_strength: float = 0.0
+
+
+@dataclass
+class MaskConfig:
+    strategy: str = "multiblock"  # multiblock | block | rasterized | random (the paper's Table 6)
+    reference_sampler: bool = False  # reproduce the reference sampler's exact (biased) behaviour
+    options: dict = field(default_factory=dict)  # extra options of the block/rasterized/random samplers
+    patch_size: int = 16
+    num_enc_masks: int = 1
+    enc_mask_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
+    num_pred_masks: int = 4
+    pred_mask_scale: list[float] = field(default_factory=lambda: [0.15, 0.2])
+    aspect_ratio: list[float] = field(default_factory=lambda: [0.75, 1.5])
+    min_keep: int = 10
+    allow_overlap: bool = False
+
+
+@dataclass
+class MetaConfig:
+    model_name: str = "vit_base"
+    pred_depth: int = 6
+    pred_emb_dim: int = 384
+    loss: str = "smooth_l1"  # smooth_l1 (reference code) | l2 (paper text)
+    target: str = "representations"  # representations | pixels (the paper's Table 7 ablation)
+    use_bfloat16: bool = True  # bf16 autocast on CUDA; CPU always trains in fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    grad_checkpointing: bool = False
+    # Reference keys. A run always resumes from its own latest.pt; these two are accepted as no-ops
+    # when off, and read_checkpoint is refused until loading foreign checkpoints exists.
+    load_checkpoint: bool = False
+    read_checkpoint: str | None = None
+    copy_data: bool = False
+
+
+@dataclass
+class OptimizationConfig:
+    epochs: int = 300
+    warmup: float = 40  # epochs of linear LR warmup from start_lr to lr
+    start_lr: float = 2e-4
+    lr: float = 1e-3
+    final_lr: float = 1e-6
+    weight_decay: float = 0.04
+    final_weight_decay: float = 0.4
+    ema: list[float] = field(default_factory=lambda: [0.996, 1.0])
+    ipe_scale: float = 1.0  # schedules span ipe_scale x epochs x iterations-per-epoch steps
+    clip_grad: float = 0.0  # max gradient norm; 0 = off
+    accum_steps: int = 1  # micro-batches per optimiser step
+
+
+@dataclass
+class LoggingConfig:
+    folder: str = "runs/ijepa"  # the run directory
+    write_tag: str = "jepa"  # accepted for reference configs; names the TensorBoard run
+    log_every: int = 10  # steps between host read-backs of the loss (log.csv, TensorBoard, progress bar)
+    checkpoint_every: int = 10  # epochs between kept checkpoints (latest.pt is written every epoch)
+    checkpoint_every_steps: int = 0  # also refresh latest.pt every N steps; 0 = off
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_types(section: str) -> dict[str, object]:
+    cls = {f.name: f.default_factory for f in dataclasses.fields(Config)}[section]
+    return typing.get_type_hints(cls)
+
+
+def _unknown(kind: str, name: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; valid: {', '.join(valid)}"
+    return ConfigError(f"unknown {kind} {name!r}{hint}")
+
+
+_SCALARS = {bool: ((bool,), "true or false"), int: ((int,), "an integer"), float: ((int, float), "a number"),
+            str: ((str,), "a string"), dict: ((dict,), "a mapping")}
+
+
+def _coerce(key: str, value, hint):
+    """Check ``value`` against the type ``hint``; return it converted (int -> float, tuple -> list)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _coerce(key, value, next(a for a in args if a is not type(None)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if hint not in _SCALARS:
+        raise TypeError(f"unsupported config type {hint} for {key}")
+    accepted, what = _SCALARS[hint]
+    if not isinstance(value, accepted) or (hint is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {what}, got {value!r}")
+    return float(value) if hint is float else value
+
+
+def _set(cfg: Config, section: str, key: str, value) -> None:
+    if section not in SECTIONS:
+        raise _unknown("config section", section, list(SECTIONS))
+    hints = _section_types(section)
+    if key not in hints:
+        raise _unknown(f"key in section {section!r}", key, list(hints))
+    setattr(getattr(cfg, section), key, _coerce(f"{section}.{key}", value, hints[key]))
+
+
+def from_dict(raw: dict, cfg: Config | None = None) -> Config:
+    cfg = cfg or Config()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise _unknown("config section", str(section), list(SECTIONS))
+        if not isinstance(values, dict):
+            raise ConfigError(f"section {section!r} must be a mapping of keys")
+        for key, value in values.items():
+            _set(cfg, section, str(key), value)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``lr=1e-3``, ``ema=[0.99,1]``)."""
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""  # `key=` sets an empty string
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
+        _set(cfg, section, key, value)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (ours or a reference one), then the overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        try:
+            from_dict(raw, cfg)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    apply_overrides(cfg, overrides or [])
+    validate(cfg)
+    return cfg
+
+
+def _check_pair(key: str, value: list[float], low: float, high: float) -> None:
+    if len(value) != 2 or not (low < value[0] <= value[1] <= high):
+        raise ConfigError(f"{key} must be [min, max] with {low} < min <= max <= {high}, got {value}")
+
+
+def validate(cfg: Config) -> Config:
+    """Reject impossible values before any compute is spent."""
+    from .models.vit import VIT_SIZES, resolve_size
+
+    d, m, meta, o, log = cfg.data, cfg.mask, cfg.meta, cfg.optimization, cfg.logging
+    if d.dataset not in DATASETS:
+        raise ConfigError(f"data.dataset must be one of {', '.join(DATASETS)}, got {d.dataset!r}")
+    for key in ("batch_size", "crop_size", "in_chans", "synthetic_size"):
+        if getattr(d, key) < 1:
+            raise ConfigError(f"data.{key} must be at least 1, got {getattr(d, key)}")
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
+    _check_pair("data.crop_scale", d.crop_scale, 0.0, 1.0)
+    for key in ("mean", "std"):
+        if len(getattr(d, key)) not in (1, d.in_chans):
+            raise ConfigError(f"data.{key} needs 1 or data.in_chans={d.in_chans} values, got {getattr(d, key)}")
+    if any(s <= 0 for s in d.std):
+        raise ConfigError(f"data.std must be positive, got {d.std}")
+    for key in ("use_gaussian_blur", "use_color_distortion"):
+        if getattr(d, key):
+            raise ConfigError(f"data.{key}: I-JEPA uses no augmentation beyond the random resized crop "
+                              f"(and optional flip); set it to false")
+    if d.color_jitter_strength != 0:
+        raise ConfigError("data.color_jitter_strength must be 0: I-JEPA uses no colour augmentation")
+    if m.patch_size < 1 or d.crop_size % m.patch_size:
+        raise ConfigError(f"mask.patch_size {m.patch_size} does not divide data.crop_size {d.crop_size}")
+    from .masks import SAMPLERS
+
+    if m.strategy not in SAMPLERS:
+        raise ConfigError(f"mask.strategy must be one of {', '.join(SAMPLERS)}, got {m.strategy!r}")
+    if m.reference_sampler and m.strategy != "multiblock":
+        raise ConfigError("mask.reference_sampler reproduces the reference multiblock sampler only")
+    if m.num_enc_masks != 1:
+        raise ConfigError(f"mask.num_enc_masks must be 1 (one context block), got {m.num_enc_masks}")
+    if m.num_pred_masks < 1:
+        raise ConfigError(f"mask.num_pred_masks must be at least 1, got {m.num_pred_masks}")
+    _check_pair("mask.enc_mask_scale", m.enc_mask_scale, 0.0, 1.0)
+    _check_pair("mask.pred_mask_scale", m.pred_mask_scale, 0.0, 1.0)
+    _check_pair("mask.aspect_ratio", m.aspect_ratio, 0.0, float("inf"))
+    grid = (d.crop_size // m.patch_size) ** 2
+    if not 1 <= m.min_keep < grid:
+        raise ConfigError(f"mask.min_keep must be in [1, {grid}) for a {grid}-patch grid, got {m.min_keep}")
+    try:
+        size = resolve_size(meta.model_name)
+    except ValueError:
+        raise ConfigError(f"meta.model_name {meta.model_name!r} is not one of {', '.join(VIT_SIZES)}") from None
+    if meta.pred_depth < 1 or meta.pred_emb_dim < 1 or meta.pred_emb_dim % size.heads or meta.pred_emb_dim % 4:
+        raise ConfigError(f"meta.pred_emb_dim must be a positive multiple of 4 and of the encoder's "
+                          f"{size.heads} heads, and meta.pred_depth positive; got {meta.pred_emb_dim}, {meta.pred_depth}")
+    if meta.loss not in LOSSES:
+        raise ConfigError(f"meta.loss must be one of {', '.join(LOSSES)}, got {meta.loss!r}")
+    if meta.target not in TARGETS:
+        raise ConfigError(f"meta.target must be one of {', '.join(TARGETS)}, got {meta.target!r}")
+    if meta.read_checkpoint:
+        raise ConfigError("meta.read_checkpoint is not supported: a run resumes from its own "
+                          "checkpoints/latest.pt; copy the checkpoint there to continue it")
+    if o.epochs < 1:
+        raise ConfigError(f"optimization.epochs must be at least 1, got {o.epochs}")
+    if o.warmup < 0 or o.ipe_scale <= 0:
+        raise ConfigError("optimization.warmup must be >= 0 and optimization.ipe_scale > 0")
+    for key in ("start_lr", "lr", "final_lr", "weight_decay", "final_weight_decay", "clip_grad"):
+        if getattr(o, key) < 0:
+            raise ConfigError(f"optimization.{key} must be >= 0, got {getattr(o, key)}")
+    _check_pair("optimization.ema", o.ema, -1e-12, 1.0)
+    if o.accum_steps < 1:
+        raise ConfigError(f"optimization.accum_steps must be at least 1, got {o.accum_steps}")
+    if log.log_every < 1 or log.checkpoint_every < 1 or log.checkpoint_every_steps < 0:
+        raise ConfigError("logging.log_every and logging.checkpoint_every must be >= 1, "
+                          "logging.checkpoint_every_steps >= 0")
+    return cfg

@@ -1,0 +1,359 @@
+"""Datasets, the pretraining transform, and the loader that feeds (images, masks) batches.
+
+Every random choice of the input pipeline (data order, crop, flip, masks) is drawn from a
+generator seeded by (seed, what, micro-batch number[, position]), never from a worker's global
+RNG. A batch therefore depends only on the seed and its number: the same on 0 or 8 workers, and
+a resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import struct
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFile
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "data/fashion-mnist")
+FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                  "Bag", "Ankle boot")
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error (skipped and counted), not grey pixels
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message names the path and the problem."""
+
+
+class UnreadableImage(Exception):
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
+def seed_for(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, stream, step, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def generator_for(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_for(*parts))
+
+
+# Streams of randomness, one per use, so that changing one never shifts another.
+ORDER, CROP, MASK = 1, 2, 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets: each returns (image float [C, H, W] in [0, 1], label int; -1 when unlabelled)
+# ---------------------------------------------------------------------------------------------
+
+def to_channels(img: torch.Tensor, in_chans: int) -> torch.Tensor:
+    if img.size(0) == in_chans:
+        return img
+    if in_chans == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114])[: img.size(0)]
+        return (img[:3] * weights.view(-1, 1, 1)).sum(0, keepdim=True) / weights.sum()
+    if img.size(0) == 1:
+        return img.expand(in_chans, -1, -1).clone()
+    raise DataError(f"cannot turn a {img.size(0)}-channel image into {in_chans} channels")
+
+
+def load_image(path: str | Path, in_chans: int = 3) -> torch.Tensor:
+    """Decode any common image (CMYK, RGBA, palette, 16-bit, grayscale) to [in_chans, H, W] in [0, 1]."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                arr = np.asarray(im, dtype=np.float32)
+                scale = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                img = torch.from_numpy(arr / scale).clamp_(0, 1).unsqueeze(0)
+                return to_channels(img, in_chans)
+            im = im.convert("L" if in_chans == 1 else "RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # PIL raises many types for bad files; all mean "cannot decode"
+        raise UnreadableImage(str(path), f"{type(e).__name__}: {e}") from None
+    if min(arr.shape[:2]) < 2:
+        raise UnreadableImage(str(path), f"image of {arr.shape[1]}x{arr.shape[0]} pixels is too small")
+    img = torch.from_numpy(arr.copy()).float().div_(255)
+    img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
+    return to_channels(img, in_chans)
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Images under ``root``, searched recursively. With class sub-folders (``root/cat/x.jpg``)
+    labels are the sorted sub-folder names; a flat folder is unlabelled (label -1)."""
+
+    def __init__(self, root: str | Path, in_chans: int = 3):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"data folder {self.root} not found")
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not self.files:
+            raise DataError(f"data folder {self.root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        subdirs = sorted({p.relative_to(self.root).parts[0] for p in self.files if len(p.relative_to(self.root).parts) > 1})
+        self.classes = subdirs if subdirs and all(len(p.relative_to(self.root).parts) > 1 for p in self.files) else []
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.labels = [index[p.relative_to(self.root).parts[0]] if self.classes else -1 for p in self.files]
+        self.in_chans = in_chans
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return load_image(self.files[i], self.in_chans), self.labels[i]
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """In-memory images: uint8 arrays [N, H, W] or [N, H, W, C] (0-255), or float tensors
+    [N, C, H, W] in [0, 1]."""
+
+    def __init__(self, images, labels: Sequence[int] | None = None, in_chans: int | None = None):
+        if isinstance(images, np.ndarray):
+            if images.ndim == 3:
+                images = images[..., None]
+            if images.ndim != 4:
+                raise DataError(f"image array must be [N, H, W] or [N, H, W, C], got shape {images.shape}")
+            scale = 255.0 if images.dtype == np.uint8 else 1.0
+            images = torch.from_numpy(np.array(images, copy=not images.flags.writeable)).permute(0, 3, 1, 2)
+            self.images, self.scale = images, scale
+        else:
+            if images.ndim != 4:
+                raise DataError(f"image tensor must be [N, C, H, W], got shape {tuple(images.shape)}")
+            self.images, self.scale = images, (255.0 if images.dtype == torch.uint8 else 1.0)
+        if len(self.images) == 0:
+            raise DataError("the image array is empty")
+        self.labels = list(labels) if labels is not None else [-1] * len(self.images)
+        if len(self.labels) != len(self.images):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+        self.in_chans = in_chans or self.images.size(1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.images[i].float() / self.scale
+        return to_channels(img, self.in_chans), int(self.labels[i])
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 8:
+        raise DataError(f"{path} is not an idx file of unsigned bytes")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path} is truncated: {body.size} bytes for shape {shape}")
+    return body.reshape(shape)
+
+
+def find_fashion_mnist(root: str | Path | None = None) -> Path:
+    candidates = [Path(root)] if root else [Path(d) for d in FMNIST_DIRS]
+    for folder in candidates:
+        if any((folder / (FMNIST_FILES["train"][0] + ext)).exists() for ext in ("", ".gz")):
+            return folder
+    raise DataError(f"Fashion-MNIST idx files not found in {', '.join(map(str, candidates))}: install "
+                    f"Debian's dataset-fashion-mnist, run `make data`, or put {FMNIST_FILES['train'][0]}.gz "
+                    f"and the other three idx files in a folder and set data.root_path to it")
+
+
+def fashion_mnist_arrays(root: str | Path | None = None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    if split not in FMNIST_FILES:
+        raise DataError(f"Fashion-MNIST split must be train or test, got {split!r}")
+    folder = find_fashion_mnist(root)
+    out = []
+    for name in FMNIST_FILES[split]:
+        path = next((folder / (name + ext) for ext in (".gz", "") if (folder / (name + ext)).exists()), None)
+        if path is None:
+            raise DataError(f"{folder / name}(.gz) not found")
+        out.append(_read_idx(path))
+    return out[0], out[1].astype(np.int64)
+
+
+def fashion_mnist(root: str | Path | None = None, split: str = "train", in_chans: int = 1) -> ArrayDataset:
+    images, labels = fashion_mnist_arrays(root, split)
+    return ArrayDataset(images, labels.tolist(), in_chans)
+
+
+def download_fashion_mnist(dest: str | Path = "data/fashion-mnist") -> Path:
+    """Fetch the four idx files from the dataset's own source (where the network allows)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (n for split in FMNIST_FILES.values() for n in split):
+        target = dest / f"{name}.gz"
+        if target.exists():
+            continue
+        tmp = target.with_suffix(".gz.part")
+        with urllib.request.urlopen(FMNIST_URL + target.name, timeout=60) as r, open(tmp, "wb") as f:
+            f.write(r.read())
+        os.replace(tmp, target)
+    return dest
+
+
+class SyntheticDataset(torch.utils.data.Dataset):
+    """Smooth random images (low-resolution noise, upsampled), fixed per index; label = index % 10.
+    For tests and benchmarks: structured enough for the loss to fall."""
+
+    def __init__(self, size: int = 1024, image_size: int = 32, in_chans: int = 3, seed: int = 0):
+        self.size, self.image_size, self.in_chans, self.seed = size, image_size, in_chans, seed
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        g = generator_for(self.seed, i)
+        low = torch.rand(1, self.in_chans, 4, 4, generator=g)
+        img = F.interpolate(low, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)[0]
+        return img, i % 10
+
+
+# ---------------------------------------------------------------------------------------------
+# The pretraining transform: random resized crop (+ optional flip), normalisation
+# ---------------------------------------------------------------------------------------------
+
+def crop_box(height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
+             generator: torch.Generator) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random crop covering ``scale`` of the area with aspect ``ratio``
+    (w/h, sampled log-uniformly); after 10 misses, the central crop of the closest aspect."""
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio, dtype=torch.float64))
+    for _ in range(10):
+        target = area * float(torch.empty(()).uniform_(scale[0], scale[1], generator=generator))
+        aspect = float(torch.exp(torch.empty((), dtype=torch.float64).uniform_(*log_ratio.tolist(), generator=generator)))
+        w = int(round((target * aspect) ** 0.5))
+        h = int(round((target / aspect) ** 0.5))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@dataclass
+class PretrainTransform:
+    crop_size: int
+    crop_scale: Sequence[float] = (0.3, 1.0)
+    mean: Sequence[float] = (0.485, 0.456, 0.406)
+    std: Sequence[float] = (0.229, 0.224, 0.225)
+    horizontal_flip: bool = False
+    ratio: Sequence[float] = (3 / 4, 4 / 3)
+
+    def __call__(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        top, left, h, w = crop_box(img.size(1), img.size(2), self.crop_scale, self.ratio, generator)
+        img = img[:, top:top + h, left:left + w].unsqueeze(0)
+        img = F.interpolate(img, size=(self.crop_size, self.crop_size), mode="bilinear",
+                            align_corners=False, antialias=True)[0]
+        if self.horizontal_flip and bool(torch.rand((), generator=generator) < 0.5):
+            img = img.flip(-1)
+        mean = torch.tensor(self.mean, dtype=img.dtype).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=img.dtype).view(-1, 1, 1)
+        return (img - mean) / std
+
+
+# ---------------------------------------------------------------------------------------------
+# The loader: numbered micro-batches, transform per sample, masks in the collate
+# ---------------------------------------------------------------------------------------------
+
+class NumberedBatches(torch.utils.data.Sampler):
+    """Yields micro-batches ``start .. total-1`` as lists of (dataset index, batch number). Batch b
+    is slice ``b % per_epoch`` of epoch ``b // per_epoch``'s permutation, drawn from (seed, epoch);
+    rank r of w takes the r-th of w consecutive slices."""
+
+    def __init__(self, dataset_size: int, batch_size: int, per_epoch: int, start: int, total: int,
+                 seed: int, rank: int = 0, world_size: int = 1):
+        self.n, self.batch_size, self.per_epoch = dataset_size, batch_size, per_epoch
+        self.start, self.total, self.seed = start, total, seed
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return max(self.total - self.start, 0)
+
+    def __iter__(self):
+        epoch, order = -1, None
+        for b in range(self.start, self.total):
+            if b // self.per_epoch != epoch:
+                epoch = b // self.per_epoch
+                order = torch.randperm(self.n, generator=generator_for(self.seed, ORDER, epoch))
+            first = ((b % self.per_epoch) * self.world_size + self.rank) * self.batch_size
+            yield [(int(i), b) for i in order[first:first + self.batch_size]]
+
+
+class NumberedDataset(torch.utils.data.Dataset):
+    """Looks up (index, batch number); applies the transform with a generator from
+    (seed, batch number, index). An image that cannot be decoded comes back as None, to be
+    skipped and counted by the collate."""
+
+    def __init__(self, base: torch.utils.data.Dataset, transform: Callable, seed: int):
+        self.base, self.transform, self.seed = base, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, batch = key
+        try:
+            img, _ = self.base[index]
+        except UnreadableImage as e:
+            return None, e.path
+        return self.transform(img, generator_for(self.seed, CROP, batch, index)), batch
+
+
+class MaskCollator:
+    """Stacks a micro-batch and samples its masks with a generator from (seed, batch number)."""
+
+    def __init__(self, sampler: Callable, seed: int):
+        self.sampler, self.seed = sampler, seed
+
+    def __call__(self, items: list) -> dict:
+        good = [img for img, _ in items if img is not None]
+        skipped = [path for img, path in items if img is None]
+        batch = next((b for img, b in items if img is not None), -1)
+        if not good:
+            return {"images": None, "batch": batch, "skipped": skipped}
+        context_idx, target_idx = self.sampler(len(good), generator_for(self.seed, MASK, batch))
+        return {"images": torch.stack(good), "context_idx": context_idx, "target_idx": target_idx,
+                "batch": batch, "skipped": skipped}
+
+
+def build_dataset(data_cfg, split: str = "train") -> torch.utils.data.Dataset:
+    """The dataset a config names. Raises DataError (naming the path) before any compute is spent."""
+    d = data_cfg
+    if d.dataset == "fashion_mnist":
+        return fashion_mnist(d.root_path or None, split, d.in_chans)
+    if d.dataset == "synthetic":
+        return SyntheticDataset(d.synthetic_size, d.crop_size, d.in_chans)
+    root = Path(d.root_path) / d.image_folder if d.image_folder else Path(d.root_path or ".")
+    return ImageFolder(root, d.in_chans)
+
+
+def build_pretrain_loader(dataset, transform, sampler, batch_size: int, per_epoch: int, start: int, total: int,
+                          seed: int, num_workers: int = 0, pin_memory: bool = False,
+                          rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
+    """One loader for the whole run (workers start once), from micro-batch ``start`` on."""
+    batches = NumberedBatches(len(dataset), batch_size, per_epoch, start, total, seed, rank, world_size)
+    return torch.utils.data.DataLoader(
+        NumberedDataset(dataset, transform, seed), batch_sampler=batches,
+        collate_fn=MaskCollator(sampler, seed), num_workers=num_workers, pin_memory=pin_memory,
+        persistent_workers=False, prefetch_factor=4 if num_workers else None)

@@ -1,0 +1,86 @@
+"""I-JEPA, as in the paper's Figure 1: a context encoder sees the context block, a predictor
+predicts each target block's representation from it, and the targets come from an EMA copy of
+the encoder run on the whole image, layer-normed, gathered at the target blocks.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .models.predictor import Predictor
+from .models.vit import VisionTransformer, build_encoder, gather_tokens, resolve_size
+
+
+def patchify_pixels(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, N, C*p*p] in raster order, each patch normalised to zero mean and unit
+    variance (the pixel target of the paper's Table 7, as MAE's normalised-pixel loss)."""
+    B, C, H, W = images.shape
+    p = patch_size
+    x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, (H // p) * (W // p), C * p * p)
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
+    return (x - mean) / (var + 1e-6).sqrt()
+
+
+class IJEPA(nn.Module):
+    def __init__(self, encoder: VisionTransformer, predictor: Predictor, loss: str = "smooth_l1",
+                 target: str = "representations"):
+        super().__init__()
+        if loss not in ("smooth_l1", "l2"):
+            raise ValueError(f"loss must be smooth_l1 or l2, got {loss!r}")
+        if target not in ("representations", "pixels"):
+            raise ValueError(f"target must be representations or pixels, got {target!r}")
+        self.encoder = encoder
+        self.predictor = predictor
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.loss, self.target = loss, target
+
+    def forward_target(self, images: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+        """[B, M, Kt, D]: layer_norm(target_encoder(image)) at each target block (no gradient)."""
+        B, M, Kt = target_idx.shape
+        with torch.no_grad():
+            if self.target == "pixels":
+                h = patchify_pixels(images, self.encoder.patch_size)
+            else:
+                h = self.target_encoder(images)
+                h = F.layer_norm(h, (h.size(-1),))
+            return gather_tokens(h, target_idx.reshape(B, M * Kt)).reshape(B, M, Kt, -1)
+
+    def forward_context(self, images: torch.Tensor, context_idx: torch.Tensor,
+                        target_idx: torch.Tensor) -> torch.Tensor:
+        """[B, M, Kt, D]: the predictor's guess of each target block from the context."""
+        return self.predictor(self.encoder(images, context_idx), context_idx, target_idx)
+
+    def forward_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        prediction = prediction.float()
+        if self.loss == "l2":
+            return F.mse_loss(prediction, target.float())
+        return F.smooth_l1_loss(prediction, target.float(), beta=1.0)
+
+    def forward(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+        target = self.forward_target(images, target_idx)
+        return self.forward_loss(self.forward_context(images, context_idx, target_idx), target)
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """target <- momentum * target + (1 - momentum) * online, over all parameters at once."""
+        online = list(self.encoder.parameters())
+        target = list(self.target_encoder.parameters())
+        torch._foreach_lerp_(target, online, 1.0 - momentum)
+
+
+def build_ijepa(cfg) -> IJEPA:
+    """The three networks a config describes (``cfg`` a ``Config``)."""
+    d, m, meta = cfg.data, cfg.mask, cfg.meta
+    encoder = build_encoder(meta.model_name, d.crop_size, m.patch_size, d.in_chans)
+    size = resolve_size(meta.model_name)
+    out_dim = d.in_chans * m.patch_size ** 2 if meta.target == "pixels" else None
+    # The predictor keeps MLP ratio 4 at every size (the reference's, the giant included).
+    predictor = Predictor(encoder.grid, encoder.embed_dim, meta.pred_emb_dim, meta.pred_depth,
+                          size.heads, out_dim=out_dim)
+    if meta.grad_checkpointing:
+        encoder.set_grad_checkpointing()
+        predictor.set_grad_checkpointing()
+    return IJEPA(encoder, predictor, meta.loss, meta.target)

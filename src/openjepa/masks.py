@@ -1,0 +1,278 @@
+"""Mask samplers: which patches the context encoder sees and which target blocks are predicted.
+
+``build_mask_sampler(name, grid=(H, W), **options)`` returns a callable
+``sampler(batch_size, generator=None) -> (context_idx [B, Kc], target_idx [B, M, Kt])`` of flat
+raster patch indices, sorted within each row. The four strategies are those of the paper's Table 6:
+
+- ``multiblock`` (I-JEPA): M target blocks (scale 0.15-0.2, aspect 0.75-1.5) and one context
+  block (scale 0.85-1.0, square) with every target removed.
+- ``block``: one large target block, the context its complement.
+- ``rasterized``: the grid cut into quadrants, one the context, the other three targets.
+- ``random``: i.i.d. random patches as the target (as MAE), the rest the context.
+
+Every strategy builds boolean masks on the grid, vectorised over the batch, then packs them into
+index tensors of one length per batch. Where lengths differ, tokens are dropped uniformly at
+random, never the last ones in raster order: the reference sampler's cut piles the context into
+the top rows (its issue #60). Block corners are uniform over every valid position, the last row
+and column included (the reference never reaches them: its PR #40).
+
+``multiblock`` with ``reference=True`` reproduces the reference sampler instead, RNG call for RNG
+call, for comparison; it is slow and biased and should not be used for training.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+Grid = tuple[int, int]
+MaskSampler = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+_MAX_CONTEXT_TRIES = 20
+_MAX_TARGET_TRIES = 100
+
+
+def _check_range(name: str, value, low: float, high: float) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair [min, max], got {value!r}") from None
+    if not (low < lo <= hi <= high):
+        raise ValueError(f"{name} must satisfy {low} < min <= max <= {high}, got [{lo}, {hi}]")
+    return lo, hi
+
+
+def block_size(grid: Grid, scale: float, aspect: float) -> tuple[int, int]:
+    """(h, w) of a block covering ``scale`` of the grid with height/width ``aspect``, rounded to
+    whole patches and kept inside the grid."""
+    area = scale * grid[0] * grid[1]
+    h = int(round(math.sqrt(area * aspect)))
+    w = int(round(math.sqrt(area / aspect)))
+    return min(max(h, 1), grid[0]), min(max(w, 1), grid[1])
+
+
+def _uniform(low_high: tuple[float, float], generator: torch.Generator | None) -> float:
+    lo, hi = low_high
+    return lo + float(torch.rand((), generator=generator)) * (hi - lo)
+
+
+def place_blocks(batch: int, count: int, size: tuple[int, int], grid: Grid,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """[batch, count, H, W] boolean masks of h x w blocks, each corner uniform over all
+    (H - h + 1) x (W - w + 1) valid positions."""
+    (h, w), (H, W) = size, grid
+    top = torch.randint(0, H - h + 1, (batch, count, 1), generator=generator)
+    left = torch.randint(0, W - w + 1, (batch, count, 1), generator=generator)
+    rows, cols = torch.arange(H), torch.arange(W)
+    in_rows = (rows >= top) & (rows < top + h)
+    in_cols = (cols >= left) & (cols < left + w)
+    return in_rows.unsqueeze(-1) & in_cols.unsqueeze(-2)
+
+
+def pack(masks: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Boolean masks [B, K, N] -> sorted flat indices [B, K, L], L the smallest count; masks with
+    more than L patches keep a uniformly random subset of L."""
+    counts = masks.sum(-1)
+    length = int(counts.min())
+    if length == 0:
+        raise ValueError("a mask is empty; the mask settings leave no patch to keep")
+    if bool((counts == length).all()):
+        return masks.nonzero()[:, -1].reshape(*masks.shape[:-1], length)
+    keys = torch.rand(masks.shape, generator=generator).masked_fill_(~masks, 2.0)
+    return keys.argsort(dim=-1)[..., :length].sort(dim=-1).values
+
+
+class MultiBlockSampler:
+    """I-JEPA's multi-block masking. One target size and one context size are drawn per batch
+    (targets are then whole blocks of one length, so no target patch is ever dropped); scale and
+    aspect ratio are drawn independently (the reference draws both from one number)."""
+
+    def __init__(self, grid: Grid, num_targets: int = 4, target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5),
+                 context_scale=(0.85, 1.0), context_aspect=(1.0, 1.0), min_keep: int = 10,
+                 allow_overlap: bool = False):
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.num_patches = self.grid[0] * self.grid[1]
+        if num_targets < 1:
+            raise ValueError(f"num_targets must be at least 1, got {num_targets}")
+        self.num_targets = int(num_targets)
+        self.target_scale = _check_range("target_scale", target_scale, 0.0, 1.0)
+        self.target_aspect = _check_range("target_aspect", target_aspect, 0.0, math.inf)
+        self.context_scale = _check_range("context_scale", context_scale, 0.0, 1.0)
+        self.context_aspect = _check_range("context_aspect", context_aspect, 0.0, math.inf)
+        if not 1 <= min_keep < self.num_patches:
+            raise ValueError(f"min_keep must be in [1, {self.num_patches}) for a {self.grid} grid, got {min_keep}")
+        self.min_keep = int(min_keep)
+        self.allow_overlap = bool(allow_overlap)
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None):
+        B, grid, g = batch_size, self.grid, generator
+        t_size = block_size(grid, _uniform(self.target_scale, g), _uniform(self.target_aspect, g))
+        c_size = block_size(grid, _uniform(self.context_scale, g), _uniform(self.context_aspect, g))
+        targets = place_blocks(B, self.num_targets, t_size, grid, g)
+        context = self._context(targets, c_size, g)
+        for _ in range(_MAX_TARGET_TRIES):
+            bad = context.flatten(1).sum(1) < self.min_keep
+            if not bad.any():
+                break
+            n = int(bad.sum())  # these targets leave too little room: draw them and their context again
+            targets[bad] = place_blocks(n, self.num_targets, t_size, grid, g)
+            context[bad] = self._context(targets[bad], c_size, g)
+        else:
+            raise ValueError(f"could not place a context of min_keep={self.min_keep} patches beside "
+                             f"{self.num_targets} targets of {t_size} on a {grid} grid; "
+                             f"lower min_keep or the target scale")
+        target_idx = pack(targets.flatten(2), g)
+        context_idx = pack(context.flatten(1).unsqueeze(1), g).squeeze(1)
+        return context_idx, target_idx
+
+    def _context(self, targets: torch.Tensor, size: tuple[int, int], g) -> torch.Tensor:
+        """A context block per sample minus the targets, re-placed where it keeps < min_keep."""
+        free = ~targets.any(1) if not self.allow_overlap else torch.ones_like(targets[:, 0])
+        context = place_blocks(len(targets), 1, size, self.grid, g)[:, 0] & free
+        for _ in range(_MAX_CONTEXT_TRIES):
+            bad = context.flatten(1).sum(1) < self.min_keep
+            if not bad.any():
+                break
+            context[bad] = place_blocks(int(bad.sum()), 1, size, self.grid, g)[:, 0] & free[bad]
+        return context
+
+
+class BlockSampler:
+    """Table 6 'block': one large target block; the context is everything else."""
+
+    def __init__(self, grid: Grid, target_scale=(0.55, 0.65), target_aspect=(0.75, 1.5), min_keep: int = 10):
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.num_targets = 1
+        self.target_scale = _check_range("target_scale", target_scale, 0.0, 1.0)
+        self.target_aspect = _check_range("target_aspect", target_aspect, 0.0, math.inf)
+        self.min_keep = int(min_keep)
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None):
+        g = generator
+        size = block_size(self.grid, _uniform(self.target_scale, g), _uniform(self.target_aspect, g))
+        target = place_blocks(batch_size, 1, size, self.grid, g)
+        if (~target[0, 0]).sum() < self.min_keep:
+            raise ValueError(f"a target block of {size} on a {self.grid} grid leaves fewer than "
+                             f"min_keep={self.min_keep} context patches; lower target_scale")
+        return pack((~target).flatten(2), g).squeeze(1), pack(target.flatten(2), g)
+
+
+class RasterizedSampler:
+    """Table 6 'rasterized': the grid cut into four quadrants; a random one is the context, the
+    other three are the targets."""
+
+    def __init__(self, grid: Grid):
+        self.grid = (int(grid[0]), int(grid[1]))
+        if min(self.grid) < 2:
+            raise ValueError(f"rasterized masking needs a grid of at least 2x2, got {self.grid}")
+        self.num_targets = 3
+        H, W = self.grid
+        rows, cols = torch.arange(H).unsqueeze(1), torch.arange(W).unsqueeze(0)
+        quadrant = (rows >= H // 2).long() * 2 + (cols >= W // 2).long()
+        self.quadrants = torch.stack([quadrant == q for q in range(4)]).flatten(1)  # [4, N]
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None):
+        context_q = torch.randint(0, 4, (batch_size,), generator=generator)
+        others = torch.stack([torch.tensor([q for q in range(4) if q != c]) for c in range(4)])
+        context = self.quadrants[context_q].unsqueeze(1)
+        targets = self.quadrants[others[context_q]]
+        return pack(context, generator).squeeze(1), pack(targets, generator)
+
+
+class RandomSampler:
+    """Table 6 'random': a ``target_ratio`` share of patches drawn i.i.d. as one target set."""
+
+    def __init__(self, grid: Grid, target_ratio: float = 0.6):
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.num_targets = 1
+        n = self.grid[0] * self.grid[1]
+        self.num_target_patches = int(round(target_ratio * n))
+        if not 0 < self.num_target_patches < n:
+            raise ValueError(f"target_ratio must leave at least one target and one context patch, got {target_ratio}")
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None):
+        n = self.grid[0] * self.grid[1]
+        order = torch.rand(batch_size, n, generator=generator).argsort(dim=1)
+        target_idx = order[:, : self.num_target_patches].sort(dim=1).values.unsqueeze(1)
+        context_idx = order[:, self.num_target_patches:].sort(dim=1).values
+        return context_idx, target_idx
+
+
+class ReferenceMultiBlockSampler:
+    """The reference repository's MaskCollator, reproduced call for call: block sizes from a
+    generator seeded with a batch counter, one uniform number for both scale and aspect ratio,
+    corners from the given generator (the global RNG when None) with an exclusive upper bound, the
+    context relaxed after 20 failed tries, and every mask cut to the batch's shortest by dropping
+    its last tokens in raster order. For comparison only."""
+
+    def __init__(self, grid: Grid, num_targets: int = 4, target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5),
+                 context_scale=(0.85, 1.0), context_aspect=(1.0, 1.0), min_keep: int = 10,
+                 allow_overlap: bool = False):
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.num_targets = num_targets
+        self.target_scale, self.target_aspect = tuple(target_scale), tuple(target_aspect)
+        self.context_scale, self.context_aspect = tuple(context_scale), tuple(context_aspect)
+        self.min_keep = min_keep
+        self.allow_overlap = allow_overlap
+        self.counter = -1
+
+    def _size(self, g: torch.Generator, scale, aspect_range) -> tuple[int, int]:
+        u = torch.rand(1, generator=g).item()
+        keep = int(self.grid[0] * self.grid[1] * (scale[0] + u * (scale[1] - scale[0])))
+        aspect = aspect_range[0] + u * (aspect_range[1] - aspect_range[0])
+        h, w = int(round(math.sqrt(keep * aspect))), int(round(math.sqrt(keep / aspect)))
+        return min(h, self.grid[0] - 1), min(w, self.grid[1] - 1)
+
+    def _block(self, size, generator, acceptable=None):
+        (h, w), (H, W) = size, self.grid
+        tries, timeout = 0, _MAX_CONTEXT_TRIES
+        while True:
+            top = int(torch.randint(0, H - h, (1,), generator=generator))
+            left = int(torch.randint(0, W - w, (1,), generator=generator))
+            mask = torch.zeros(H, W, dtype=torch.int32)
+            mask[top:top + h, left:left + w] = 1
+            for region in (acceptable or [])[: max(len(acceptable or []) - tries, 0)]:
+                mask *= region
+            idx = torch.nonzero(mask.flatten()).squeeze(1)
+            if len(idx) > self.min_keep:
+                break
+            timeout -= 1
+            if timeout == 0:
+                tries, timeout = tries + 1, _MAX_CONTEXT_TRIES
+        complement = torch.ones(H, W, dtype=torch.int32)
+        complement[top:top + h, left:left + w] = 0
+        return idx, complement
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None):
+        self.counter += 1
+        g = torch.Generator().manual_seed(self.counter)
+        t_size = self._size(g, self.target_scale, self.target_aspect)
+        c_size = self._size(g, self.context_scale, (1.0, 1.0))
+        targets, contexts = [], []
+        for _ in range(batch_size):
+            blocks = [self._block(t_size, generator) for _ in range(self.num_targets)]
+            targets.append([b[0] for b in blocks])
+            acceptable = None if self.allow_overlap else [b[1] for b in blocks]
+            contexts.append(self._block(c_size, generator, acceptable)[0])
+        kt = min(len(t) for ts in targets for t in ts)
+        kc = min(len(c) for c in contexts)
+        target_idx = torch.stack([torch.stack([t[:kt] for t in ts]) for ts in targets])
+        return torch.stack([c[:kc] for c in contexts]), target_idx
+
+
+SAMPLERS = {"multiblock": MultiBlockSampler, "block": BlockSampler,
+            "rasterized": RasterizedSampler, "random": RandomSampler}
+
+
+def build_mask_sampler(name: str, grid: Grid, reference: bool = False, **options) -> MaskSampler:
+    """A sampler by strategy name; ``reference=True`` (multiblock only) gives the reference
+    repository's sampler. Unknown names or options raise ValueError naming them."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown mask strategy {name!r}; choose one of {', '.join(SAMPLERS)}")
+    if reference and name != "multiblock":
+        raise ValueError("reference=True reproduces the reference multiblock sampler only")
+    cls = ReferenceMultiBlockSampler if reference else SAMPLERS[name]
+    try:
+        return cls(tuple(grid), **options)
+    except TypeError as e:
+        raise ValueError(f"mask strategy {name!r}: {e}") from None

@@ -1,0 +1,307 @@
+"""The pretraining loop: set-up, resume, loop (schedules -> step -> EMA), log, checkpoint.
+
+Schedules are pure functions of the step, and every batch is a pure function of (seed, batch
+number), so a resumed run needs only the weights, the optimiser state and the step.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointError, atomic_save, load_checkpoint
+from .config import Config, validate
+from .data import PretrainTransform, build_dataset, build_pretrain_loader
+from .ijepa import IJEPA, build_ijepa
+from .masks import build_mask_sampler
+
+log = logging.getLogger("openjepa")
+
+LOG_COLUMNS = ("step", "epoch", "loss", "lr", "wd", "momentum", "context_tokens", "target_tokens",
+               "img_per_s", "mem_mb", "skipped_images", "elapsed_s")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the step."""
+
+
+@dataclass(frozen=True)
+class Schedules:
+    """The reference's schedules, as functions of the 0-based optimiser step: LR linear warmup
+    from start_lr to lr, then cosine to final_lr; weight decay cosine from weight_decay to
+    final_weight_decay; EMA momentum linear from ema[0] to ema[1]. LR and WD are evaluated at
+    step + 1 and the momentum at step, as the reference's step counters do."""
+
+    start_lr: float
+    lr: float
+    final_lr: float
+    warmup_steps: int
+    total_steps: int  # ipe_scale x epochs x steps per epoch
+    wd: float
+    final_wd: float
+    ema_start: float
+    ema_end: float
+
+    @classmethod
+    def from_config(cls, o, steps_per_epoch: int) -> "Schedules":
+        total = int(o.ipe_scale * o.epochs * steps_per_epoch)
+        return cls(o.start_lr, o.lr, o.final_lr, int(o.warmup * steps_per_epoch), total,
+                   o.weight_decay, o.final_weight_decay, o.ema[0], o.ema[1])
+
+    def lr_at(self, step: int) -> float:
+        s = step + 1
+        if s < self.warmup_steps:
+            return self.start_lr + s / max(1, self.warmup_steps) * (self.lr - self.start_lr)
+        progress = (s - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return max(self.final_lr, self.final_lr + (self.lr - self.final_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def wd_at(self, step: int) -> float:
+        progress = (step + 1) / max(1, self.total_steps)
+        wd = self.final_wd + (self.wd - self.final_wd) * 0.5 * (1 + math.cos(math.pi * progress))
+        return max(self.final_wd, wd) if self.final_wd <= self.wd else min(self.final_wd, wd)
+
+    def momentum_at(self, step: int) -> float:
+        return min(self.ema_end, self.ema_start + step * (self.ema_end - self.ema_start) / max(1, self.total_steps))
+
+
+def param_groups(model: IJEPA) -> list[dict]:
+    """AdamW groups: weight decay on matrices and kernels; none on biases and 1-D parameters."""
+    decay, no_decay = [], []
+    for module in (model.encoder, model.predictor):
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "decay": True}, {"params": no_decay, "decay": False, "weight_decay": 0.0}]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"meta.device is {name!r} but CUDA is not available")
+    return device
+
+
+def memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _setup_logging(run_dir: Path) -> None:
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / "train.log")):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    log.propagate = False
+
+
+class CSVLog:
+    """log.csv: the header written once; a resumed run appends, dropping rows past its step."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        if path.exists() and path.stat().st_size:
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        else:
+            rows = []
+        with open(path, "w", newline="") as f:  # rewrite without rows from after the checkpoint
+            writer = csv.DictWriter(f, LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, LOG_COLUMNS).writerow(row)
+
+
+def save_state(path: Path, model: IJEPA, optimizer, step: int, epoch: int, cfg: Config) -> Path:
+    return atomic_save({
+        "format": "openjepa", "version": 1, "step": step, "epoch": epoch,
+        "encoder": model.encoder.state_dict(), "predictor": model.predictor.state_dict(),
+        "target_encoder": model.target_encoder.state_dict(), "opt": optimizer.state_dict(),
+        "config": cfg.to_dict()}, path)
+
+
+def restore_state(path: Path, model: IJEPA, optimizer) -> int:
+    state = load_checkpoint(path)
+    try:
+        for key in ("encoder", "predictor", "target_encoder"):
+            getattr(model, key).load_state_dict(state[key])
+        optimizer.load_state_dict(state["opt"])
+        return int(state["step"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} does not match this config "
+                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def train(cfg: Config, max_steps: int | None = None) -> Path:
+    """Pretrain as ``cfg`` says; resume from ``<folder>/checkpoints/latest.pt`` if present.
+    ``max_steps`` stops (with a checkpoint) after that many optimiser steps in total, for tests
+    and interrupted runs. Returns the run directory."""
+    validate(cfg)
+    d, m, meta, o, lg = cfg.data, cfg.mask, cfg.meta, cfg.optimization, cfg.logging
+    dataset = build_dataset(d)  # fails on a missing or empty data folder before anything is written
+    device = resolve_device(meta.device)
+    micro_per_epoch = len(dataset) // d.batch_size // o.accum_steps * o.accum_steps
+    if micro_per_epoch == 0:
+        raise TrainingError(f"the dataset has {len(dataset)} images, fewer than one optimiser step of "
+                            f"{d.batch_size * o.accum_steps} (data.batch_size x optimization.accum_steps)")
+    steps_per_epoch = micro_per_epoch // o.accum_steps
+    total_steps = o.epochs * steps_per_epoch
+    grid = (d.crop_size // m.patch_size,) * 2
+    if m.strategy == "multiblock":
+        sampler = build_mask_sampler("multiblock", grid, reference=m.reference_sampler,
+                                     num_targets=m.num_pred_masks, target_scale=m.pred_mask_scale,
+                                     target_aspect=m.aspect_ratio, context_scale=m.enc_mask_scale,
+                                     min_keep=m.min_keep, allow_overlap=m.allow_overlap, **m.options)
+    else:
+        sampler = build_mask_sampler(m.strategy, grid, **m.options)
+
+    run_dir = Path(lg.folder)
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(run_dir)
+    torch.manual_seed(meta.seed)
+    model = build_ijepa(cfg).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model), lr=o.start_lr, weight_decay=o.weight_decay)
+    schedules = Schedules.from_config(o, steps_per_epoch)
+
+    latest = ckpt_dir / "latest.pt"
+    start_step = restore_state(latest, model, optimizer) if latest.exists() else 0
+    if start_step:
+        log.info("resuming %s from step %d (epoch %d)", latest, start_step, start_step // steps_per_epoch)
+    atomic_save_text(run_dir / "config.yaml", cfg)
+    stop_step = min(total_steps, max_steps) if max_steps is not None else total_steps
+    if start_step >= stop_step:
+        log.info("nothing to do: the run is at step %d of %d", start_step, stop_step)
+        return run_dir
+
+    transform = PretrainTransform(d.crop_size, d.crop_scale, _per_channel(d.mean, d.in_chans),
+                                  _per_channel(d.std, d.in_chans), d.use_horizontal_flip)
+    loader = build_pretrain_loader(dataset, transform, sampler, d.batch_size, micro_per_epoch,
+                                   start_step * o.accum_steps, stop_step * o.accum_steps, meta.seed,
+                                   d.num_workers, d.pin_mem and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=meta.use_bfloat16 and device.type == "cuda")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    csv_log = CSVLog(run_dir / "log.csv", start_step)
+    writer = _tensorboard(run_dir, lg, start_step)
+    from tqdm.auto import tqdm
+    bar = tqdm(total=stop_step, initial=start_step, disable=not lg.progress_bar, unit="step", dynamic_ncols=True)
+    log.info("training %s on %s: %d images, %d steps/epoch of %d images, steps %d..%d, run dir %s",
+             meta.model_name, device, len(dataset), steps_per_epoch, d.batch_size * o.accum_steps,
+             start_step, stop_step, run_dir)
+
+    batches = iter(loader)
+    window = _Window(device)
+    skipped_total, t0 = 0, time.perf_counter()
+    for step in range(start_step, stop_step):
+        lr, wd, momentum = schedules.lr_at(step), schedules.wd_at(step), schedules.momentum_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            if group["decay"]:
+                group["weight_decay"] = wd
+        for _ in range(o.accum_steps):
+            batch = next(batches)
+            if batch["skipped"]:
+                skipped_total += len(batch["skipped"])
+                log.warning("skipped %d unreadable image(s) (%d so far), e.g. %s", len(batch["skipped"]),
+                            skipped_total, batch["skipped"][0])
+            if batch["images"] is None:
+                continue
+            images = batch["images"].to(device, non_blocking=True)
+            context_idx = batch["context_idx"].to(device, non_blocking=True)
+            target_idx = batch["target_idx"].to(device, non_blocking=True)
+            with autocast:
+                loss = model(images, context_idx, target_idx)
+            (loss / o.accum_steps).backward()
+            window.add(loss.detach(), len(images), context_idx.size(1), target_idx.size(1) * target_idx.size(2))
+        if o.clip_grad > 0:
+            nn.utils.clip_grad_norm_(params, o.clip_grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.update_target(momentum)
+        bar.update(1)
+
+        done = step + 1
+        if done % lg.log_every == 0 or done == stop_step:
+            row = window.read(done, done / steps_per_epoch, lr, wd, momentum, skipped_total, time.perf_counter() - t0)
+            if not math.isfinite(row["loss"]):
+                raise TrainingError(f"loss is {row['loss']} at step {done}; stopping. The last good checkpoint "
+                                    f"{latest if latest.exists() else '(none yet)'} is kept")
+            csv_log.append(row)
+            if writer is not None:
+                for key in LOG_COLUMNS[2:-1]:
+                    writer.add_scalar(f"train/{key}", row[key], done)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+        epoch_end = done % steps_per_epoch == 0
+        if epoch_end or done == stop_step or (lg.checkpoint_every_steps and done % lg.checkpoint_every_steps == 0):
+            save_state(latest, model, optimizer, done, done // steps_per_epoch, cfg)
+            epoch = done // steps_per_epoch
+            if epoch_end and (epoch % lg.checkpoint_every == 0 or done == total_steps):
+                save_state(ckpt_dir / f"epoch_{epoch:04d}.pt", model, optimizer, done, epoch, cfg)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    log.info("stopped at step %d of %d; checkpoint %s", stop_step, total_steps, latest)
+    return run_dir
+
+
+class _Window:
+    """Sums the loss on the device between log points: one host read-back per window."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.batches = self.images = self.context = self.target = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, images: int, context_tokens: int, target_tokens: int) -> None:
+        self.loss_sum += loss.float()
+        self.batches += 1
+        self.images += images
+        self.context += context_tokens
+        self.target += target_tokens
+
+    def read(self, step, epoch, lr, wd, momentum, skipped, elapsed) -> dict:
+        n = max(self.batches, 1)
+        row = {"step": step, "epoch": round(epoch, 4), "loss": float(self.loss_sum) / n, "lr": lr, "wd": wd,
+               "momentum": momentum, "context_tokens": self.context / n, "target_tokens": self.target / n,
+               "img_per_s": self.images / max(time.perf_counter() - self.start, 1e-9),
+               "mem_mb": round(memory_mb(self.device), 1), "skipped_images": skipped, "elapsed_s": round(elapsed, 2)}
+        self._reset()
+        return row
+
+
+def _per_channel(values: list[float], channels: int) -> list[float]:
+    return values * channels if len(values) == 1 else values
+
+
+def _tensorboard(run_dir: Path, lg, start_step: int):
+    if not lg.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(run_dir / "tensorboard" / lg.write_tag), purge_step=start_step or None)
+
+
+def atomic_save_text(path: Path, cfg: Config) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    cfg.save(tmp)
+    tmp.replace(path)

@@ -1,0 +1,135 @@
+import csv
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from openjepa.data import (ArrayDataset, DataError, ImageFolder, PretrainTransform, build_pretrain_loader,
+                           crop_box, fashion_mnist, load_image, UnreadableImage)
+from openjepa.masks import build_mask_sampler
+from openjepa.train import train
+
+from conftest import tiny_config
+
+
+def make_images(folder, n=8, size=20, seed=0):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)).save(sub / f"{i}.png")
+
+
+def make_odd_images(folder):
+    """Unusual but valid images, and broken files."""
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(rgb).convert("RGBA").save(folder / "rgba.png")
+    Image.fromarray(rgb[..., 0]).save(folder / "gray.png")
+    Image.fromarray(rgb).convert("P").save(folder / "palette.gif")
+    Image.fromarray((rng.integers(0, 65535, (24, 24))).astype(np.uint16)).save(folder / "deep16.png")
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    good = (folder / "rgba.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    Image.fromarray(rgb[:1, :1]).save(folder / "tiny.png")
+    return {"zero.png", "text.jpg", "truncated.png", "tiny.png"}
+
+
+def test_image_folder_labels_from_class_subfolders(tmp_path):
+    make_images(tmp_path)
+    ds = ImageFolder(tmp_path)
+    assert ds.classes == ["a", "b"] and len(ds) == 8
+    assert [ds.labels[i] for i in range(len(ds))] == [ds.classes.index(f.parent.name) for f in ds.files]
+    img, label = ds[0]
+    assert img.shape == (3, 20, 24) and 0 <= img.min() and img.max() <= 1
+
+
+def test_flat_folder_is_unlabelled_and_missing_or_empty_folders_are_named(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    assert ImageFolder(tmp_path).labels == [-1]
+    with pytest.raises(DataError, match="not found"):
+        ImageFolder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        ImageFolder(tmp_path / "empty")
+
+
+def test_odd_formats_convert_and_broken_files_raise(tmp_path):
+    broken = make_odd_images(tmp_path)
+    for path in sorted(tmp_path.iterdir()):
+        if path.name in broken:
+            with pytest.raises(UnreadableImage, match=path.name):
+                load_image(path)
+        else:
+            for chans in (1, 3):
+                img = load_image(path, chans)
+                assert img.shape == (chans, 24, 24) and img.dtype == torch.float32
+                assert 0 <= img.min() and img.max() <= 1 and img.std() > 0.05, path.name
+
+
+def test_training_on_a_folder_with_broken_images_skips_and_counts_them(tmp_path):
+    data = tmp_path / "images"
+    make_images(data, n=30, size=16)
+    broken = make_odd_images(data)
+    cfg = tiny_config(tmp_path / "run", data={"dataset": "folder", "root_path": str(data), "batch_size": 8})
+    train(cfg)
+    with open(tmp_path / "run/log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # 35 images -> 4 batches of 8 per epoch, 2 epochs; each epoch meets each broken file at most once
+    assert int(rows[-1]["step"]) == 8
+    skipped = int(rows[-1]["skipped_images"])
+    assert 0 < skipped <= 2 * len(broken)
+    assert "unreadable image" in (tmp_path / "run/train.log").read_text()
+
+
+def write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_idx_files_are_read_exactly(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (5, 28, 28))
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(5))
+    ds = fashion_mnist(tmp_path, "train", in_chans=1)
+    img, label = ds[3]
+    assert label == 3 and torch.equal((img[0] * 255).round().byte(), torch.from_numpy(images[3].astype(np.uint8)))
+    with pytest.raises(DataError, match="not found"):
+        fashion_mnist(tmp_path / "elsewhere")
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x03" + struct.pack(">3I", 9, 28, 28)))
+    with pytest.raises(DataError, match="truncated"):
+        fashion_mnist(tmp_path)
+
+
+def test_crop_box_respects_scale_and_ratio():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        top, left, h, w = crop_box(40, 60, (0.3, 1.0), (3 / 4, 4 / 3), g)
+        assert 0 <= top and top + h <= 40 and 0 <= left and left + w <= 60
+        assert 0.3 * 2400 * 0.9 <= h * w <= 2400
+        assert 3 / 4 * 0.85 <= w / h <= 4 / 3 * 1.15
+
+
+def test_batches_do_not_depend_on_worker_count_or_start_point():
+    ds = ArrayDataset(np.random.default_rng(0).integers(0, 255, (40, 12, 12), dtype=np.uint8), list(range(40)))
+    transform = PretrainTransform(8, (0.3, 1.0), [0.5], [0.5])
+    sampler = build_mask_sampler("multiblock", (4, 4), min_keep=2)
+
+    def batches(workers, start):
+        loader = build_pretrain_loader(ds, transform, sampler, 8, 5, start, 10, seed=3, num_workers=workers)
+        return list(loader)
+
+    serial, parallel, resumed = batches(0, 0), batches(2, 0), batches(0, 6)
+    assert len(serial) == 10 and [b["batch"] for b in resumed] == list(range(6, 10))
+    for a, b in zip(serial, parallel):
+        for key in ("images", "context_idx", "target_idx"):
+            assert torch.equal(a[key], b[key])
+    for a, b in zip(serial[6:], resumed):
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["target_idx"], b["target_idx"])
+    assert not torch.equal(serial[0]["images"], serial[5]["images"])  # epoch 2 reshuffles and re-crops

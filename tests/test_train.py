@@ -1,0 +1,100 @@
+import csv
+import math
+
+import pytest
+import torch
+
+from openjepa.checkpoint import CheckpointError, load_checkpoint
+from openjepa.config import OptimizationConfig, load_config
+from openjepa.ijepa import build_ijepa
+from openjepa.train import Schedules, param_groups, train
+
+from conftest import tiny_config
+
+
+def read_log(run_dir):
+    with open(run_dir / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_schedules_at_chosen_steps():
+    o = OptimizationConfig(epochs=10, warmup=2, start_lr=2e-4, lr=1e-3, final_lr=1e-6,
+                           weight_decay=0.04, final_weight_decay=0.4, ema=[0.996, 1.0])
+    s = Schedules.from_config(o, steps_per_epoch=100)  # 1000 steps, 200 of warmup
+    assert s.lr_at(0) == pytest.approx(2e-4 + (1 / 200) * 8e-4)  # the reference steps its counter first
+    assert s.lr_at(99) == pytest.approx(2e-4 + 0.5 * 8e-4)
+    assert s.lr_at(199) == pytest.approx(1e-3)  # warmup done
+    assert s.lr_at(599) == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5)  # half-way through the cosine
+    assert s.lr_at(999) == pytest.approx(1e-6)
+    assert s.wd_at(-1) == pytest.approx(0.04) and s.wd_at(499) == pytest.approx(0.22) and s.wd_at(999) == pytest.approx(0.4)
+    assert s.momentum_at(0) == 0.996 and s.momentum_at(500) == pytest.approx(0.998) and s.momentum_at(1000) == 1.0
+    o.ipe_scale = 1.25  # the schedules stretch past the run: final values are never reached
+    s = Schedules.from_config(o, steps_per_epoch=100)
+    assert s.momentum_at(999) == pytest.approx(0.996 + 999 * 0.004 / 1250)
+    assert s.lr_at(999) > 1e-5
+
+
+def test_no_weight_decay_on_biases_and_norms(tmp_path):
+    model = build_ijepa(tiny_config(tmp_path))
+    decay, no_decay = param_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert all(p.ndim == 1 for p in no_decay["params"])  # biases and LayerNorm weights
+    assert {names[id(p)].rsplit(".", 1)[-1] for p in no_decay["params"]} == {"bias", "weight"}
+    assert any(names[id(p)] == "predictor.mask_token" for p in decay["params"])  # [1, 1, D], as the reference
+    assert all(not p.requires_grad for p in model.target_encoder.parameters())
+
+
+def test_thirty_steps_on_synthetic_images_lower_the_loss(tmp_path):
+    cfg = tiny_config(tmp_path, data={"synthetic_size": 240, "batch_size": 16}, optimization={"epochs": 2, "lr": 2e-3})
+    train(cfg)
+    rows = read_log(tmp_path)
+    assert [int(r["step"]) for r in rows] == list(range(2, 31, 2))
+    losses = [float(r["loss"]) for r in rows]
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:2]) / 2
+    assert float(rows[-1]["momentum"]) > float(rows[0]["momentum"])
+    assert (tmp_path / "config.yaml").exists() and load_config(tmp_path / "config.yaml").data.batch_size == 16
+
+
+def test_resume_after_interruption_continues_exactly(tmp_path):
+    straight = tiny_config(tmp_path / "straight")
+    train(straight)
+    interrupted = tiny_config(tmp_path / "interrupted")
+    train(interrupted, max_steps=3)  # stops mid-epoch (4 steps per epoch) with a checkpoint
+    assert load_checkpoint(tmp_path / "interrupted/checkpoints/latest.pt")["step"] == 3
+    train(interrupted)
+    a = load_checkpoint(tmp_path / "straight/checkpoints/latest.pt")
+    b = load_checkpoint(tmp_path / "interrupted/checkpoints/latest.pt")
+    assert a["step"] == b["step"] == 8
+    for key in ("encoder", "predictor", "target_encoder"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+    rows = read_log(tmp_path / "interrupted")
+    assert [int(r["step"]) for r in rows] == [2, 3, 4, 6, 8]  # header once, no repeated steps
+    assert "resuming" in (tmp_path / "interrupted/train.log").read_text()
+    assert (tmp_path / "interrupted/checkpoints/epoch_0002.pt").exists()
+
+
+def test_unreadable_checkpoint_is_an_error_not_a_restart(tmp_path):
+    cfg = tiny_config(tmp_path)
+    train(cfg, max_steps=2)
+    latest = tmp_path / "checkpoints/latest.pt"
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="latest.pt cannot be read"):
+        train(cfg)
+    assert latest.read_bytes() == data[: len(data) // 2]  # left as found for the user to inspect
+    assert [int(r["step"]) for r in read_log(tmp_path)] == [2]
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    train(tiny_config(tmp_path), max_steps=1)
+    with pytest.raises(CheckpointError, match="does not match this config"):
+        train(tiny_config(tmp_path, meta={"pred_emb_dim": 96}))
+
+
+def test_gradient_accumulation_and_clipping_run(tmp_path):
+    cfg = tiny_config(tmp_path, optimization={"accum_steps": 2, "clip_grad": 1.0})
+    train(cfg)
+    assert load_checkpoint(tmp_path / "checkpoints/latest.pt")["step"] == 4  # 64 images / (16 x 2) x 2 epochs
