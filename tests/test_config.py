@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,27 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys
     assert "holds no images" in capsys.readouterr().err and not run.exists()
     assert main(["train", str(write(tmp_path, "meta:\n  modle_name: vit_base\n")), f"logging.folder={run}"]) == 2
     assert "did you mean 'model_name'" in capsys.readouterr().err and not run.exists()
+
+
+def test_readme_config_reference_lists_exactly_the_config_keys():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme[readme.index("### Config reference"):].split("\n## ")[0]
+    documented = set()
+    for line in table.splitlines():
+        if line.startswith("| `"):
+            section = None
+            for name in re.findall(r"`([\w.]+)`", line.split("|")[1]):
+                section, _, key = name.rpartition(".") if "." in name else (section, ".", name)
+                documented.add(f"{section}.{key}")
+    keys = {f"{section}.{key}" for section, values in Config().to_dict().items() for key in values}
+    assert documented == keys
+
+
+def test_bad_mask_options_exit_2_before_anything_is_written(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", str(write(tmp_path, "data: {dataset: synthetic, crop_size: 32}\nmask: {patch_size: 4}\n")),
+            f"logging.folder={run}"]
+    assert main(args + ["mask.strategy=random", "mask.options={target_ratio: 1.5}"]) == 2
+    assert "target_ratio" in capsys.readouterr().err and not run.exists()
+    assert main(args + ["mask.options={colour: red}"]) == 2
+    assert "unexpected keyword argument 'colour'" in capsys.readouterr().err and not run.exists()

@@ -133,3 +133,12 @@ def test_batches_do_not_depend_on_worker_count_or_start_point():
     for a, b in zip(serial[6:], resumed):
         assert torch.equal(a["images"], b["images"]) and torch.equal(a["target_idx"], b["target_idx"])
     assert not torch.equal(serial[0]["images"], serial[5]["images"])  # epoch 2 reshuffles and re-crops
+
+
+def test_training_on_in_memory_arrays(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (48, 16, 16, 3), dtype=np.uint8)
+    train(tiny_config(tmp_path), dataset=ArrayDataset(images))
+    with open(tmp_path / "log.csv", newline="") as f:
+        assert int(list(csv.DictReader(f))[-1]["step"]) == 6  # 48 // 16 x 2 epochs
+    with pytest.raises(DataError, match="fewer than one optimiser step"):
+        train(tiny_config(tmp_path / "small"), dataset=ArrayDataset(images[:8]))

@@ -98,3 +98,35 @@ def test_gradient_accumulation_and_clipping_run(tmp_path):
     cfg = tiny_config(tmp_path, optimization={"accum_steps": 2, "clip_grad": 1.0})
     train(cfg)
     assert load_checkpoint(tmp_path / "checkpoints/latest.pt")["step"] == 4  # 64 images / (16 x 2) x 2 epochs
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from openjepa.ijepa import IJEPA
+    from openjepa.train import TrainingError
+
+    calls = {"n": 0}
+    real_loss = IJEPA.forward_loss
+
+    def poisoned(self, prediction, target):
+        calls["n"] += 1
+        loss = real_loss(self, prediction, target)
+        return loss * float("nan") if calls["n"] == 6 else loss
+
+    monkeypatch.setattr(IJEPA, "forward_loss", poisoned)
+    with pytest.raises(TrainingError, match="non-finite loss before step 6"):
+        train(tiny_config(tmp_path, logging={"log_every": 2, "progress_bar": False, "tensorboard": False}))
+    state = load_checkpoint(tmp_path / "checkpoints/latest.pt")
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["encoder"].values())
+    assert [int(r["step"]) for r in read_log(tmp_path)] == [2, 4]
+
+
+def test_target_std_measures_spread_and_the_watch_flags_collapse_once():
+    from openjepa.train import CollapseWatch, target_std
+
+    spread = torch.randn(4, 2, 8, 16)
+    collapsed = torch.randn(1, 1, 1, 16).expand(4, 2, 8, 16) + 1e-3 * torch.randn(4, 2, 8, 16)
+    assert 0.8 < target_std(spread) < 1.2 and target_std(collapsed) < 0.01
+    watch = CollapseWatch(ratio=0.3)
+    flags = [watch.update(s) for s in (0.34, 0.30, 0.25, 0.11, 0.09, 0.05, 0.01)]
+    assert flags == [False, False, False, False, True, False, False]

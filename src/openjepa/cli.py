@@ -7,13 +7,13 @@ import sys
 from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .data import DataError
+from .train import TrainingError, train
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import train
-
     cfg = load_config(args.config, args.overrides)
     run_dir = train(cfg, max_steps=args.max_steps)
     print(f"run directory: {run_dir}")
@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"openjepa: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingError as e:
+        print(f"openjepa: training stopped: {e}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

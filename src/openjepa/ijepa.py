@@ -59,9 +59,12 @@ class IJEPA(nn.Module):
             return F.mse_loss(prediction, target.float())
         return F.smooth_l1_loss(prediction, target.float(), beta=1.0)
 
-    def forward(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor,
+                return_target: bool = False):
+        """The loss; with ``return_target`` also the targets (for statistics such as collapse)."""
         target = self.forward_target(images, target_idx)
-        return self.forward_loss(self.forward_context(images, context_idx, target_idx), target)
+        loss = self.forward_loss(self.forward_context(images, context_idx, target_idx), target)
+        return (loss, target) if return_target else loss
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

@@ -18,14 +18,14 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint
-from .config import Config, validate
-from .data import PretrainTransform, build_dataset, build_pretrain_loader
+from .config import Config, ConfigError, validate
+from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader
 from .ijepa import IJEPA, build_ijepa
 from .masks import build_mask_sampler
 
 log = logging.getLogger("openjepa")
 
-LOG_COLUMNS = ("step", "epoch", "loss", "lr", "wd", "momentum", "context_tokens", "target_tokens",
+LOG_COLUMNS = ("step", "epoch", "loss", "target_std", "lr", "wd", "momentum", "context_tokens", "target_tokens",
                "img_per_s", "mem_mb", "skipped_images", "elapsed_s")
 
 
@@ -87,7 +87,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"meta.device is {name!r} but CUDA is not available")
+        raise ConfigError(f"meta.device is {name!r} but CUDA is not available")
     return device
 
 
@@ -137,40 +137,45 @@ def save_state(path: Path, model: IJEPA, optimizer, step: int, epoch: int, cfg: 
         "config": cfg.to_dict()}, path)
 
 
-def restore_state(path: Path, model: IJEPA, optimizer) -> int:
+def restore_state(path: Path, model: IJEPA, optimizer, cfg: Config) -> int:
     state = load_checkpoint(path)
     try:
         for key in ("encoder", "predictor", "target_encoder"):
             getattr(model, key).load_state_dict(state[key])
         optimizer.load_state_dict(state["opt"])
-        return int(state["step"])
+        step = int(state["step"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} does not match this config "
                               f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    saved, now = state.get("config", {}), cfg.to_dict()
+    changed = [f"{sec}.{key}" for sec, values in now.items() if sec != "logging"
+               for key, value in values.items() if saved.get(sec, {}).get(key, value) != value]
+    if changed:
+        log.warning("resuming with changed settings (%s): the run is no longer one uninterrupted run",
+                    ", ".join(changed))
+    return step
 
 
-def train(cfg: Config, max_steps: int | None = None) -> Path:
+def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.Dataset | None = None) -> Path:
     """Pretrain as ``cfg`` says; resume from ``<folder>/checkpoints/latest.pt`` if present.
     ``max_steps`` stops (with a checkpoint) after that many optimiser steps in total, for tests
-    and interrupted runs. Returns the run directory."""
+    and interrupted runs. ``dataset`` (any dataset of (image [C, H, W] in [0, 1], label), e.g.
+    ``openjepa.data.ArrayDataset``) replaces the one the config names. Returns the run directory."""
     validate(cfg)
     d, m, meta, o, lg = cfg.data, cfg.mask, cfg.meta, cfg.optimization, cfg.logging
-    dataset = build_dataset(d)  # fails on a missing or empty data folder before anything is written
+    if dataset is None:
+        dataset = build_dataset(d)  # fails on a missing or empty data folder before anything is written
     device = resolve_device(meta.device)
     micro_per_epoch = len(dataset) // d.batch_size // o.accum_steps * o.accum_steps
     if micro_per_epoch == 0:
-        raise TrainingError(f"the dataset has {len(dataset)} images, fewer than one optimiser step of "
-                            f"{d.batch_size * o.accum_steps} (data.batch_size x optimization.accum_steps)")
+        raise DataError(f"the dataset has {len(dataset)} images, fewer than one optimiser step of "
+                        f"{d.batch_size * o.accum_steps} (data.batch_size x optimization.accum_steps)")
     steps_per_epoch = micro_per_epoch // o.accum_steps
     total_steps = o.epochs * steps_per_epoch
-    grid = (d.crop_size // m.patch_size,) * 2
-    if m.strategy == "multiblock":
-        sampler = build_mask_sampler("multiblock", grid, reference=m.reference_sampler,
-                                     num_targets=m.num_pred_masks, target_scale=m.pred_mask_scale,
-                                     target_aspect=m.aspect_ratio, context_scale=m.enc_mask_scale,
-                                     min_keep=m.min_keep, allow_overlap=m.allow_overlap, **m.options)
-    else:
-        sampler = build_mask_sampler(m.strategy, grid, **m.options)
+    try:
+        sampler = mask_sampler_for(cfg)
+    except ValueError as e:
+        raise ConfigError(f"mask: {e}") from None
 
     run_dir = Path(lg.folder)
     ckpt_dir = run_dir / "checkpoints"
@@ -182,7 +187,7 @@ def train(cfg: Config, max_steps: int | None = None) -> Path:
     schedules = Schedules.from_config(o, steps_per_epoch)
 
     latest = ckpt_dir / "latest.pt"
-    start_step = restore_state(latest, model, optimizer) if latest.exists() else 0
+    start_step = restore_state(latest, model, optimizer, cfg) if latest.exists() else 0
     if start_step:
         log.info("resuming %s from step %d (epoch %d)", latest, start_step, start_step // steps_per_epoch)
     atomic_save_text(run_dir / "config.yaml", cfg)
@@ -207,7 +212,7 @@ def train(cfg: Config, max_steps: int | None = None) -> Path:
              start_step, stop_step, run_dir)
 
     batches = iter(loader)
-    window = _Window(device)
+    window, watch = _Window(device), CollapseWatch()
     skipped_total, t0 = 0, time.perf_counter()
     for step in range(start_step, stop_step):
         lr, wd, momentum = schedules.lr_at(step), schedules.wd_at(step), schedules.momentum_at(step)
@@ -221,15 +226,8 @@ def train(cfg: Config, max_steps: int | None = None) -> Path:
                 skipped_total += len(batch["skipped"])
                 log.warning("skipped %d unreadable image(s) (%d so far), e.g. %s", len(batch["skipped"]),
                             skipped_total, batch["skipped"][0])
-            if batch["images"] is None:
-                continue
-            images = batch["images"].to(device, non_blocking=True)
-            context_idx = batch["context_idx"].to(device, non_blocking=True)
-            target_idx = batch["target_idx"].to(device, non_blocking=True)
-            with autocast:
-                loss = model(images, context_idx, target_idx)
-            (loss / o.accum_steps).backward()
-            window.add(loss.detach(), len(images), context_idx.size(1), target_idx.size(1) * target_idx.size(2))
+            if batch["images"] is not None:
+                forward_backward(model, batch, device, autocast, 1.0 / o.accum_steps, window)
         if o.clip_grad > 0:
             nn.utils.clip_grad_norm_(params, o.clip_grad)
         optimizer.step()
@@ -238,18 +236,22 @@ def train(cfg: Config, max_steps: int | None = None) -> Path:
         bar.update(1)
 
         done = step + 1
+        epoch_end = done % steps_per_epoch == 0
+        save_now = epoch_end or done == stop_step or (lg.checkpoint_every_steps and done % lg.checkpoint_every_steps == 0)
+        if save_now or done % lg.log_every == 0:
+            window.check_finite(done, latest)  # never log or checkpoint past a non-finite loss
         if done % lg.log_every == 0 or done == stop_step:
             row = window.read(done, done / steps_per_epoch, lr, wd, momentum, skipped_total, time.perf_counter() - t0)
-            if not math.isfinite(row["loss"]):
-                raise TrainingError(f"loss is {row['loss']} at step {done}; stopping. The last good checkpoint "
-                                    f"{latest if latest.exists() else '(none yet)'} is kept")
             csv_log.append(row)
+            if watch.update(row["target_std"]):
+                log.warning("the representation may be collapsing: target_std %.4f at step %d, down from %.4f "
+                            "at the first log; lower the learning rate or raise the EMA momentum",
+                            row["target_std"], done, watch.first)
             if writer is not None:
                 for key in LOG_COLUMNS[2:-1]:
                     writer.add_scalar(f"train/{key}", row[key], done)
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
-        epoch_end = done % steps_per_epoch == 0
-        if epoch_end or done == stop_step or (lg.checkpoint_every_steps and done % lg.checkpoint_every_steps == 0):
+        if save_now:
             save_state(latest, model, optimizer, done, done // steps_per_epoch, cfg)
             epoch = done // steps_per_epoch
             if epoch_end and (epoch % lg.checkpoint_every == 0 or done == total_steps):
@@ -261,20 +263,52 @@ def train(cfg: Config, max_steps: int | None = None) -> Path:
     return run_dir
 
 
+def mask_sampler_for(cfg: Config):
+    m, grid = cfg.mask, (cfg.data.crop_size // cfg.mask.patch_size,) * 2
+    if m.strategy != "multiblock":
+        return build_mask_sampler(m.strategy, grid, **m.options)
+    return build_mask_sampler("multiblock", grid, reference=m.reference_sampler, num_targets=m.num_pred_masks,
+                              target_scale=m.pred_mask_scale, target_aspect=m.aspect_ratio,
+                              context_scale=m.enc_mask_scale, min_keep=m.min_keep,
+                              allow_overlap=m.allow_overlap, **m.options)
+
+
+def forward_backward(model: IJEPA, batch: dict, device: torch.device, autocast, scale: float,
+                     window: "_Window") -> None:
+    """One micro-batch: the loss, its gradient (scaled for accumulation), statistics kept on the device."""
+    images = batch["images"].to(device, non_blocking=True)
+    context_idx = batch["context_idx"].to(device, non_blocking=True)
+    target_idx = batch["target_idx"].to(device, non_blocking=True)
+    with autocast:
+        loss, target = model(images, context_idx, target_idx, return_target=True)
+    (loss * scale).backward()
+    window.add(loss.detach(), target_std(target), len(images), context_idx.size(1),
+               target_idx.size(1) * target_idx.size(2))
+
+
 class _Window:
     """Sums the loss on the device between log points: one host read-back per window."""
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.finite = torch.ones((), dtype=torch.bool, device=device)
         self._reset()
+
+    def check_finite(self, step: int, latest: Path) -> None:
+        if not bool(self.finite):
+            raise TrainingError(f"non-finite loss before step {step}; stopping. The last good checkpoint "
+                                f"{latest if latest.exists() else '(none yet)'} is kept")
 
     def _reset(self) -> None:
         self.loss_sum = torch.zeros((), device=self.device)
+        self.std_sum = torch.zeros((), device=self.device)
         self.batches = self.images = self.context = self.target = 0
         self.start = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, images: int, context_tokens: int, target_tokens: int) -> None:
+    def add(self, loss: torch.Tensor, std: torch.Tensor, images: int, context_tokens: int, target_tokens: int) -> None:
         self.loss_sum += loss.float()
+        self.std_sum += std
+        self.finite &= torch.isfinite(loss)
         self.batches += 1
         self.images += images
         self.context += context_tokens
@@ -282,12 +316,36 @@ class _Window:
 
     def read(self, step, epoch, lr, wd, momentum, skipped, elapsed) -> dict:
         n = max(self.batches, 1)
-        row = {"step": step, "epoch": round(epoch, 4), "loss": float(self.loss_sum) / n, "lr": lr, "wd": wd,
+        row = {"step": step, "epoch": round(epoch, 4), "loss": float(self.loss_sum) / n,
+               "target_std": float(self.std_sum) / n, "lr": lr, "wd": wd,
                "momentum": momentum, "context_tokens": self.context / n, "target_tokens": self.target / n,
                "img_per_s": self.images / max(time.perf_counter() - self.start, 1e-9),
                "mem_mb": round(memory_mb(self.device), 1), "skipped_images": skipped, "elapsed_s": round(elapsed, 2)}
         self._reset()
         return row
+
+
+class CollapseWatch:
+    """Flags (once) a target_std below ``ratio`` times its first logged value."""
+
+    def __init__(self, ratio: float = 0.3):
+        self.ratio, self.first, self.warned = ratio, None, False
+
+    def update(self, std: float) -> bool:
+        if self.first is None:
+            self.first = std
+            return False
+        if self.warned or std >= self.ratio * self.first:
+            return False
+        self.warned = True
+        return True
+
+
+def target_std(target: torch.Tensor) -> torch.Tensor:
+    """Spread of the target features across tokens and images: the per-dimension standard
+    deviation, averaged over dimensions. It falls towards 0 when the representation collapses
+    (every patch mapped to the same vector), even while the loss looks healthy."""
+    return target.detach().float().flatten(0, -2).std(0).mean()
 
 
 def _per_channel(values: list[float], channels: int) -> list[float]:
