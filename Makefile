@@ -1,8 +1,10 @@
 # The two commands of the README. Both work on a fresh machine: they make .venv and install into it.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build of PyTorch; `make TORCH=torch` takes whatever pip resolves (a CUDA build on Linux).
-TORCH ?= torch==2.13.0
+# PyTorch with torchvision (timm needs it; the build runs on CPU and GPU). The CPU-only build is
+# smaller: `make TORCH=torch==2.13.0 EXTRAS=dev` (no timm: its interop test then fails to import).
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= dev,timm
 CONFIG ?= configs/fmnist_vit_tiny.yaml
 BIN := $(VENV)/bin
 
@@ -12,9 +14,8 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed

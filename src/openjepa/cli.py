@@ -20,6 +20,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .interop import export_encoder
+
+    out = export_encoder(args.checkpoint, args.format, args.out, args.which)
+    print(f"exported the {args.which} encoder of {args.checkpoint} as {args.format} to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="openjepa", description="I-JEPA pretraining and reuse")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -28,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. optimization.epochs=10")
     p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     p.set_defaults(func=_train)
+    p = commands.add_parser("export", help="write a checkpoint's encoder for Hugging Face, timm or safetensors")
+    p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")
+    p.add_argument("--format", required=True, choices=["hf", "timm", "safetensors"])
+    p.add_argument("--out", required=True, help="a new folder")
+    p.add_argument("--which", default="target", choices=["target", "context"],
+                   help="the EMA target encoder (the paper's choice, default) or the context encoder")
+    p.set_defaults(func=_export)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -169,12 +169,23 @@ class VisionTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The position embedding for a ``grid`` of patches: the stored one at the training grid,
+        else bicubic interpolation of it (there is no CLS token to set aside)."""
+        if tuple(grid) == self.grid:
+            return self.pos_embed
+        pos = self.pos_embed.reshape(1, *self.grid, -1).permute(0, 3, 1, 2)
+        pos = F.interpolate(pos.float(), size=tuple(grid), mode="bicubic", align_corners=False)
+        return pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(self.pos_embed.dtype)
+
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, C, H, W] -> tokens [B, N, D] with position embedding added."""
-        if images.shape[-2:] != self.img_size:
-            raise ValueError(f"expected images of size {self.img_size}, got {tuple(images.shape[-2:])}")
+        """images [B, C, H, W] (any size divisible by the patch) -> tokens [B, N, D] with position
+        embedding added."""
+        H, W = images.shape[-2:]
+        if H % self.patch_size or W % self.patch_size:
+            raise ValueError(f"image size {(H, W)} is not divisible by the patch size {self.patch_size}")
         x = self.patch_embed.proj(images).flatten(2).transpose(1, 2)
-        return x + self.pos_embed.to(x.dtype)
+        return x + self.pos_embed_for((H // self.patch_size, W // self.patch_size)).to(x.dtype)
 
     def forward(self, images: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
         x = self.patchify(images)
@@ -182,6 +193,23 @@ class VisionTransformer(nn.Module):
             x = gather_tokens(x, keep_idx)
         x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.norm(x)
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, D]: the mean of the patch features (the paper's evaluation features)."""
+        return self(images).mean(1)
+
+    def intermediates(self, images: torch.Tensor, layers: int | list[int] = 1, norm: bool = False) -> list[torch.Tensor]:
+        """Outputs [B, N, D] of chosen blocks: ``layers`` an int n (the last n blocks) or a list of
+        block indices (negative counts from the end). ``norm`` applies the final LayerNorm to each."""
+        depth = len(self.blocks)
+        wanted = list(range(depth - layers, depth)) if isinstance(layers, int) else [i % depth for i in layers]
+        if not wanted or any(not 0 <= i < depth for i in wanted) or (isinstance(layers, int) and not 0 < layers <= depth):
+            raise ValueError(f"layers must pick blocks of 0..{depth - 1}, got {layers}")
+        x, outputs = self.patchify(images), {}
+        for i, blk in enumerate(self.blocks[: max(wanted) + 1]):
+            x = blk(x)
+            outputs[i] = self.norm(x) if norm else x
+        return [outputs[i] for i in wanted]
 
 
 def build_encoder(model_name: str = "vit_base", img_size: int | tuple[int, int] = 224, patch_size: int = 16,

@@ -1,0 +1,160 @@
+"""Reuse: load encoders from any checkpoint format we know, export them for other tools.
+
+Formats read: our training checkpoints, the reference repository's ``.pth.tar`` files, Hugging
+Face ``IJepaModel`` folders, and our safetensors export. Nothing is unpickled beyond tensors and
+plain containers (``torch.load(weights_only=True)`` or safetensors).
+
+Which encoder: a checkpoint holds the context encoder (``encoder``) and its EMA, the target
+encoder. The paper evaluates the target encoder, so ``which="target"`` is the default; the
+Hugging Face and timm converters of Meta's weights take the context encoder instead.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..config import IMAGENET_MEAN, IMAGENET_STD, from_dict
+from ..data import to_channels
+from ..ijepa import build_ijepa
+from ..models.predictor import Predictor
+from ..models.vit import VisionTransformer, build_encoder
+from .hf import load_hf, save_hf
+from .official import build_encoder_from_state, build_predictor_from_state, is_reference, strip_prefix
+from .timm import save_timm
+
+ENTRY = {"target": "target_encoder", "context": "encoder"}
+FORMATS = ("hf", "timm", "safetensors")
+
+
+def _read(path: Path) -> tuple[str, object]:
+    """(format, contents): 'openjepa' / 'reference' (a dict of states), or 'hf' / 'safetensors' (a folder)."""
+    if path.is_dir():
+        if (path / "encoder.json").exists():
+            return "safetensors", path
+        if (path / "config.json").exists():
+            return "hf", path
+        raise CheckpointError(f"{path} is neither a Hugging Face folder (config.json) nor an openjepa "
+                              f"safetensors export (encoder.json)")
+    obj = load_checkpoint(path)
+    if obj.get("format") == "openjepa":
+        return "openjepa", obj
+    obj = {k: strip_prefix(v) if k in ("encoder", "target_encoder", "predictor") else v for k, v in obj.items()}
+    if is_reference(obj):
+        return "reference", obj
+    raise CheckpointError(f"{path} is not a checkpoint openjepa knows (ours, the reference's .pth.tar, "
+                          f"a Hugging Face IJepaModel folder, or an openjepa safetensors export)")
+
+
+def _state(obj: dict, key: str, path: Path) -> dict:
+    if key not in obj or obj[key] is None:
+        raise CheckpointError(f"{path} holds no {key!r} entry")
+    return obj[key]
+
+
+def load_encoder(path: str | Path, which: str = "target") -> VisionTransformer:
+    """An encoder in eval mode: ``encoder(images)`` -> patch features [B, N, D] after the final
+    norm, ``encoder.pooled(images)`` -> [B, D], ``encoder.intermediates(images, layers)``.
+    ``which`` is 'target' (the EMA encoder, the paper's choice) or 'context'; a Hugging Face or
+    safetensors folder holds one encoder and ignores it. ``encoder.mean`` / ``encoder.std`` are the
+    normalisation it was trained with (see ``preprocess``)."""
+    if which not in ENTRY:
+        raise ValueError(f"which must be 'target' or 'context', got {which!r}")
+    path = Path(path)
+    fmt, obj = _read(path)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    try:
+        if fmt == "openjepa":
+            cfg = from_dict(obj["config"])
+            encoder = build_encoder(cfg.meta.model_name, cfg.data.crop_size, cfg.mask.patch_size, cfg.data.in_chans)
+            encoder.load_state_dict(_state(obj, ENTRY[which], path))
+            mean, std = cfg.data.mean, cfg.data.std
+        elif fmt == "reference":
+            encoder = build_encoder_from_state(_state(obj, ENTRY[which], path))
+        elif fmt == "hf":
+            encoder = load_hf(path)
+            info = json.loads((path / "config.json").read_text()).get("openjepa", {})
+            mean, std = info.get("mean", mean), info.get("std", std)
+        else:
+            from safetensors.torch import load_file
+            info = json.loads((path / "encoder.json").read_text())
+            encoder = VisionTransformer(**info["encoder"])
+            encoder.load_state_dict(load_file(str(path / "encoder.safetensors")))
+            mean, std = info.get("mean", mean), info.get("std", std)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build an encoder ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    encoder.mean, encoder.std = list(mean), list(std)
+    return encoder.eval()
+
+
+def load_predictor(path: str | Path) -> Predictor:
+    """The predictor of our checkpoints or the reference's, e.g. to continue pretraining."""
+    path = Path(path)
+    fmt, obj = _read(path)
+    if fmt not in ("openjepa", "reference"):
+        raise CheckpointError(f"{path} is an exported encoder; only training checkpoints hold a predictor")
+    try:
+        if fmt == "openjepa":
+            with torch.device("meta"):
+                predictor = build_ijepa(from_dict(obj["config"])).predictor
+            predictor = predictor.to_empty(device="cpu")
+            predictor.load_state_dict(_state(obj, "predictor", path))
+            return predictor.eval()
+        return build_predictor_from_state(_state(obj, "predictor", path), _state(obj, "encoder", path)).eval()
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build the predictor ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def export_encoder(path: str | Path, fmt: str, out: str | Path, which: str = "target") -> Path:
+    """Write the encoder of ``path`` to the new folder ``out`` as 'hf' (a folder for
+    ``transformers.IJepaModel.from_pretrained``), 'timm' (a state dict and the ``timm.create_model``
+    arguments) or 'safetensors' (the encoder and a JSON with everything needed to rebuild it)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"export folder {out} already exists and is not empty; choose a new one")
+    encoder = load_encoder(path, which)
+    info = {"source": str(path), "which": which, "mean": encoder.mean, "std": encoder.std}
+    if fmt == "hf":
+        return save_hf(encoder, out, {"openjepa": info})
+    if fmt == "timm":
+        return save_timm(encoder, out, {"openjepa": info})
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(out / "encoder.safetensors"))
+    spec = {"img_size": list(encoder.img_size), "patch_size": encoder.patch_size, "in_chans": encoder.in_chans,
+            "embed_dim": encoder.embed_dim, "depth": len(encoder.blocks), "num_heads": encoder.num_heads,
+            "mlp_ratio": encoder.blocks[0].mlp.fc1.out_features / encoder.embed_dim}
+    (out / "encoder.json").write_text(json.dumps({"encoder": spec, **info}, indent=2) + "\n")
+    return out
+
+
+def preprocess(images, encoder: VisionTransformer, size: int | None = None) -> torch.Tensor:
+    """PIL images, uint8 arrays [H, W(, C)] or float tensors [C, H, W] in [0, 1] -> a normalised
+    batch [B, C, S, S] for ``encoder``: shorter side resized to S (the encoder's training size by
+    default), centre crop, the checkpoint's mean and std."""
+    size = size or encoder.img_size[0]
+    batch = []
+    for img in images if isinstance(images, (list, tuple)) else [images]:
+        if not isinstance(img, torch.Tensor):
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+            img = torch.from_numpy(arr).unsqueeze(0) if arr.ndim == 2 else torch.from_numpy(arr).permute(2, 0, 1)
+        img = to_channels(img[:3] if img.size(0) == 4 else img, encoder.in_chans).unsqueeze(0)
+        h, w = img.shape[-2:]
+        scale = size / min(h, w)
+        img = F.interpolate(img, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bilinear",
+                            align_corners=False, antialias=True)
+        top, left = (img.size(-2) - size) // 2, (img.size(-1) - size) // 2
+        batch.append(img[0, :, top:top + size, left:left + size])
+    mean = torch.tensor(encoder.mean).view(-1, 1, 1)
+    std = torch.tensor(encoder.std).view(-1, 1, 1)
+    return (torch.stack(batch) - mean) / std
+
+
+__all__ = ["load_encoder", "load_predictor", "export_encoder", "preprocess", "FORMATS"]

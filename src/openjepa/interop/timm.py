@@ -1,0 +1,30 @@
+"""timm ``VisionTransformer`` state dicts. Our key names are timm's; with ``class_token=False,
+global_pool="avg", fc_norm=False`` timm applies the final ``norm`` to every token before the
+average (as our ``pooled``), so features agree. (timm's registered ``vit_*_gap_*`` models default
+to ``fc_norm``, a norm after pooling: different features for the same weights.)"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..models.vit import VisionTransformer
+
+
+def timm_kwargs(encoder: VisionTransformer) -> dict:
+    return {"img_size": list(encoder.img_size), "patch_size": encoder.patch_size, "in_chans": encoder.in_chans,
+            "embed_dim": encoder.embed_dim, "depth": len(encoder.blocks), "num_heads": encoder.num_heads,
+            "mlp_ratio": encoder.blocks[0].mlp.fc1.out_features / encoder.embed_dim, "qkv_bias": True,
+            "class_token": False, "global_pool": "avg", "fc_norm": False, "num_classes": 0}
+
+
+def save_timm(encoder: VisionTransformer, out: Path, extra: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous().clone() for k, v in encoder.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    info = {"architecture": "vit_base_patch16_224", "kwargs": timm_kwargs(encoder), **(extra or {}),
+            "usage": "timm.create_model(architecture, pretrained=False, **kwargs).load_state_dict("
+                     "safetensors.torch.load_file('model.safetensors'))"}
+    (out / "timm.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
