@@ -130,3 +130,43 @@ def test_target_std_measures_spread_and_the_watch_flags_collapse_once():
     watch = CollapseWatch(ratio=0.3)
     flags = [watch.update(s) for s in (0.34, 0.30, 0.25, 0.11, 0.09, 0.05, 0.01)]
     assert flags == [False, False, False, False, True, False, False]
+
+
+def test_sigterm_saves_a_complete_checkpoint_and_exits_75_then_resumes_exactly(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    cfg = tiny_config(tmp_path / "run", optimization={"epochs": 200}, logging={"log_every": 1, "progress_bar": False})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    proc = subprocess.Popen([sys.executable, "-m", "openjepa.cli", "train", str(tmp_path / "c.yaml")],
+                            stderr=subprocess.PIPE, text=True)
+    log_csv = tmp_path / "run/log.csv"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not log_csv.exists() or len(log_csv.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+    assert "SIGTERM received" in err.splitlines()[-1]
+    stopped = load_checkpoint(tmp_path / "run/checkpoints/latest.pt")
+    step = stopped["step"]
+    assert 2 <= step < 800
+    train(cfg, max_steps=step + 2)
+    straight = tiny_config(tmp_path / "straight", optimization={"epochs": 200})
+    train(straight, max_steps=step + 2)
+    a = load_checkpoint(tmp_path / "run/checkpoints/latest.pt")
+    b = load_checkpoint(tmp_path / "straight/checkpoints/latest.pt")
+    assert all(torch.equal(v, b["encoder"][k]) for k, v in a["encoder"].items())
+
+
+def test_truncated_latest_names_the_newest_periodic_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, logging={"checkpoint_every": 1, "progress_bar": False, "tensorboard": False})
+    train(cfg, max_steps=6)
+    latest = tmp_path / "checkpoints/latest.pt"
+    latest.write_bytes(latest.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="newest periodic checkpoint is .*epoch_0001.pt"):
+        train(cfg)

@@ -7,10 +7,11 @@ import sys
 from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .data import DataError
-from .train import TrainingError, train
+from .train import Preempted, TrainingError, train
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving; rerun to resume
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"openjepa: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Preempted as e:
+        print(f"openjepa: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except TrainingError as e:
         print(f"openjepa: training stopped: {e}", file=sys.stderr)
         return EXIT_FAILED

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import signal
 import struct
 import urllib.request
 from dataclasses import dataclass
@@ -337,6 +338,13 @@ class MaskCollator:
                 "batch": batch, "skipped": skipped}
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGTERM / SIGUSR1 to the main process, which saves and stops at a step
+    boundary; a worker killed first would break the batch the main process still needs."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def build_dataset(data_cfg, split: str = "train") -> torch.utils.data.Dataset:
     """The dataset a config names. Raises DataError (naming the path) before any compute is spent."""
     d = data_cfg
@@ -356,4 +364,5 @@ def build_pretrain_loader(dataset, transform, sampler, batch_size: int, per_epoc
     return torch.utils.data.DataLoader(
         NumberedDataset(dataset, transform, seed), batch_sampler=batches,
         collate_fn=MaskCollator(sampler, seed), num_workers=num_workers, pin_memory=pin_memory,
-        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+        persistent_workers=False, prefetch_factor=4 if num_workers else None,
+        worker_init_fn=_ignore_stop_signals if num_workers else None)

@@ -9,7 +9,9 @@ import csv
 import logging
 import math
 import resource
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,30 @@ LOG_COLUMNS = ("step", "epoch", "loss", "target_std", "lr", "wd", "momentum", "c
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message names the step."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM or SIGUSR1 arrived; the run saved latest.pt at the next step boundary and stopped."""
+
+
+class StopSignals:
+    """Records SIGTERM / SIGUSR1 (what SLURM sends before pre-emption) instead of dying mid-step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._record)
+
+    def _record(self, signum, frame) -> None:
+        self.received = signum
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass(frozen=True)
@@ -187,7 +213,13 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
     schedules = Schedules.from_config(o, steps_per_epoch)
 
     latest = ckpt_dir / "latest.pt"
-    start_step = restore_state(latest, model, optimizer, cfg) if latest.exists() else 0
+    try:
+        start_step = restore_state(latest, model, optimizer, cfg) if latest.exists() else 0
+    except CheckpointError as e:
+        periodic = sorted(ckpt_dir.glob("epoch_*.pt"))
+        hint = f"; the newest periodic checkpoint is {periodic[-1]}: copy it over latest.pt to resume from it" \
+            if periodic else ""
+        raise CheckpointError(f"{e}{hint}") from None
     if start_step:
         log.info("resuming %s from step %d (epoch %d)", latest, start_step, start_step // steps_per_epoch)
     atomic_save_text(run_dir / "config.yaml", cfg)
@@ -214,51 +246,61 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
     batches = iter(loader)
     window, watch = _Window(device), CollapseWatch()
     skipped_total, t0 = 0, time.perf_counter()
-    for step in range(start_step, stop_step):
-        lr, wd, momentum = schedules.lr_at(step), schedules.wd_at(step), schedules.momentum_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-            if group["decay"]:
-                group["weight_decay"] = wd
-        for _ in range(o.accum_steps):
-            batch = next(batches)
-            if batch["skipped"]:
-                skipped_total += len(batch["skipped"])
-                log.warning("skipped %d unreadable image(s) (%d so far), e.g. %s", len(batch["skipped"]),
-                            skipped_total, batch["skipped"][0])
-            if batch["images"] is not None:
-                forward_backward(model, batch, device, autocast, 1.0 / o.accum_steps, window)
-        if o.clip_grad > 0:
-            nn.utils.clip_grad_norm_(params, o.clip_grad)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.update_target(momentum)
-        bar.update(1)
+    signals = StopSignals()
+    try:
+        for step in range(start_step, stop_step):
+            lr, wd, momentum = schedules.lr_at(step), schedules.wd_at(step), schedules.momentum_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+                if group["decay"]:
+                    group["weight_decay"] = wd
+            for _ in range(o.accum_steps):
+                batch = next(batches)
+                if batch["skipped"]:
+                    skipped_total += len(batch["skipped"])
+                    log.warning("skipped %d unreadable image(s) (%d so far), e.g. %s", len(batch["skipped"]),
+                                skipped_total, batch["skipped"][0])
+                if batch["images"] is not None:
+                    forward_backward(model, batch, device, autocast, 1.0 / o.accum_steps, window)
+            if o.clip_grad > 0:
+                nn.utils.clip_grad_norm_(params, o.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            model.update_target(momentum)
+            bar.update(1)
 
-        done = step + 1
-        epoch_end = done % steps_per_epoch == 0
-        save_now = epoch_end or done == stop_step or (lg.checkpoint_every_steps and done % lg.checkpoint_every_steps == 0)
-        if save_now or done % lg.log_every == 0:
-            window.check_finite(done, latest)  # never log or checkpoint past a non-finite loss
-        if done % lg.log_every == 0 or done == stop_step:
-            row = window.read(done, done / steps_per_epoch, lr, wd, momentum, skipped_total, time.perf_counter() - t0)
-            csv_log.append(row)
-            if watch.update(row["target_std"]):
-                log.warning("the representation may be collapsing: target_std %.4f at step %d, down from %.4f "
-                            "at the first log; lower the learning rate or raise the EMA momentum",
-                            row["target_std"], done, watch.first)
-            if writer is not None:
-                for key in LOG_COLUMNS[2:-1]:
-                    writer.add_scalar(f"train/{key}", row[key], done)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
-        if save_now:
-            save_state(latest, model, optimizer, done, done // steps_per_epoch, cfg)
-            epoch = done // steps_per_epoch
-            if epoch_end and (epoch % lg.checkpoint_every == 0 or done == total_steps):
-                save_state(ckpt_dir / f"epoch_{epoch:04d}.pt", model, optimizer, done, epoch, cfg)
-    bar.close()
-    if writer is not None:
-        writer.close()
+            done = step + 1
+            epoch_end = done % steps_per_epoch == 0
+            stop_now = signals.received is not None
+            save_now = (epoch_end or done == stop_step or stop_now
+                        or (lg.checkpoint_every_steps and done % lg.checkpoint_every_steps == 0))
+            if save_now or done % lg.log_every == 0:
+                window.check_finite(done, latest)  # never log or checkpoint past a non-finite loss
+            if done % lg.log_every == 0 or done == stop_step:
+                row = window.read(done, done / steps_per_epoch, lr, wd, momentum, skipped_total, time.perf_counter() - t0)
+                csv_log.append(row)
+                if watch.update(row["target_std"]):
+                    log.warning("the representation may be collapsing: target_std %.4f at step %d, down from %.4f "
+                                "at the first log; lower the learning rate or raise the EMA momentum",
+                                row["target_std"], done, watch.first)
+                if writer is not None:
+                    for key in LOG_COLUMNS[2:-1]:
+                        writer.add_scalar(f"train/{key}", row[key], done)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+            if save_now:
+                save_state(latest, model, optimizer, done, done // steps_per_epoch, cfg)
+                epoch = done // steps_per_epoch
+                if epoch_end and (epoch % lg.checkpoint_every == 0 or done == total_steps):
+                    save_state(ckpt_dir / f"epoch_{epoch:04d}.pt", model, optimizer, done, epoch, cfg)
+            if stop_now:
+                name = signal.Signals(signals.received).name
+                log.info("%s: saved %s at step %d and stopped; start the same command again to resume", name, latest, done)
+                raise Preempted(f"{name} received: checkpoint {latest} saved at step {done}; rerun to resume")
+    finally:
+        signals.restore()
+        bar.close()
+        if writer is not None:
+            writer.close()
     log.info("stopped at step %d of %d; checkpoint %s", stop_step, total_steps, latest)
     return run_dir
 
