@@ -78,7 +78,7 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
             return (print, ("this ran",))
 
     with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump({"encoder": Payload()}, f)
+        pickle.dump({"encoder": Payload()}, f, protocol=2)
     with pytest.raises(CheckpointError, match="holds more than weights and was refused"):
         openjepa.load_encoder(tmp_path / "evil.pt")
 

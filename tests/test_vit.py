@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from openjepa.models.vit import VIT_SIZES, Attention, build_encoder, count_params, sincos_pos_embed_2d
 

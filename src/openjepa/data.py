@@ -322,10 +322,14 @@ class NumberedDataset(torch.utils.data.Dataset):
 
 
 class MaskCollator:
-    """Stacks a micro-batch and samples its masks with a generator from (seed, batch number)."""
+    """Stacks a micro-batch and samples its masks with a generator from (seed, batch number).
+    The masks of the whole global batch (``batch_size`` x ``world_size``) are drawn on every rank
+    and each rank takes its slice: N processes see exactly the masks of one process at the same
+    global batch, and an image's masks do not depend on how many of its neighbours were skipped."""
 
-    def __init__(self, sampler: Callable, seed: int):
+    def __init__(self, sampler: Callable, seed: int, batch_size: int, rank: int = 0, world_size: int = 1):
         self.sampler, self.seed = sampler, seed
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
 
     def __call__(self, items: list) -> dict:
         good = [img for img, _ in items if img is not None]
@@ -333,8 +337,9 @@ class MaskCollator:
         batch = next((b for img, b in items if img is not None), -1)
         if not good:
             return {"images": None, "batch": batch, "skipped": skipped}
-        context_idx, target_idx = self.sampler(len(good), generator_for(self.seed, MASK, batch))
-        return {"images": torch.stack(good), "context_idx": context_idx, "target_idx": target_idx,
+        context_idx, target_idx = self.sampler(self.batch_size * self.world_size, generator_for(self.seed, MASK, batch))
+        mine = slice(self.rank * self.batch_size, self.rank * self.batch_size + len(good))
+        return {"images": torch.stack(good), "context_idx": context_idx[mine], "target_idx": target_idx[mine],
                 "batch": batch, "skipped": skipped}
 
 
@@ -363,6 +368,6 @@ def build_pretrain_loader(dataset, transform, sampler, batch_size: int, per_epoc
     batches = NumberedBatches(len(dataset), batch_size, per_epoch, start, total, seed, rank, world_size)
     return torch.utils.data.DataLoader(
         NumberedDataset(dataset, transform, seed), batch_sampler=batches,
-        collate_fn=MaskCollator(sampler, seed), num_workers=num_workers, pin_memory=pin_memory,
+        collate_fn=MaskCollator(sampler, seed, batch_size, rank, world_size), num_workers=num_workers, pin_memory=pin_memory,
         persistent_workers=False, prefetch_factor=4 if num_workers else None,
         worker_init_fn=_ignore_stop_signals if num_workers else None)

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint
 from .config import Config, ConfigError, validate
+from .distributed import World, init_distributed
 from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader
 from .ijepa import IJEPA, build_ijepa
 from .masks import build_mask_sampler
@@ -123,13 +124,17 @@ def memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _setup_logging(run_dir: Path) -> None:
-    log.setLevel(logging.INFO)
+def _setup_logging(run_dir: Path | None) -> None:
+    """stderr and run_dir/train.log; None (a rank other than 0): warnings to stderr only."""
+    log.setLevel(logging.INFO if run_dir is not None else logging.WARNING)
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / "train.log")):
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None:
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    for handler in handlers:
         handler.setFormatter(fmt)
         log.addHandler(handler)
     log.propagate = False
@@ -188,14 +193,25 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
     and interrupted runs. ``dataset`` (any dataset of (image [C, H, W] in [0, 1], label), e.g.
     ``openjepa.data.ArrayDataset``) replaces the one the config names. Returns the run directory."""
     validate(cfg)
-    d, m, meta, o, lg = cfg.data, cfg.mask, cfg.meta, cfg.optimization, cfg.logging
     if dataset is None:
-        dataset = build_dataset(d)  # fails on a missing or empty data folder before anything is written
+        dataset = build_dataset(cfg.data)  # fails on a missing or empty data folder before anything is written
+    world = init_distributed()
+    try:
+        return _train(cfg, dataset, world, max_steps)
+    finally:
+        world.close()
+
+
+def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
+    d, meta, o, lg = cfg.data, cfg.meta, cfg.optimization, cfg.logging
     device = resolve_device(meta.device)
-    micro_per_epoch = len(dataset) // d.batch_size // o.accum_steps * o.accum_steps
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
+    global_batch = d.batch_size * world.size
+    micro_per_epoch = len(dataset) // global_batch // o.accum_steps * o.accum_steps
     if micro_per_epoch == 0:
         raise DataError(f"the dataset has {len(dataset)} images, fewer than one optimiser step of "
-                        f"{d.batch_size * o.accum_steps} (data.batch_size x optimization.accum_steps)")
+                        f"{global_batch * o.accum_steps} (data.batch_size x processes x optimization.accum_steps)")
     steps_per_epoch = micro_per_epoch // o.accum_steps
     total_steps = o.epochs * steps_per_epoch
     try:
@@ -205,8 +221,9 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
 
     run_dir = Path(lg.folder)
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _setup_logging(run_dir)
+    if world.main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(run_dir if world.main else None)
     torch.manual_seed(meta.seed)
     model = build_ijepa(cfg).to(device)
     optimizer = torch.optim.AdamW(param_groups(model), lr=o.start_lr, weight_decay=o.weight_decay)
@@ -222,7 +239,8 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
         raise CheckpointError(f"{e}{hint}") from None
     if start_step:
         log.info("resuming %s from step %d (epoch %d)", latest, start_step, start_step // steps_per_epoch)
-    atomic_save_text(run_dir / "config.yaml", cfg)
+    if world.main:
+        atomic_save_text(run_dir / "config.yaml", cfg)
     stop_step = min(total_steps, max_steps) if max_steps is not None else total_steps
     if start_step >= stop_step:
         log.info("nothing to do: the run is at step %d of %d", start_step, stop_step)
@@ -232,19 +250,25 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
                                   _per_channel(d.std, d.in_chans), d.use_horizontal_flip)
     loader = build_pretrain_loader(dataset, transform, sampler, d.batch_size, micro_per_epoch,
                                    start_step * o.accum_steps, stop_step * o.accum_steps, meta.seed,
-                                   d.num_workers, d.pin_mem and device.type == "cuda")
+                                   d.num_workers, d.pin_mem and device.type == "cuda", world.rank, world.size)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=meta.use_bfloat16 and device.type == "cuda")
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    csv_log = CSVLog(run_dir / "log.csv", start_step)
-    writer = _tensorboard(run_dir, lg, start_step)
+    csv_log = CSVLog(run_dir / "log.csv", start_step) if world.main else None
+    writer = _tensorboard(run_dir, lg, start_step) if world.main else None
     from tqdm.auto import tqdm
-    bar = tqdm(total=stop_step, initial=start_step, disable=not lg.progress_bar, unit="step", dynamic_ncols=True)
-    log.info("training %s on %s: %d images, %d steps/epoch of %d images, steps %d..%d, run dir %s",
-             meta.model_name, device, len(dataset), steps_per_epoch, d.batch_size * o.accum_steps,
-             start_step, stop_step, run_dir)
+    bar = tqdm(total=stop_step, initial=start_step, disable=not (lg.progress_bar and world.main), unit="step",
+               dynamic_ncols=True)
+    log.info("training %s on %s: %d images, %d steps/epoch of %d images (%d per process x %d processes x %d "
+             "micro-batches), steps %d..%d, run dir %s", meta.model_name, device, len(dataset), steps_per_epoch,
+             global_batch * o.accum_steps, d.batch_size, world.size, o.accum_steps, start_step, stop_step, run_dir)
+    step_model = model
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                             broadcast_buffers=False)
 
     batches = iter(loader)
-    window, watch = _Window(device), CollapseWatch()
+    window, watch = _Window(device, world), CollapseWatch()
     skipped_total, t0 = 0, time.perf_counter()
     signals = StopSignals()
     try:
@@ -261,7 +285,7 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
                     log.warning("skipped %d unreadable image(s) (%d so far), e.g. %s", len(batch["skipped"]),
                                 skipped_total, batch["skipped"][0])
                 if batch["images"] is not None:
-                    forward_backward(model, batch, device, autocast, 1.0 / o.accum_steps, window)
+                    forward_backward(step_model, batch, device, autocast, 1.0 / o.accum_steps, window)
             if o.clip_grad > 0:
                 nn.utils.clip_grad_norm_(params, o.clip_grad)
             optimizer.step()
@@ -271,15 +295,16 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
 
             done = step + 1
             epoch_end = done % steps_per_epoch == 0
-            stop_now = signals.received is not None
+            stop_now = world.any(signals.received is not None, device)
             save_now = (epoch_end or done == stop_step or stop_now
                         or (lg.checkpoint_every_steps and done % lg.checkpoint_every_steps == 0))
             if save_now or done % lg.log_every == 0:
                 window.check_finite(done, latest)  # never log or checkpoint past a non-finite loss
             if done % lg.log_every == 0 or done == stop_step:
                 row = window.read(done, done / steps_per_epoch, lr, wd, momentum, skipped_total, time.perf_counter() - t0)
-                csv_log.append(row)
-                if watch.update(row["target_std"]):
+                if csv_log is not None:
+                    csv_log.append(row)
+                if world.main and watch.update(row["target_std"]):
                     log.warning("the representation may be collapsing: target_std %.4f at step %d, down from %.4f "
                                 "at the first log; lower the learning rate or raise the EMA momentum",
                                 row["target_std"], done, watch.first)
@@ -287,13 +312,13 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
                     for key in LOG_COLUMNS[2:-1]:
                         writer.add_scalar(f"train/{key}", row[key], done)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
-            if save_now:
+            if save_now and world.main:
                 save_state(latest, model, optimizer, done, done // steps_per_epoch, cfg)
                 epoch = done // steps_per_epoch
                 if epoch_end and (epoch % lg.checkpoint_every == 0 or done == total_steps):
                     save_state(ckpt_dir / f"epoch_{epoch:04d}.pt", model, optimizer, done, epoch, cfg)
             if stop_now:
-                name = signal.Signals(signals.received).name
+                name = signal.Signals(signals.received or signal.SIGTERM).name
                 log.info("%s: saved %s at step %d and stopped; start the same command again to resume", name, latest, done)
                 raise Preempted(f"{name} received: checkpoint {latest} saved at step {done}; rerun to resume")
     finally:
@@ -315,7 +340,7 @@ def mask_sampler_for(cfg: Config):
                               allow_overlap=m.allow_overlap, **m.options)
 
 
-def forward_backward(model: IJEPA, batch: dict, device: torch.device, autocast, scale: float,
+def forward_backward(model: nn.Module, batch: dict, device: torch.device, autocast, scale: float,
                      window: "_Window") -> None:
     """One micro-batch: the loss, its gradient (scaled for accumulation), statistics kept on the device."""
     images = batch["images"].to(device, non_blocking=True)
@@ -331,13 +356,13 @@ def forward_backward(model: IJEPA, batch: dict, device: torch.device, autocast, 
 class _Window:
     """Sums the loss on the device between log points: one host read-back per window."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, world: World):
+        self.device, self.world = device, world
         self.finite = torch.ones((), dtype=torch.bool, device=device)
         self._reset()
 
     def check_finite(self, step: int, latest: Path) -> None:
-        if not bool(self.finite):
+        if self.world.any(not bool(self.finite), self.device):
             raise TrainingError(f"non-finite loss before step {step}; stopping. The last good checkpoint "
                                 f"{latest if latest.exists() else '(none yet)'} is kept")
 
@@ -358,10 +383,12 @@ class _Window:
 
     def read(self, step, epoch, lr, wd, momentum, skipped, elapsed) -> dict:
         n = max(self.batches, 1)
+        self.world.mean(self.loss_sum)
+        self.world.mean(self.std_sum)
         row = {"step": step, "epoch": round(epoch, 4), "loss": float(self.loss_sum) / n,
                "target_std": float(self.std_sum) / n, "lr": lr, "wd": wd,
                "momentum": momentum, "context_tokens": self.context / n, "target_tokens": self.target / n,
-               "img_per_s": self.images / max(time.perf_counter() - self.start, 1e-9),
+               "img_per_s": self.images * self.world.size / max(time.perf_counter() - self.start, 1e-9),
                "mem_mb": round(memory_mb(self.device), 1), "skipped_images": skipped, "elapsed_s": round(elapsed, 2)}
         self._reset()
         return row
