@@ -170,3 +170,42 @@ def test_truncated_latest_names_the_newest_periodic_checkpoint(tmp_path):
     latest.write_bytes(latest.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="newest periodic checkpoint is .*epoch_0001.pt"):
         train(cfg)
+
+
+def test_kill_9_at_a_random_moment_then_resume_is_bitwise_identical(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    settings = {"optimization": {"epochs": 6}, "logging": {"checkpoint_every_steps": 1, "progress_bar": False,
+                                                           "tensorboard": False}}
+    cfg = tiny_config(tmp_path / "run", **settings)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    proc = subprocess.Popen([sys.executable, "-m", "openjepa.cli", "train", str(tmp_path / "c.yaml")],
+                            stderr=subprocess.DEVNULL)
+    latest = tmp_path / "run/checkpoints/latest.pt"
+    deadline = time.time() + 60
+    while time.time() < deadline and not latest.exists():
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 1.0))  # somewhere in the middle of a step or of a save
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = load_checkpoint(latest)["step"]  # complete: the atomic save never leaves half a file
+    assert killed_at < 24 or proc.returncode == 0
+    train(cfg)
+    train(tiny_config(tmp_path / "straight", **settings))
+    a = load_checkpoint(latest)
+    b = load_checkpoint(tmp_path / "straight/checkpoints/latest.pt")
+    assert a["step"] == b["step"] == 24
+    for key in ("encoder", "predictor", "target_encoder"):
+        assert all(torch.equal(v, b[key][k]) for k, v in a[key].items()), key
+
+
+def test_keep_last_keeps_the_newest_periodic_checkpoints(tmp_path):
+    train(tiny_config(tmp_path, optimization={"epochs": 4},
+                      logging={"checkpoint_every": 1, "keep_last": 2, "progress_bar": False, "tensorboard": False}))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*.pt")) == ["epoch_0003.pt", "epoch_0004.pt"]

@@ -102,6 +102,7 @@ class LoggingConfig:
     log_every: int = 10  # steps between host read-backs of the loss (log.csv, TensorBoard, progress bar)
     checkpoint_every: int = 10  # epochs between kept checkpoints (latest.pt is written every epoch)
     checkpoint_every_steps: int = 0  # also refresh latest.pt every N steps; 0 = off
+    keep_last: int = 0  # periodic checkpoints kept (the newest); 0 = all
     tensorboard: bool = True
     progress_bar: bool = True
 
@@ -287,7 +288,7 @@ def validate(cfg: Config) -> Config:
     _check_pair("optimization.ema", o.ema, -1e-12, 1.0)
     if o.accum_steps < 1:
         raise ConfigError(f"optimization.accum_steps must be at least 1, got {o.accum_steps}")
-    if log.log_every < 1 or log.checkpoint_every < 1 or log.checkpoint_every_steps < 0:
+    if log.log_every < 1 or log.checkpoint_every < 1 or log.checkpoint_every_steps < 0 or log.keep_last < 0:
         raise ConfigError("logging.log_every and logging.checkpoint_every must be >= 1, "
-                          "logging.checkpoint_every_steps >= 0")
+                          "logging.checkpoint_every_steps and logging.keep_last >= 0")
     return cfg

@@ -317,6 +317,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                 epoch = done // steps_per_epoch
                 if epoch_end and (epoch % lg.checkpoint_every == 0 or done == total_steps):
                     save_state(ckpt_dir / f"epoch_{epoch:04d}.pt", model, optimizer, done, epoch, cfg)
+                    for old in sorted(ckpt_dir.glob("epoch_*.pt"))[:-lg.keep_last] if lg.keep_last else []:
+                        old.unlink()
             if stop_now:
                 name = signal.Signals(signals.received or signal.SIGTERM).name
                 log.info("%s: saved %s at step %d and stopped; start the same command again to resume", name, latest, done)
