@@ -29,6 +29,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import bench
+
+    cfg = load_config(args.config, args.overrides)
+    result = bench(cfg, steps=args.steps, windows=args.windows, warmup=args.warmup, peak=args.peak_tflops)
+    print("phases (ms): " + ", ".join(f"{k} {v}" for k, v in result["phases_ms"].items()))
+    print(json.dumps(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="openjepa", description="I-JEPA pretraining and reuse")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. optimization.epochs=10")
     p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     p.set_defaults(func=_train)
+    p = commands.add_parser("bench", help="time the training step on synthetic data; last line is JSON")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    p.add_argument("--windows", type=int, default=3, help="timed windows; the median is reported")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: from the GPU's name)")
+    p.set_defaults(func=_bench)
     p = commands.add_parser("export", help="write a checkpoint's encoder for Hugging Face, timm or safetensors")
     p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")
     p.add_argument("--format", required=True, choices=["hf", "timm", "safetensors"])

@@ -1,0 +1,121 @@
+"""`openjepa bench`: time the training step on synthetic data.
+
+The timed step is the training loop's: masks sampled on the host, target forward, context
+encoder and predictor forward, backward, AdamW, EMA. The median over several timed windows is
+reported, so one noisy window does not decide. A second, synchronised pass splits the step into
+phases. Model FLOPs follow REFERENCE.md §3: per image 3·F_enc(n_ctx) + F_enc(N) + 3·M·F_pred(n_ctx +
+n_tgt) with F(n) = depth · (24·n·d² + 4·n²·d).
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import torch
+
+from .config import Config, validate
+from .ijepa import build_ijepa
+from .models.vit import resolve_size
+from .train import mask_sampler_for, param_groups, resolve_device
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}  # bf16 dense
+
+
+def block_flops(tokens: float, dim: int, depth: int) -> float:
+    return depth * (24 * tokens * dim ** 2 + 4 * tokens ** 2 * dim)
+
+
+def flops_per_image(cfg: Config, context_tokens: float, target_tokens: float, num_targets: int) -> float:
+    size = resolve_size(cfg.meta.model_name)
+    n = (cfg.data.crop_size // cfg.mask.patch_size) ** 2
+    enc = 3 * block_flops(context_tokens, size.dim, size.depth) + block_flops(n, size.dim, size.depth)
+    pred = 3 * num_targets * block_flops(context_tokens + target_tokens, cfg.meta.pred_emb_dim, cfg.meta.pred_depth)
+    return enc + pred
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak: float | None = None) -> dict:
+    validate(cfg)
+    device = resolve_device(cfg.meta.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(cfg.meta.seed)
+    model = build_ijepa(cfg).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model), lr=cfg.optimization.lr, weight_decay=cfg.optimization.weight_decay)
+    sampler = mask_sampler_for(cfg)
+    B, size = cfg.data.batch_size, cfg.data.crop_size
+    images = torch.randn(B, cfg.data.in_chans, size, size, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.meta.use_bfloat16)
+    generator = torch.Generator().manual_seed(cfg.meta.seed)
+    tokens = []
+    phases = {k: [] for k in ("masks", "target", "context", "backward", "optimizer", "ema")}
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def step(split: bool = False):
+        marks = [time.perf_counter()]
+
+        def mark():
+            if split:
+                sync()
+                marks.append(time.perf_counter())
+
+        context_idx, target_idx = sampler(B, generator)
+        context_idx, target_idx = context_idx.to(device, non_blocking=True), target_idx.to(device, non_blocking=True)
+        tokens.append((context_idx.size(1), target_idx.size(2), target_idx.size(1)))
+        mark()
+        with autocast:
+            target = model.forward_target(images, target_idx)
+            mark()
+            loss = model.forward_loss(model.forward_context(images, context_idx, target_idx), target)
+        mark()
+        loss.backward()
+        mark()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        mark()
+        model.update_target(0.996)
+        mark()
+        if split:
+            for name, a, b in zip(phases, marks, marks[1:]):
+                phases[name].append(b - a)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    timed = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        timed.append((time.perf_counter() - start) / steps)
+    for _ in range(steps):
+        step(split=True)
+    step_s = statistics.median(timed)
+    kc, kt, m = (statistics.mean(t[i] for t in tokens) for i in range(3))
+    flops = flops_per_image(cfg, kc, kt, round(m))
+    peak = peak or peak_tflops(device)
+    result = {
+        "impl": "openjepa", "img_per_s": round(B / step_s, 1), "step_ms": round(step_s * 1e3, 2),
+        "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20 if cuda else
+                             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "gflop_per_img": round(flops / 1e9, 3),
+        "phases_ms": {k: round(statistics.median(v) * 1e3, 2) for k, v in phases.items()},
+        "context_tokens": round(kc, 1), "target_tokens": round(kt, 1), "windows_ms": [round(t * 1e3, 2) for t in timed],
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu", "threads": torch.get_num_threads(),
+        "batch": B, "model": cfg.meta.model_name, "torch": torch.__version__,
+    }
+    if peak:
+        result["mfu"] = round(flops * B / step_s / (peak * 1e12), 4)
+    return result

@@ -1,0 +1,27 @@
+import json
+
+import pytest
+
+from openjepa.bench import block_flops, flops_per_image
+from openjepa.cli import main
+from openjepa.config import load_config
+
+
+def test_flops_formula_matches_the_papers_vit_b_example():
+    cfg = load_config(None, ["meta.model_name=vit_base", "meta.pred_depth=6", "meta.pred_emb_dim=384"])
+    total = flops_per_image(cfg, context_tokens=49, target_tokens=33, num_targets=4)
+    target_forward = block_flops(196, 768, 12)
+    assert total / 1e9 == pytest.approx(82, abs=1.5)  # REFERENCE.md §3: about 83 GFLOP per image
+    assert target_forward / total == pytest.approx(0.42, abs=0.01)
+
+
+def test_bench_prints_the_contract_json_last(tmp_path, capsys):
+    config = tmp_path / "b.yaml"
+    config.write_text("data: {dataset: synthetic, batch_size: 4, crop_size: 16}\nmask: {patch_size: 4, min_keep: 2}\n"
+                      "meta: {model_name: vit_tiny, pred_depth: 1, pred_emb_dim: 48, device: cpu}\n")
+    assert main(["bench", str(config), "--steps", "1", "--windows", "1", "--warmup", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("img_per_s", "step_ms", "peak_mem_mb", "gflop_per_img"):
+        assert result[key] > 0
+    assert set(result["phases_ms"]) == {"masks", "target", "context", "backward", "optimizer", "ema"}
+    assert "mfu" not in result  # CPU: no peak to compare against
