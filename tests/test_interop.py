@@ -183,3 +183,11 @@ def test_export_cli_refuses_bad_input_without_writing(checkpoint, tmp_path, caps
     assert main(["export", str(tmp_path / "nope.pt"), "--format", "hf", "--out", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert main(["export", str(checkpoint), "--format", "safetensors", "--out", str(tmp_path / "ok")]) == 0
+
+
+def test_a_reference_file_with_a_non_square_grid_is_a_one_line_error(tmp_path, capsys):
+    encoder = VisionTransformer((16, 24), 8, 3, embed_dim=192, depth=1, num_heads=3)
+    torch.save({"encoder": encoder.state_dict(), "target_encoder": encoder.state_dict()}, tmp_path / "wide.pth.tar")
+    assert main(["export", str(tmp_path / "wide.pth.tar"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a square grid" in err and not (tmp_path / "hf").exists()

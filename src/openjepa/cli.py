@@ -5,8 +5,7 @@ import argparse
 import sys
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, load_config
-from .data import DataError
+from .config import load_config
 from .train import Preempted, TrainingError, train
 
 EXIT_BAD_INPUT = 2
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ValueError, CheckpointError) as e:  # ConfigError and DataError are ValueErrors
         print(f"openjepa: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Preempted as e:

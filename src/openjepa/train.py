@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint
 from .config import Config, ConfigError, validate
@@ -255,7 +256,6 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     params = [p for g in optimizer.param_groups for p in g["params"]]
     csv_log = CSVLog(run_dir / "log.csv", start_step) if world.main else None
     writer = _tensorboard(run_dir, lg, start_step) if world.main else None
-    from tqdm.auto import tqdm
     bar = tqdm(total=stop_step, initial=start_step, disable=not (lg.progress_bar and world.main), unit="step",
                dynamic_ncols=True)
     log.info("training %s on %s: %d images, %d steps/epoch of %d images (%d per process x %d processes x %d "
