@@ -209,3 +209,25 @@ def test_keep_last_keeps_the_newest_periodic_checkpoints(tmp_path):
     train(tiny_config(tmp_path, optimization={"epochs": 4},
                       logging={"checkpoint_every": 1, "keep_last": 2, "progress_bar": False, "tensorboard": False}))
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*.pt")) == ["epoch_0003.pt", "epoch_0004.pt"]
+
+
+def test_skip_nonfinite_steps_skips_up_to_the_limit(tmp_path, monkeypatch):
+    from openjepa.ijepa import IJEPA
+    from openjepa.train import TrainingError
+
+    real_loss, calls = IJEPA.forward_loss, {"n": 0}
+
+    def poisoned(self, prediction, target):
+        calls["n"] += 1
+        loss = real_loss(self, prediction, target)
+        return loss * float("nan") if calls["n"] in (3, 6) else loss
+
+    monkeypatch.setattr(IJEPA, "forward_loss", poisoned)
+    train(tiny_config(tmp_path / "a", optimization={"skip_nonfinite_steps": 2}))
+    state = load_checkpoint(tmp_path / "a/checkpoints/latest.pt")
+    assert state["step"] == 8 and all(torch.isfinite(v).all() for v in state["encoder"].values())
+    assert all(math.isfinite(float(r["loss"])) for r in read_log(tmp_path / "a"))
+    assert (tmp_path / "a/train.log").read_text().count("step skipped") == 2
+    calls["n"] = 0
+    with pytest.raises(TrainingError, match="more than optimization.skip_nonfinite_steps=1"):
+        train(tiny_config(tmp_path / "b", optimization={"skip_nonfinite_steps": 1}))

@@ -93,6 +93,7 @@ class OptimizationConfig:
     ipe_scale: float = 1.0  # schedules span ipe_scale x epochs x iterations-per-epoch steps
     clip_grad: float = 0.0  # max gradient norm; 0 = off
     accum_steps: int = 1  # micro-batches per optimiser step
+    skip_nonfinite_steps: int = 0  # skip up to N steps whose loss is not finite (else: stop at the first)
 
 
 @dataclass
@@ -286,8 +287,9 @@ def validate(cfg: Config) -> Config:
         if getattr(o, key) < 0:
             raise ConfigError(f"optimization.{key} must be >= 0, got {getattr(o, key)}")
     _check_pair("optimization.ema", o.ema, -1e-12, 1.0)
-    if o.accum_steps < 1:
-        raise ConfigError(f"optimization.accum_steps must be at least 1, got {o.accum_steps}")
+    if o.accum_steps < 1 or o.skip_nonfinite_steps < 0:
+        raise ConfigError(f"optimization.accum_steps must be >= 1 and optimization.skip_nonfinite_steps >= 0, "
+                          f"got {o.accum_steps} and {o.skip_nonfinite_steps}")
     if log.log_every < 1 or log.checkpoint_every < 1 or log.checkpoint_every_steps < 0 or log.keep_last < 0:
         raise ConfigError("logging.log_every and logging.checkpoint_every must be >= 1, "
                           "logging.checkpoint_every_steps and logging.keep_last >= 0")

@@ -269,7 +269,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
 
     batches = iter(loader)
     window, watch = _Window(device, world), CollapseWatch()
-    skipped_total, t0 = 0, time.perf_counter()
+    skipped_total, nonfinite_skipped, t0 = 0, 0, time.perf_counter()
     signals = StopSignals()
     try:
         for step in range(start_step, stop_step):
@@ -278,6 +278,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                 group["lr"] = lr
                 if group["decay"]:
                     group["weight_decay"] = wd
+            results = []
             for _ in range(o.accum_steps):
                 batch = next(batches)
                 if batch["skipped"]:
@@ -285,12 +286,25 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                     log.warning("skipped %d unreadable image(s) (%d so far), e.g. %s", len(batch["skipped"]),
                                 skipped_total, batch["skipped"][0])
                 if batch["images"] is not None:
-                    forward_backward(step_model, batch, device, autocast, 1.0 / o.accum_steps, window)
-            if o.clip_grad > 0:
-                nn.utils.clip_grad_norm_(params, o.clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            model.update_target(momentum)
+                    results.append(forward_backward(step_model, batch, device, autocast, 1.0 / o.accum_steps))
+            # Only with skipping on is the loss read back every step (a host sync) to decide.
+            if o.skip_nonfinite_steps and world.any(not all(bool(r[0].isfinite()) for r in results), device):
+                optimizer.zero_grad(set_to_none=True)
+                nonfinite_skipped += 1
+                log.warning("non-finite loss at step %d: step skipped (%d of at most %d)", step + 1,
+                            nonfinite_skipped, o.skip_nonfinite_steps)
+                if nonfinite_skipped > o.skip_nonfinite_steps:
+                    raise TrainingError(f"more than optimization.skip_nonfinite_steps={o.skip_nonfinite_steps} "
+                                        f"steps had a non-finite loss (the last at step {step + 1}); stopping. "
+                                        f"The last good checkpoint {latest} is kept")
+            else:
+                for loss, std, counts in results:
+                    window.add(loss, std, *counts)
+                if o.clip_grad > 0:
+                    nn.utils.clip_grad_norm_(params, o.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                model.update_target(momentum)
             bar.update(1)
 
             done = step + 1
@@ -342,17 +356,16 @@ def mask_sampler_for(cfg: Config):
                               allow_overlap=m.allow_overlap, **m.options)
 
 
-def forward_backward(model: nn.Module, batch: dict, device: torch.device, autocast, scale: float,
-                     window: "_Window") -> None:
-    """One micro-batch: the loss, its gradient (scaled for accumulation), statistics kept on the device."""
+def forward_backward(model: nn.Module, batch: dict, device: torch.device, autocast, scale: float):
+    """One micro-batch: the loss and its gradient (scaled for accumulation). Returns the loss, the
+    target spread and the (images, context tokens, target tokens) counts, all left on the device."""
     images = batch["images"].to(device, non_blocking=True)
     context_idx = batch["context_idx"].to(device, non_blocking=True)
     target_idx = batch["target_idx"].to(device, non_blocking=True)
     with autocast:
         loss, target = model(images, context_idx, target_idx, return_target=True)
     (loss * scale).backward()
-    window.add(loss.detach(), target_std(target), len(images), context_idx.size(1),
-               target_idx.size(1) * target_idx.size(2))
+    return loss.detach(), target_std(target), (len(images), context_idx.size(1), target_idx.size(1) * target_idx.size(2))
 
 
 class _Window:
