@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                   "Bag", "Ankle boot")
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error (skipped and counted), not grey pixels
 
 
 class DataError(ValueError):
