@@ -128,10 +128,7 @@ def export_encoder(path: str | Path, fmt: str, out: str | Path, which: str = "ta
 
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(out / "encoder.safetensors"))
-    spec = {"img_size": list(encoder.img_size), "patch_size": encoder.patch_size, "in_chans": encoder.in_chans,
-            "embed_dim": encoder.embed_dim, "depth": len(encoder.blocks), "num_heads": encoder.num_heads,
-            "mlp_ratio": encoder.blocks[0].mlp.fc1.out_features / encoder.embed_dim}
-    (out / "encoder.json").write_text(json.dumps({"encoder": spec, **info}, indent=2) + "\n")
+    (out / "encoder.json").write_text(json.dumps({"encoder": encoder.config(), **info}, indent=2) + "\n")
     return out
 
 

@@ -11,10 +11,8 @@ from ..models.vit import VisionTransformer
 
 
 def timm_kwargs(encoder: VisionTransformer) -> dict:
-    return {"img_size": list(encoder.img_size), "patch_size": encoder.patch_size, "in_chans": encoder.in_chans,
-            "embed_dim": encoder.embed_dim, "depth": len(encoder.blocks), "num_heads": encoder.num_heads,
-            "mlp_ratio": encoder.blocks[0].mlp.fc1.out_features / encoder.embed_dim, "qkv_bias": True,
-            "class_token": False, "global_pool": "avg", "fc_norm": False, "num_classes": 0}
+    return {**encoder.config(), "qkv_bias": True, "class_token": False, "global_pool": "avg", "fc_norm": False,
+            "num_classes": 0}
 
 
 def save_timm(encoder: VisionTransformer, out: Path, extra: dict | None = None) -> Path:

@@ -169,6 +169,12 @@ class VisionTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    def config(self) -> dict:
+        """The constructor arguments that rebuild this encoder (JSON-ready)."""
+        return {"img_size": list(self.img_size), "patch_size": self.patch_size, "in_chans": self.in_chans,
+                "embed_dim": self.embed_dim, "depth": len(self.blocks), "num_heads": self.num_heads,
+                "mlp_ratio": self.blocks[0].mlp.fc1.out_features / self.embed_dim}
+
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """The position embedding for a ``grid`` of patches: the stored one at the training grid,
         else bicubic interpolation of it (there is no CLS token to set aside)."""
