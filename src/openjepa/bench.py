@@ -8,7 +8,6 @@ n_tgt) with F(n) = depth · (24·n·d² + 4·n²·d).
 """
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 
@@ -17,7 +16,7 @@ import torch
 from .config import Config, validate
 from .ijepa import build_ijepa
 from .models.vit import resolve_size
-from .train import mask_sampler_for, param_groups, resolve_device
+from .train import mask_sampler_for, memory_mb, param_groups, resolve_device
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}  # bf16 dense
 
@@ -108,8 +107,7 @@ def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak:
     peak = peak or peak_tflops(device)
     result = {
         "impl": "openjepa", "img_per_s": round(B / step_s, 1), "step_ms": round(step_s * 1e3, 2),
-        "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20 if cuda else
-                             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_mem_mb": round(memory_mb(device), 1),
         "gflop_per_img": round(flops / 1e9, 3),
         "phases_ms": {k: round(statistics.median(v) * 1e3, 2) for k, v in phases.items()},
         "context_tokens": round(kc, 1), "target_tokens": round(kt, 1), "windows_ms": [round(t * 1e3, 2) for t in timed],
