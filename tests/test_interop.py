@@ -191,3 +191,9 @@ def test_a_reference_file_with_a_non_square_grid_is_a_one_line_error(tmp_path, c
     assert main(["export", str(tmp_path / "wide.pth.tar"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a square grid" in err and not (tmp_path / "hf").exists()
+
+
+def test_a_file_with_non_dict_entries_is_named_not_a_crash(tmp_path):
+    torch.save({"encoder": [1, 2, 3]}, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match="not a checkpoint openjepa knows"):
+        openjepa.load_encoder(tmp_path / "odd.pt")

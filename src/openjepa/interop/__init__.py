@@ -43,7 +43,8 @@ def _read(path: Path) -> tuple[str, object]:
     obj = load_checkpoint(path)
     if obj.get("format") == "openjepa":
         return "openjepa", obj
-    obj = {k: strip_prefix(v) if k in ("encoder", "target_encoder", "predictor") else v for k, v in obj.items()}
+    obj = {k: strip_prefix(v) if k in ("encoder", "target_encoder", "predictor") and isinstance(v, dict) else v
+           for k, v in obj.items()}
     if is_reference(obj):
         return "reference", obj
     raise CheckpointError(f"{path} is not a checkpoint openjepa knows (ours, the reference's .pth.tar, "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import load_checkpoint
 from ..models.vit import LAYER_NORM_EPS, VisionTransformer
 
 # ours -> Hugging Face, per block (qkv is split separately)
@@ -87,7 +88,7 @@ def load_hf(folder: Path) -> VisionTransformer:
         from safetensors.torch import load_file
         state = load_file(str(weights))
     elif (folder / "pytorch_model.bin").exists():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        state = load_checkpoint(folder / "pytorch_model.bin")  # weights only, refusals named as everywhere
     else:
         raise ValueError(f"{folder} has no model.safetensors or pytorch_model.bin")
     encoder = VisionTransformer(config["image_size"], config["patch_size"], config.get("num_channels", 3),
