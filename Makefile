@@ -8,7 +8,7 @@ EXTRAS ?= dev,timm
 CONFIG ?= configs/fmnist_vit_tiny.yaml
 BIN := $(VENV)/bin
 
-.PHONY: demo test data install clean
+.PHONY: demo test data install browser clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,16 @@ data: install
 
 demo: data
 	$(BIN)/openjepa train $(CONFIG)
+	$(BIN)/openjepa report $$($(BIN)/python -c "from openjepa.config import load_config; print(load_config('$(CONFIG)').logging.folder)")
 
-test: install
+# Headless Chromium opens the run report in the tests: Debian's package where apt works.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	{ echo "the report test needs headless Chromium: install Debian's chromium package"; exit 1; }
+
+test: install browser
 	$(BIN)/python -m pytest
 
 clean:

@@ -16,7 +16,7 @@ import torch
 from .config import Config, validate
 from .ijepa import build_ijepa
 from .models.vit import resolve_size
-from .train import mask_sampler_for, memory_mb, param_groups, resolve_device
+from .train import autocast_for, build_optimizer, mask_sampler_for, memory_mb, resolve_device
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}  # bf16 dense
 
@@ -46,11 +46,11 @@ def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak:
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.meta.seed)
     model = build_ijepa(cfg).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model), lr=cfg.optimization.lr, weight_decay=cfg.optimization.weight_decay)
+    optimizer = build_optimizer(model, cfg.optimization)
     sampler = mask_sampler_for(cfg)
     B, size = cfg.data.batch_size, cfg.data.crop_size
     images = torch.randn(B, cfg.data.in_chans, size, size, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.meta.use_bfloat16)
+    autocast = autocast_for(cfg.meta, device)
     generator = torch.Generator().manual_seed(cfg.meta.seed)
     tokens = []
     phases = {k: [] for k in ("masks", "target", "context", "backward", "optimizer", "ema")}

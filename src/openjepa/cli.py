@@ -28,6 +28,71 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table
+
+    split = lambda text: [t for t in text.split(",") if t]  # noqa: E731
+    record = evaluate(args.checkpoint, args.data, split(args.protocol), split(args.baselines), args.which, args.layers,
+                      args.data_root, args.cache_dir, args.out, args.seed, args.batch_size, args.num_workers,
+                      progress=not args.no_progress, device=args.device, precision=args.precision,
+                      linear_steps=args.linear_steps, attentive_epochs=args.attentive_epochs)
+    print(format_table(record["results"]))
+    print(f"result: {record['path']} ({record['wall_s']} s)")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from .launch import submit
+
+    cfg = load_config(args.config, args.overrides)
+    job = submit(cfg, args.log_dir, args.nodes, args.gpus_per_node, args.partition, args.timeout_min,
+                 cluster="local" if args.local else None)
+    print(f"submitted job {job.job_id}; its logs: {args.log_dir}; the run directory: {cfg.logging.folder}")
+    if args.wait:
+        print(f"run directory: {job.result()}")
+    return 0
+
+
+def _viz(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    out = Path(args.out)
+    if args.what == "masks":
+        from .data import build_dataset
+        from .evaluate.features import resize_center_crop
+        from .viz import mask_grid, pick_images
+
+        cfg = load_config(args.target, args.overrides)
+        images = resize_center_crop(pick_images(build_dataset(cfg.data), args.n, args.seed), (cfg.data.crop_size,) * 2)
+        mask_grid(images, cfg, seed=args.seed).save(out)
+    elif args.what == "curves":
+        from .viz import curves_png
+
+        out.write_bytes(curves_png(args.target))
+    else:
+        from .data import build_dataset
+        from .evaluate.features import resize_center_crop
+        from .viz import feature_figure, pick_images
+        from .viz.report import load_model
+
+        model, cfg = load_model(Path(args.target))
+        from .config import apply_overrides, validate
+
+        apply_overrides(cfg, args.overrides)
+        validate(cfg)
+        images = resize_center_crop(pick_images(build_dataset(cfg.data), args.n, args.seed), (cfg.data.crop_size,) * 2)
+        feature_figure(model.target_encoder, images, cfg.data.mean, cfg.data.std).save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .viz import write_report
+
+    print(f"report: {write_report(args.run_dir, args.out, n_images=args.n, seed=args.seed)}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import json
 
@@ -48,6 +113,54 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. optimization.epochs=10")
     p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     p.set_defaults(func=_train)
+    p = commands.add_parser("eval", help="linear / kNN / low-shot / attentive probes of a frozen encoder, with baselines")
+    p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")
+    p.add_argument("--data", default="fashion_mnist",
+                   help="fashion_mnist, or a folder with train/ and val/ (or test/) sub-folders of class folders")
+    p.add_argument("--data-root", default=None, help="where the Fashion-MNIST idx files are (default: searched)")
+    p.add_argument("--protocol", default="linear,knn,lowshot,attentive", help="comma-separated protocols")
+    p.add_argument("--baselines", default="random,pixels",
+                   help="comma-separated: random (same encoder, random init), pixels; '' for none")
+    p.add_argument("--which", default="target", choices=["target", "context"])
+    p.add_argument("--layers", default="last", choices=["last", "last4"],
+                   help="pooled last layer, or the concatenated pooled last 4 layers (the paper's ViT-H protocol)")
+    p.add_argument("--out", default=None, help="result JSON (default: RUN/eval/<checkpoint>_<which>.json)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: beside the result)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="feature extraction; auto: bf16 on CUDA and on CPUs with native bf16")
+    p.add_argument("--linear-steps", type=int, default=2000, help="optimiser steps of each linear probe")
+    p.add_argument("--attentive-epochs", type=int, default=4)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_eval)
+    p = commands.add_parser("submit", help="queue training on SLURM with submitit (requeued on pre-emption)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--partition", default=None)
+    p.add_argument("--timeout-min", type=int, default=4320)
+    p.add_argument("--log-dir", default="runs/slurm", help="submitit's folder for job logs and pickles")
+    p.add_argument("--local", action="store_true", help="run as a local process instead (tests the launch path)")
+    p.add_argument("--wait", action="store_true", help="wait for the job and print its run directory")
+    p.set_defaults(func=_submit)
+    p = commands.add_parser("viz", help="pictures: masks (from a config), curves (a run dir), features (a checkpoint)")
+    p.add_argument("what", choices=["masks", "curves", "features"])
+    p.add_argument("target", help="masks: a config; curves: a run directory; features: a training checkpoint")
+    p.add_argument("overrides", nargs="*", help="section.key=value (masks, features: e.g. data.root_path=...)")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--n", type=int, default=8, help="images shown")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_viz)
+    p = commands.add_parser("report", help="write RUN_DIR/report.html: config, curves, masks, features, evaluations")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None)
+    p.add_argument("--n", type=int, default=8, help="images shown")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_report)
     p = commands.add_parser("bench", help="time the training step on synthetic data; last line is JSON")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
@@ -66,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, CheckpointError) as e:  # ConfigError and DataError are ValueErrors
+    except (ValueError, CheckpointError, FileNotFoundError) as e:  # ConfigError and DataError are ValueErrors
         print(f"openjepa: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Preempted as e:

@@ -69,7 +69,8 @@ class MetaConfig:
     pred_emb_dim: int = 384
     loss: str = "smooth_l1"  # smooth_l1 (reference code) | l2 (paper text)
     target: str = "representations"  # representations | pixels (the paper's Table 7 ablation)
-    use_bfloat16: bool = True  # bf16 autocast on CUDA; CPU always trains in fp32
+    use_bfloat16: bool = True  # bf16 autocast on CUDA
+    cpu_bfloat16: bool = False  # bf16 autocast on CPU too (fast where the CPU has AMX / AVX512-BF16)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     grad_checkpointing: bool = False
@@ -93,6 +94,7 @@ class OptimizationConfig:
     ipe_scale: float = 1.0  # schedules span ipe_scale x epochs x iterations-per-epoch steps
     clip_grad: float = 0.0  # max gradient norm; 0 = off
     accum_steps: int = 1  # micro-batches per optimiser step
+    fused_adamw: bool = False  # torch's fused AdamW kernel (one kernel for all parameters; CPU and CUDA)
     skip_nonfinite_steps: int = 0  # skip up to N steps whose loss is not finite (else: stop at the first)
 
 
@@ -106,6 +108,8 @@ class LoggingConfig:
     keep_last: int = 0  # periodic checkpoints kept (the newest); 0 = all
     tensorboard: bool = True
     progress_bar: bool = True
+    monitor_every: int = 0  # epochs between kNN / RankMe checks of the target encoder (monitor.csv); 0 = off
+    monitor_images: int = 2000  # the fixed labelled subset those checks use
 
 
 @dataclass
@@ -293,4 +297,7 @@ def validate(cfg: Config) -> Config:
     if log.log_every < 1 or log.checkpoint_every < 1 or log.checkpoint_every_steps < 0 or log.keep_last < 0:
         raise ConfigError("logging.log_every and logging.checkpoint_every must be >= 1, "
                           "logging.checkpoint_every_steps and logging.keep_last >= 0")
+    if log.monitor_every < 0 or (log.monitor_every and log.monitor_images < 10):
+        raise ConfigError(f"logging.monitor_every must be >= 0 and logging.monitor_images >= 10, "
+                          f"got {log.monitor_every} and {log.monitor_images}")
     return cfg

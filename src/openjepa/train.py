@@ -110,6 +110,13 @@ def param_groups(model: IJEPA) -> list[dict]:
     return [{"params": decay, "decay": True}, {"params": no_decay, "decay": False, "weight_decay": 0.0}]
 
 
+def build_optimizer(model: IJEPA, o) -> torch.optim.AdamW:
+    """AdamW over ``param_groups``; ``optimization.fused_adamw`` picks torch's fused kernel
+    (the same update, computed in one kernel per device instead of one loop per tensor list)."""
+    return torch.optim.AdamW(param_groups(model), lr=o.start_lr, weight_decay=o.weight_decay,
+                             **({"fused": True} if o.fused_adamw else {}))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -227,7 +234,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     _setup_logging(run_dir if world.main else None)
     torch.manual_seed(meta.seed)
     model = build_ijepa(cfg).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model), lr=o.start_lr, weight_decay=o.weight_decay)
+    optimizer = build_optimizer(model, o)
     schedules = Schedules.from_config(o, steps_per_epoch)
 
     latest = ckpt_dir / "latest.pt"
@@ -252,7 +259,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     loader = build_pretrain_loader(dataset, transform, sampler, d.batch_size, micro_per_epoch,
                                    start_step * o.accum_steps, stop_step * o.accum_steps, meta.seed,
                                    d.num_workers, d.pin_mem and device.type == "cuda", world.rank, world.size)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=meta.use_bfloat16 and device.type == "cuda")
+    autocast = autocast_for(meta, device)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     csv_log = CSVLog(run_dir / "log.csv", start_step) if world.main else None
     writer = _tensorboard(run_dir, lg, start_step) if world.main else None
@@ -269,6 +276,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
 
     batches = iter(loader)
     window, watch = _Window(device, world), CollapseWatch()
+    monitor = Monitor(cfg, dataset, run_dir, start_step, writer) if world.main and lg.monitor_every else None
     skipped_total, nonfinite_skipped, t0 = 0, 0, time.perf_counter()
     signals = StopSignals()
     try:
@@ -326,6 +334,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                     for key in LOG_COLUMNS[2:-1]:
                         writer.add_scalar(f"train/{key}", row[key], done)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+            if monitor is not None and epoch_end and (done // steps_per_epoch) % lg.monitor_every == 0:
+                monitor.check(model.target_encoder, autocast, done, done // steps_per_epoch)
             if save_now and world.main:
                 save_state(latest, model, optimizer, done, done // steps_per_epoch, cfg)
                 epoch = done // steps_per_epoch
@@ -348,12 +358,21 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
 
 def mask_sampler_for(cfg: Config):
     m, grid = cfg.mask, (cfg.data.crop_size // cfg.mask.patch_size,) * 2
+    if m.strategy == "block":
+        return build_mask_sampler("block", grid, **{"min_keep": m.min_keep, **m.options})
     if m.strategy != "multiblock":
         return build_mask_sampler(m.strategy, grid, **m.options)
     return build_mask_sampler("multiblock", grid, reference=m.reference_sampler, num_targets=m.num_pred_masks,
                               target_scale=m.pred_mask_scale, target_aspect=m.aspect_ratio,
                               context_scale=m.enc_mask_scale, min_keep=m.min_keep,
                               allow_overlap=m.allow_overlap, **m.options)
+
+
+def autocast_for(meta, device: torch.device):
+    """bf16 autocast on CUDA (``meta.use_bfloat16``, no GradScaler: bf16 has fp32's range) and,
+    when ``meta.cpu_bfloat16`` asks, on CPU; plain fp32 otherwise."""
+    enabled = meta.use_bfloat16 if device.type == "cuda" else meta.cpu_bfloat16
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def forward_backward(model: nn.Module, batch: dict, device: torch.device, autocast, scale: float):
@@ -423,6 +442,54 @@ class CollapseWatch:
             return False
         self.warned = True
         return True
+
+
+class Monitor:
+    """Every ``logging.monitor_every`` epochs: kNN accuracy, RankMe and feature spread of the
+    target encoder on a fixed subset (see ``evaluate.monitor``), to monitor.csv and TensorBoard,
+    with a warning when RankMe or the spread falls below half its first value."""
+
+    def __init__(self, cfg: Config, dataset, run_dir: Path, start_step: int, writer):
+        from .evaluate.monitor import MONITOR_COLUMNS, monitor_subset
+
+        d = cfg.data
+        self.dataset, self.writer, self.columns = dataset, writer, MONITOR_COLUMNS
+        self.indices = monitor_subset(len(dataset), cfg.logging.monitor_images, cfg.meta.seed)
+        self.mean, self.std = _per_channel(d.mean, d.in_chans), _per_channel(d.std, d.in_chans)
+        self.path = run_dir / "monitor.csv"
+        rows = []
+        if self.path.exists() and self.path.stat().st_size:
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, self.columns)
+            w.writeheader()
+            w.writerows(rows)
+        self.first = {k: float(rows[0][k]) for k in ("rankme", "feature_std")} if rows else None
+        self.warned = False
+
+    def check(self, encoder: nn.Module, autocast, step: int, epoch: int) -> dict:
+        from .evaluate.monitor import monitor
+
+        t0 = time.perf_counter()
+        row = {"step": step, "epoch": epoch, **monitor(encoder, self.dataset, self.indices, self.mean, self.std, autocast)}
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.columns).writerow(row)
+        if self.writer is not None:
+            for key in self.columns[2:]:
+                if row[key] is not None:
+                    self.writer.add_scalar(f"monitor/{key}", row[key], step)
+        knn = "n/a (no labels)" if row["knn_acc"] is None else f"{100 * row['knn_acc']:.1f}%"
+        log.info("monitor at epoch %d: kNN@20 %s, RankMe %.1f, feature_std %.4f (%.1f s)", epoch, knn, row["rankme"],
+                 row["feature_std"], time.perf_counter() - t0)
+        if self.first is None:
+            self.first = {k: row[k] for k in ("rankme", "feature_std")}
+        elif not self.warned and any(row[k] < 0.5 * self.first[k] for k in self.first):
+            self.warned = True
+            log.warning("the representation may be collapsing: RankMe %.1f (first %.1f), feature_std %.4f (first %.4f) "
+                        "at epoch %d", row["rankme"], self.first["rankme"], row["feature_std"],
+                        self.first["feature_std"], epoch)
+        return row
 
 
 def target_std(target: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,187 @@
+"""Evaluation of frozen encoders with the paper's protocols, and the baselines that give the
+numbers meaning.
+
+``evaluate(checkpoint, data)`` extracts features once (cached), runs the chosen protocols —
+linear probe (a grid of heads, chosen on a validation split), weighted kNN, low-shot linear
+probes and the attentive probe — on the I-JEPA encoder and, as baselines, on a randomly
+initialised encoder of the same size and on raw pixels, then writes one JSON result.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import DataError, ImageFolder, fashion_mnist
+from ..models.vit import VisionTransformer
+from .attentive import AttentiveProbe, attentive_probe
+from .features import (Features, cache_path, cached_extract, extract, file_key, pixel_features, prepare,
+                       resolve_precision)
+from .knn import knn_eval, knn_predict
+from .linear import linear_probe, stratified_split
+from .lowshot import lowshot_eval, lowshot_subset
+from .rankme import feature_std, rankme
+
+PROTOCOLS = ("linear", "knn", "lowshot", "attentive")
+BASELINES = ("random", "pixels")
+PIXEL_PROTOCOLS = ("linear", "knn", "lowshot")  # the attentive probe needs patch tokens
+
+
+def load_eval_data(data: str, in_chans: int, root: str | None = None):
+    """(train, test) labelled datasets: ``fashion_mnist`` (its own train / test split), or a folder
+    with ``train/`` and ``val/`` (or ``test/``) sub-folders, each of class sub-folders."""
+    if data == "fashion_mnist":
+        return fashion_mnist(root, "train", in_chans), fashion_mnist(root, "test", in_chans)
+    folder = Path(data)
+    if not folder.is_dir():
+        raise DataError(f"evaluation data {data!r} is neither 'fashion_mnist' nor a folder")
+    test_dir = next((folder / n for n in ("val", "test") if (folder / n).is_dir()), None)
+    if not (folder / "train").is_dir() or test_dir is None:
+        raise DataError(f"evaluation folder {folder} needs train/ and val/ (or test/) sub-folders of class folders")
+    train, test = ImageFolder(folder / "train", in_chans), ImageFolder(test_dir, in_chans)
+    for split in (train, test):
+        if not split.classes:
+            raise DataError(f"{split.root} has no class sub-folders: labels are needed for evaluation")
+    if train.classes != test.classes:
+        raise DataError(f"{folder}: train/ and {test_dir.name}/ have different class folders")
+    return train, test
+
+
+def random_encoder(like: VisionTransformer, seed: int = 0) -> VisionTransformer:
+    """The baseline: the same architecture and normalisation, freshly initialised."""
+    torch.manual_seed(seed)
+    encoder = VisionTransformer(**like.config())
+    encoder.mean, encoder.std = like.mean, like.std
+    return encoder.eval()
+
+
+def run_protocols(train: Features, test: Features, protocols, seed: int = 0, layers: str = "last",
+                  linear_steps: int = 2000, attentive_epochs: int = 4) -> dict:
+    """Every protocol on one pair of feature sets (``layers``: 'last' pooled, or 'last4' concatenated)."""
+    x_train, x_test = (train.pooled, test.pooled) if layers == "last" else (train.last4, test.last4)
+    out = {}
+    for name in protocols:
+        t0 = time.perf_counter()
+        if name == "linear":
+            out[name] = linear_probe(x_train, train.labels, x_test, test.labels, seed=seed, steps=linear_steps)
+        elif name == "knn":
+            out[name] = knn_eval(x_train, train.labels, x_test, test.labels)
+        elif name == "lowshot":
+            out[name] = lowshot_eval(x_train, train.labels, x_test, test.labels, steps=linear_steps)
+        elif name == "attentive":
+            out[name] = attentive_probe(train.patches, train.labels, test.patches, test.labels, seed=seed,
+                                        epochs=attentive_epochs)
+        out[name]["wall_s"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def hardware() -> dict:
+    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": "cpu"}
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+    return info
+
+
+def headline(result: dict) -> dict:
+    """One number per protocol: linear and attentive test accuracy, kNN at k=20, low-shot means."""
+    row = {}
+    for name, r in result.items():
+        if name in ("linear", "attentive"):
+            row[name] = r["test_acc"]
+        elif name == "knn":
+            row["knn@20"] = r.get("k=20")
+        elif name == "lowshot":
+            row.update({f"{float(f):.0%} labels": v["mean"] for f, v in r.items() if isinstance(v, dict)})
+        elif name == "rankme":
+            row["rankme"] = r
+    return row
+
+
+def format_table(results: dict) -> str:
+    """A text table: one row per encoder, one column per headline number (accuracies in %)."""
+    rows = {enc: headline(r) for enc, r in results.items()}
+    cols = list(dict.fromkeys(c for r in rows.values() for c in r))
+    lines = ["| encoder | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for enc, r in rows.items():
+        cells = ["" if r.get(c) is None else (f"{r[c]:.1f}" if c == "rankme" else f"{100 * r[c]:.1f}") for c in cols]
+        lines.append(f"| {enc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROTOCOLS, baselines=BASELINES,
+             which: str = "target", layers: str = "last", data_root: str | None = None, cache_dir: str | Path | None = None,
+             out: str | Path | None = None, seed: int = 0, batch_size: int = 256, num_workers: int = 0,
+             progress: bool = True, device: str = "auto", precision: str = "auto", linear_steps: int = 2000,
+             attentive_epochs: int = 4) -> dict:
+    """Evaluate a checkpoint (any format ``load_encoder`` reads) and write the JSON result to
+    ``out`` (default: ``RUN/eval/<checkpoint>_<which>.json`` beside a run's checkpoints folder)."""
+    from ..interop import load_encoder
+
+    unknown = [p for p in protocols if p not in PROTOCOLS] + [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown protocol or baseline {', '.join(unknown)}: choose from "
+                         f"{', '.join(PROTOCOLS)} / baselines {', '.join(BASELINES)}")
+    if layers not in ("last", "last4"):
+        raise ValueError(f"layers must be 'last' or 'last4', got {layers!r}")
+    checkpoint = Path(checkpoint)
+    out = Path(out) if out else default_result_path(checkpoint, which)
+    t_start = time.perf_counter()
+    encoder = load_encoder(checkpoint, which)
+    train_set, test_set = load_eval_data(data, encoder.in_chans, data_root)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    precision = resolve_precision(precision, dev)
+    cache_dir = Path(cache_dir) if cache_dir else out.parent / "cache"
+    data_key = {"data": str(Path(data).resolve()) if data != "fashion_mnist" else data, "root": data_root,
+                "size": list(encoder.img_size), "mean": encoder.mean, "std": encoder.std,
+                "precision": precision}
+    patches = "attentive" in protocols
+    encoders = {"ijepa": (encoder, {"checkpoint": file_key(checkpoint), "which": which})}
+    if "random" in baselines:
+        encoders["random"] = (random_encoder(encoder, seed), {"random": encoder.config(), "seed": seed})
+
+    results, monitor = {}, {}
+    for name, (enc, key) in encoders.items():
+        enc.to(dev)
+        feats = {split: cached_extract(enc, ds, cache_path(cache_dir, **key, **data_key, split=split), patches=patches,
+                                       batch_size=batch_size, num_workers=num_workers, progress=progress,
+                                       desc=f"{name} {split} features", precision=precision)
+                 for split, ds in (("train", train_set), ("test", test_set))}
+        results[name] = run_protocols(feats["train"], feats["test"], protocols, seed, layers, linear_steps,
+                                      attentive_epochs)
+        results[name]["rankme"] = rankme(feats["test"].pooled)
+        monitor[name] = {"rankme": results[name]["rankme"], "feature_std": feature_std(feats["test"].pooled)}
+    if "pixels" in baselines:
+        (x_tr, y_tr), (x_te, y_te) = pixel_features(train_set), pixel_features(test_set)
+        pix_train = Features(x_tr, x_tr, None, y_tr)
+        pix_test = Features(x_te, x_te, None, y_te)
+        results["pixels"] = run_protocols(pix_train, pix_test, [p for p in protocols if p in PIXEL_PROTOCOLS], seed,
+                                          linear_steps=linear_steps)
+
+    record = {"protocols": list(protocols), "results": results, "features": monitor, "layers": layers,
+              "precision": precision, "linear_steps": linear_steps, "attentive_epochs": attentive_epochs,
+              "checkpoint": str(checkpoint), "which": which, "dataset": data,
+              "train_size": len(train_set), "test_size": len(test_set), "seed": seed,
+              "wall_s": round(time.perf_counter() - t_start, 1), "hardware": hardware(),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(out)
+    record["path"] = str(out)
+    return record
+
+
+def default_result_path(checkpoint: Path, which: str) -> Path:
+    parent = checkpoint.parent
+    run_dir = parent.parent if parent.name == "checkpoints" else parent
+    return run_dir / "eval" / f"{checkpoint.stem}_{which}.json"
+
+
+__all__ = ["evaluate", "extract", "cached_extract", "prepare", "linear_probe", "knn_predict", "knn_eval",
+           "lowshot_eval", "lowshot_subset", "attentive_probe", "AttentiveProbe", "rankme", "feature_std",
+           "stratified_split", "random_encoder", "format_table", "load_eval_data", "PROTOCOLS", "BASELINES"]

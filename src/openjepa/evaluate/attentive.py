@@ -1,0 +1,69 @@
+"""Attentive probe (V-JEPA's image evaluation): one cross-attention block whose single learned
+query attends over the frozen patch features, then a linear classifier. Trained with AdamW on the
+cached patch tokens; the epoch count is chosen on the validation split."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .linear import accuracy, stratified_split
+
+
+class AttentiveProbe(nn.Module):
+    def __init__(self, dim: int, num_classes: int, num_heads: int = 4, mlp_ratio: float = 2.0):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+        self.norm_out = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_kv(tokens)
+        x = self.query.expand(len(tokens), -1, -1)
+        x = x + self.attn(x, kv, kv, need_weights=False)[0]
+        x = x + self.mlp(self.norm_mlp(x))
+        return self.head(self.norm_out(x[:, 0]))
+
+
+@torch.no_grad()
+def _predict(probe: AttentiveProbe, tokens: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    return torch.cat([probe(tokens[i:i + batch_size].float()) for i in range(0, len(tokens), batch_size)])
+
+
+def attentive_probe(train_tokens: torch.Tensor, train_y: torch.Tensor, test_tokens: torch.Tensor, test_y: torch.Tensor,
+                    epochs: int = 4, lr: float = 3e-3, weight_decay: float = 0.05, batch_size: int = 256,
+                    val_fraction: float = 0.1, seed: int = 0) -> dict:
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    fit, val = stratified_split(train_y, val_fraction, seed)
+    torch.manual_seed(seed)
+    probe = AttentiveProbe(train_tokens.size(-1), num_classes)
+    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(seed)
+    steps, step = epochs * math.ceil(len(fit) / batch_size), 0
+    best = (-1.0, 0, None)
+    for epoch in range(epochs):
+        probe.train()
+        order = fit[torch.randperm(len(fit), generator=g)]
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            loss = F.cross_entropy(probe(train_tokens[idx].float()), train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        probe.eval()
+        val_acc = accuracy(_predict(probe, train_tokens[val]), train_y[val])
+        if val_acc > best[0]:
+            best = (val_acc, epoch + 1, {k: v.clone() for k, v in probe.state_dict().items()})
+    probe.load_state_dict(best[2])
+    return {"test_acc": accuracy(_predict(probe, test_tokens), test_y), "val_acc": best[0], "epoch": best[1],
+            "epochs": epochs, "lr": lr, "weight_decay": weight_decay}

@@ -1,0 +1,86 @@
+"""Linear probe on frozen features: a grid of heads (learning rate x weight decay) trained
+together in one pass, as DINOv2 does; the head is chosen on a validation split carved from the
+training set, and only that head is scored on the test set."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+WDS = (0.0, 1e-2, 1e-1, 5e-1)
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val) with ``fraction`` of each class in val (at least one per class that
+    has two or more samples); the same seed gives the same split."""
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = min(len(idx) - 1, max(1, round(fraction * len(idx)))) if len(idx) > 1 else 0
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Scale every feature by the training set's mean and standard deviation."""
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+    return [(x - mean) / std for x in (train, *others)]
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(-1) == labels).float().mean().item()
+
+
+def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs=LRS, wds=WDS, steps: int = 2000,
+                batch_size: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[tuple[float, float]]]:
+    """One softmax-regression head per (lr, wd), all trained together with AdamW (cosine LR,
+    decoupled weight decay on the weights) as one batched tensor [H, D + 1, C], so the grid costs
+    about what one head costs. Returns weights [H, D, C], biases [H, C] and the grid."""
+    grid = [(lr, wd) for lr in lrs for wd in wds]
+    g = torch.Generator().manual_seed(seed)
+    heads = torch.zeros(len(grid), x.size(1) + 1, num_classes, requires_grad=True)  # last row: the bias
+    lr = torch.tensor([lr for lr, _ in grid]).view(-1, 1, 1)
+    decay = torch.zeros_like(heads)
+    decay[:, :-1] = torch.tensor([wd for _, wd in grid]).view(-1, 1, 1)
+    m, v, (beta1, beta2), eps = torch.zeros_like(heads), torch.zeros_like(heads), (0.9, 0.999), 1e-8
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
+    batch_size = min(batch_size, len(x))
+    order, pos = torch.randperm(len(x), generator=g), 0
+    for step in range(1, steps + 1):
+        if pos + batch_size > len(x):
+            order, pos = torch.randperm(len(x), generator=g), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        logits = torch.matmul(x[idx], heads)  # [H, B, C]
+        loss = F.cross_entropy(logits.flatten(0, 1), y[idx].repeat(len(grid)), reduction="sum") / batch_size
+        (grad,) = torch.autograd.grad(loss, heads)
+        with torch.no_grad():
+            step_lr = lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / steps))
+            heads.mul_(1 - step_lr * decay)
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v / (1 - beta2 ** step)).sqrt_().add_(eps)
+            heads.addcdiv_(m / (1 - beta1 ** step) * step_lr, denom, value=-1)
+    heads = heads.detach()
+    return heads[:, :-1], heads[:, -1], grid
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 val_fraction: float = 0.1, seed: int = 0, **kwargs) -> dict:
+    """Fit the grid on train minus a stratified val split, pick the best head on val, report its test accuracy."""
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    fit, val = stratified_split(train_y, val_fraction, seed)
+    if len(val) == 0:
+        raise ValueError("the training set is too small to carve a validation split")
+    x_fit, x_val, x_test = standardize(train_x[fit].float(), train_x[val].float(), test_x.float())
+    w, b, grid = train_heads(x_fit, train_y[fit], num_classes, seed=seed, **kwargs)
+    val_acc = [accuracy(x_val @ w[h] + b[h], train_y[val]) for h in range(len(grid))]
+    best = max(range(len(grid)), key=lambda h: val_acc[h])
+    return {"test_acc": accuracy(x_test @ w[best] + b[best], test_y), "val_acc": val_acc[best],
+            "lr": grid[best][0], "wd": grid[best][1], "train_size": len(fit), "val_size": len(val),
+            "grid_val_acc": {f"lr={lr:g},wd={wd:g}": round(a, 4) for (lr, wd), a in zip(grid, val_acc)}}

@@ -1,0 +1,40 @@
+"""Online monitoring during pretraining: on a fixed labelled subset of the training data, the
+kNN accuracy of the target encoder's pooled features (first 80% as the bank, last 20% as
+queries), their effective rank (RankMe) and their spread. Collapse shows here before it shows
+in the loss."""
+from __future__ import annotations
+
+import torch
+
+from .features import prepare
+from .knn import knn_predict
+from .rankme import feature_std, rankme
+
+MONITOR_COLUMNS = ("step", "epoch", "knn_acc", "rankme", "feature_std")
+
+
+def monitor_subset(dataset_size: int, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(dataset_size, generator=g)[:min(n, dataset_size)]
+
+
+@torch.no_grad()
+def monitor(encoder, dataset, indices: torch.Tensor, mean, std, autocast, batch_size: int = 256) -> dict:
+    """kNN accuracy at k=20 (None when the data has no labels), RankMe and feature_std."""
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    feats, labels = [], []
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[int(i)] for i in indices[start:start + batch_size]]
+        images = prepare(torch.stack([img for img, _ in items]).float(), encoder, mean, std).to(device)
+        with autocast:
+            feats.append(encoder(images).mean(1).float().cpu())
+        labels += [int(label) for _, label in items]
+    encoder.train(was_training)
+    x, y = torch.cat(feats), torch.tensor(labels)
+    cut = int(0.8 * len(x))
+    knn_acc = None
+    if (y >= 0).all() and 0 < cut < len(x):
+        knn_acc = (knn_predict(x[:cut], y[:cut], x[cut:], ks=(20,))[20] == y[cut:]).float().mean().item()
+    return {"knn_acc": knn_acc, "rankme": rankme(x), "feature_std": feature_std(x)}

@@ -1,0 +1,74 @@
+"""Feature pictures: PCA of patch features to RGB (the first three components, fitted jointly
+over the images shown), and the cosine similarity of one patch to all others."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .masks import to_rgb
+
+
+def pick_images(dataset, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` images of ``dataset`` chosen by ``seed``: [n, C, H, W] in [0, 1] (all the same size)."""
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.stack([dataset[int(i)][0] for i in idx])
+
+
+def pca_rgb(features: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """Patch features [B, N, D] -> [B, gh, gw, 3] in [0, 1]: projections on the first three
+    principal components (signs fixed so each component's largest loading is positive), each
+    scaled to [0, 1] over the batch. Deterministic: a full SVD, no random projection."""
+    B, N, D = features.shape
+    x = features.reshape(B * N, D).double()
+    x = x - x.mean(0)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    comps = vh[:3]
+    comps = comps * comps.gather(1, comps.abs().argmax(1, keepdim=True)).sign()
+    proj = x @ comps.T
+    if proj.size(1) < 3:
+        proj = torch.cat([proj, proj.new_zeros(len(proj), 3 - proj.size(1))], 1)
+    lo, hi = proj.min(0).values, proj.max(0).values
+    proj = (proj - lo) / (hi - lo).clamp_min(1e-12)
+    return proj.reshape(B, grid[0], grid[1], 3).numpy()
+
+
+def similarity_map(features: torch.Tensor, patch: int) -> torch.Tensor:
+    """[N, D] -> [N]: cosine similarity of patch ``patch`` to every patch."""
+    f = F.normalize(features.double(), dim=-1)
+    return f @ f[patch]
+
+
+def _upsample(grid_img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    rep = (size[0] // grid_img.shape[0], size[1] // grid_img.shape[1])
+    return np.kron(grid_img, np.ones((*rep, 1))) if grid_img.ndim == 3 else np.kron(grid_img, np.ones(rep))
+
+
+@torch.no_grad()
+def feature_figure(encoder, images: torch.Tensor, mean, std, scale: int = 4) -> Image.Image:
+    """Rows: the images, the PCA map of their patch features, the similarity of the centre patch
+    (marked) to all others (bright = similar)."""
+    from ..evaluate.features import prepare
+
+    feats = encoder(prepare(images, encoder, mean, std))
+    grid, (H, W) = encoder.grid, images.shape[-2:]
+    pca = pca_rgb(feats, grid)
+    centre = (grid[0] // 2) * grid[1] + grid[1] // 2
+    rows = [[to_rgb(img) for img in images], [_upsample(p, (H, W)) * 255 for p in pca], []]
+    for f, img in zip(feats, images):
+        sim = similarity_map(f, centre).reshape(grid).numpy()
+        sim = (sim - sim.min()) / max(sim.max() - sim.min(), 1e-12)
+        tile = np.stack([_upsample(sim, (H, W))] * 3, -1) * 255
+        p = H // grid[0]
+        r, c = divmod(centre, grid[1])
+        tile[r * p:(r + 1) * p, c * p:(c + 1) * p] = (230, 25, 75)
+        rows[2].append(tile)
+    pad = 4
+    tile_w, tile_h = W * scale, H * scale
+    canvas = Image.new("RGB", (len(images) * (tile_w + pad), 3 * (tile_h + pad)), "white")
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            im = Image.fromarray(np.rint(tile).astype(np.uint8)).resize((tile_w, tile_h), Image.NEAREST)
+            canvas.paste(im, (c * (tile_w + pad), r * (tile_h + pad)))
+    return canvas

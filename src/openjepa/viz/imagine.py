@@ -1,0 +1,85 @@
+"""What the predictor "imagines" — by retrieval, not generation: for a masked target block, each
+predicted token is matched to its nearest neighbour in a bank of real patch features (the
+target encoder's layer-normed output, the space the predictor is trained to hit), and that
+neighbour's pixels are pasted into the hole. Good retrievals mean the prediction carries the
+block's content; the pixels shown were never produced by the model."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..evaluate.features import prepare
+from .masks import to_rgb
+
+GREY = 0.5
+
+
+def patches_of(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, N, C, p, p] in raster order (the encoder's token order)."""
+    B, C = images.shape[:2]
+    x = images.unfold(2, patch, patch).unfold(3, patch, patch)  # [B, C, gh, gw, p, p]
+    return x.permute(0, 2, 3, 1, 4, 5).reshape(B, -1, C, patch, patch)
+
+
+def unpatch(patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[N, C, p, p] -> [C, gh*p, gw*p]."""
+    N, C, p, _ = patches.shape
+    return patches.reshape(grid[0], grid[1], C, p, p).permute(2, 0, 3, 1, 4).reshape(C, grid[0] * p, grid[1] * p)
+
+
+@torch.no_grad()
+def target_features(target_encoder, images: torch.Tensor, mean, std) -> torch.Tensor:
+    """[B, N, D]: layer_norm(target_encoder(images)), the training targets."""
+    h = target_encoder(prepare(images, target_encoder, mean, std))
+    return F.layer_norm(h, (h.size(-1),))
+
+
+@torch.no_grad()
+def build_bank(target_encoder, images: torch.Tensor, mean, std, batch_size: int = 256):
+    """(features [n*N, D], pixels [n*N, C, p, p]) of every patch of ``images`` [n, C, H, W] in [0, 1]."""
+    feats = torch.cat([target_features(target_encoder, images[i:i + batch_size], mean, std).flatten(0, 1)
+                       for i in range(0, len(images), batch_size)])
+    return feats, patches_of(images, target_encoder.patch_size).flatten(0, 1)
+
+
+def retrieve(bank: torch.Tensor, queries: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Index of the nearest bank row (squared L2) for each query row."""
+    sq = (bank.double() ** 2).sum(1)
+    out = [(sq - 2 * queries[i:i + chunk].double() @ bank.double().T).argmin(1) for i in range(0, len(queries), chunk)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def imagine(model, images: torch.Tensor, mean, std, sampler, bank_feats, bank_pixels, seed: int = 0) -> list:
+    """For each image [C, H, W] in [0, 1]: (image, context, imagination, truth) as [C, H, W]
+    tensors; the first target block of a mask drawn by ``sampler`` from ``seed`` is the hole."""
+    encoder = model.encoder
+    grid, p = encoder.grid, encoder.patch_size
+    context_idx, target_idx = sampler(len(images), torch.Generator().manual_seed(seed))
+    block = target_idx[:, :1]
+    pred = model.forward_context(prepare(images, encoder, mean, std), context_idx, block)  # [B, 1, Kt, D]
+    found = retrieve(bank_feats, pred.flatten(0, 2)).reshape(len(images), -1)
+    rows = []
+    for img, ctx, tgt, hit in zip(images, context_idx, block[:, 0], found):
+        own = patches_of(img[None], p)[0]
+        context = torch.full_like(own, GREY)
+        context[ctx] = own[ctx]
+        imagined, truth = context.clone(), context.clone()
+        imagined[tgt] = bank_pixels[hit]
+        truth[tgt] = own[tgt]
+        rows.append([img, unpatch(context, grid), unpatch(imagined, grid), unpatch(truth, grid)])
+    return rows
+
+
+def imagination_figure(rows: list, scale: int = 4) -> Image.Image:
+    """One row per image: image | masked context | retrieved "imagination" | truth."""
+    H, W = rows[0][0].shape[-2:]
+    tile_w, tile_h, pad = W * scale, H * scale, 4
+    canvas = Image.new("RGB", (4 * (tile_w + pad), len(rows) * (tile_h + pad)), "white")
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            im = Image.fromarray(np.rint(to_rgb(tile)).astype(np.uint8)).resize((tile_w, tile_h), Image.NEAREST)
+            canvas.paste(im, (c * (tile_w + pad), r * (tile_h + pad)))
+    return canvas

@@ -1,0 +1,164 @@
+"""The run report: one self-contained HTML file (images embedded, no network) with the config,
+the curves, the mask grid, feature maps, predictor retrievals and every evaluation found in
+RUN/eval/. A section whose inputs are missing (no checkpoint yet, data not found) says why
+instead of failing the report."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_checkpoint
+from ..config import ConfigError, from_dict
+from ..data import DataError, build_dataset
+from ..ijepa import IJEPA, build_ijepa
+
+log = logging.getLogger("openjepa")
+SECTIONS = ("config", "curves", "masks", "features", "imagination", "evaluation")
+TITLES = {"config": "Config", "curves": "Training curves", "masks": "Masks", "features": "Feature maps",
+          "imagination": "What the predictor imagines (retrieval)", "evaluation": "Evaluation"}
+NOTES = {
+    "masks": "Context patches keep the image; each target block has its own colour; dark patches are neither.",
+    "features": "Rows: images; PCA of the target encoder's patch features (first three components as RGB, "
+                "fitted over these images); cosine similarity of the marked centre patch to every patch.",
+    "imagination": "Columns: image, masked context, \"imagination\", truth. The predictor's output for one target "
+                   "block is matched to the nearest real patch features in a bank built with the target encoder over "
+                   "other images of the dataset, and those patches' pixels are pasted into the hole. This is "
+                   "retrieval, not generation: the model produced no pixels.",
+}
+# Marks each image as loaded or broken once the page has loaded (read by the test in headless Chromium).
+CHECK_SCRIPT = """<script>window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  document.body.dataset.imagesTotal = imgs.length;
+  document.body.dataset.imagesLoaded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+});</script>"""
+
+
+def png_data_uri(image_or_bytes) -> str:
+    if isinstance(image_or_bytes, bytes):
+        data = image_or_bytes
+    else:
+        buf = io.BytesIO()
+        image_or_bytes.save(buf, format="PNG")
+        data = buf.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def load_model(checkpoint: Path) -> tuple[IJEPA, object]:
+    state = load_checkpoint(checkpoint)
+    cfg = from_dict(state["config"])
+    model = build_ijepa(cfg)
+    for key in ("encoder", "predictor", "target_encoder"):
+        getattr(model, key).load_state_dict(state[key])
+    return model.eval(), cfg
+
+
+def eval_tables(run_dir: Path) -> str:
+    from ..evaluate import headline
+
+    parts = []
+    for path in sorted((run_dir / "eval").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            results = record["results"]
+        except (ValueError, KeyError):
+            continue
+        rows = {enc: headline(r) for enc, r in results.items()}
+        cols = list(dict.fromkeys(c for r in rows.values() for c in r))
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join("<tr><th>" + html.escape(enc) + "</th>" + "".join(
+            f"<td>{'' if r.get(c) is None else (f'{r[c]:.1f}' if c == 'rankme' else f'{100 * r[c]:.1f}')}</td>"
+            for c in cols) + "</tr>" for enc, r in rows.items())
+        meta = (f"{html.escape(path.name)}: {html.escape(record.get('dataset', ''))}, {record.get('which', '')} encoder, "
+                f"{record.get('wall_s', '')} s on {html.escape(str(record.get('hardware', {}).get('device', '')))}")
+        parts.append(f"<p>{meta}</p><table><tr><th>encoder</th>{head}</tr>{body}</table>")
+    return "".join(parts) or "<p class='note'>No evaluation yet: run <code>openjepa eval RUN/checkpoints/latest.pt" \
+                             "</code> and rebuild the report.</p>"
+
+
+def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) -> dict[str, str]:
+    from ..config import load_config
+    from .curves import curves_png
+    from .features import feature_figure, pick_images
+    from .imagine import build_bank, imagination_figure, imagine
+    from .masks import mask_grid, sampler_for
+
+    def img(uri: str, alt: str) -> str:
+        return f"<img src='{uri}' alt='{html.escape(alt)}'>"
+
+    def missing(why: str) -> str:
+        return f"<p class='note'>Not available: {html.escape(why)}</p>"
+
+    sections = {}
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{cfg_path} not found: is {run_dir} a run directory?")
+    cfg = load_config(cfg_path)
+    sections["config"] = f"<pre>{html.escape(cfg_path.read_text())}</pre>"
+    try:
+        sections["curves"] = img(png_data_uri(curves_png(run_dir)), "training curves")
+    except FileNotFoundError as e:
+        sections["curves"] = missing(str(e))
+    try:
+        from ..evaluate.features import resize_center_crop
+
+        dataset = build_dataset(cfg.data)
+        raw = resize_center_crop(pick_images(dataset, n_images + bank_images, seed), (cfg.data.crop_size,) * 2)
+        shown, bank_src = raw[:n_images], raw[n_images:]
+    except (DataError, ConfigError, OSError) as e:
+        shown = None
+        why = f"the data could not be read ({e})"
+    if shown is not None:
+        sections["masks"] = img(png_data_uri(mask_grid(shown, cfg, seed=seed)), "mask grid")
+    else:
+        sections["masks"] = missing(why)
+    checkpoint = run_dir / "checkpoints" / "latest.pt"
+    if not checkpoint.exists():
+        why = f"{checkpoint} does not exist yet"
+        sections["features"] = sections["imagination"] = missing(why)
+    elif shown is not None:
+        model, ckpt_cfg = load_model(checkpoint)
+        mean, std = cfg.data.mean, cfg.data.std
+        sections["features"] = img(png_data_uri(feature_figure(model.target_encoder, shown, mean, std)), "feature maps")
+        if ckpt_cfg.meta.target == "pixels":
+            sections["imagination"] = missing("this run predicts pixels, not representations: there is nothing to "
+                                              "retrieve")
+        else:
+            bank = build_bank(model.target_encoder, bank_src, mean, std)
+            rows = imagine(model, shown, mean, std, sampler_for(cfg, "multiblock"), *bank, seed=seed)
+            sections["imagination"] = img(png_data_uri(imagination_figure(rows)), "predictor retrievals")
+    else:
+        sections["features"] = sections["imagination"] = missing(why)
+    sections["evaluation"] = eval_tables(run_dir)
+    return sections
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}pre{background:#f6f6f6;padding:1em;overflow:auto;
+max-height:30em}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;
+text-align:right}.note{color:#666;font-style:italic}"""
+
+
+@torch.no_grad()
+def write_report(run_dir: str | Path, out: str | Path | None = None, n_images: int = 8, bank_images: int = 2000,
+                 seed: int = 0) -> Path:
+    """Write RUN/report.html (or ``out``) and return its path."""
+    run_dir = Path(run_dir)
+    sections = build_sections(run_dir, n_images, bank_images, seed)
+    body = "".join(f"<section id='{name}'><h2>{TITLES[name]}</h2>"
+                   + (f"<p class='note'>{html.escape(NOTES[name])}</p>" if name in NOTES else "")
+                   + sections[name] + "</section>" for name in SECTIONS)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>openjepa report: {html.escape(run_dir.name)}"
+            f"</title><style>{STYLE}</style></head><body><h1>openjepa run report: {html.escape(str(run_dir))}</h1>"
+            f"<p>Written {time.strftime('%Y-%m-%d %H:%M')}.</p>{body}{CHECK_SCRIPT}</body></html>")
+    out = Path(out) if out else run_dir / "report.html"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page)
+    tmp.replace(out)
+    return out
