@@ -74,7 +74,7 @@ def run_recipe(name: str, runs_dir: Path, md: Path, protocols: list[str]) -> dic
     cfg = load_config(RECIPES[name], [f"logging.folder={runs_dir / name}"])
     run_dir = train(cfg)
     t0 = time.perf_counter()
-    record = evaluate(run_dir / "checkpoints/latest.pt", "fashion_mnist", protocols, ("random", "pixels"))
+    record = evaluate(run_dir / "checkpoints/latest.pt", "fashion_mnist", protocols, ("random", "pixels"), progress=False)
     eval_s = time.perf_counter() - t0
     print(format_table(record["results"]))
     r = record["results"]
@@ -99,7 +99,8 @@ def run_ablations(runs_dir: Path, md: Path, fraction: float) -> None:
         cfg = load_config(ABLATION_BASE, [*overrides, f"logging.folder={folder}", f"optimization.ipe_scale={fraction}",
                                           "logging.progress_bar=false"])
         run_dir = train(cfg, max_steps=steps)
-        record = evaluate(run_dir / "checkpoints/latest.pt", "fashion_mnist", ("linear", "knn", "lowshot"), ())
+        record = evaluate(run_dir / "checkpoints/latest.pt", "fashion_mnist", ("linear", "knn", "lowshot"), (),
+                          progress=False)
         r = record["results"]["ijepa"]
         row = [time.strftime("%Y-%m-%d"), name, f"{steps} steps", f"{pretrain_seconds(run_dir) / 60:.1f}", machine(),
                pct(r["linear"]["test_acc"]), pct(r["knn"]["k=20"]), pct(r["lowshot"]["0.01"]["mean"]),
