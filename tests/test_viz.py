@@ -120,3 +120,20 @@ def test_report_of_a_run_without_checkpoint_or_data_says_why(tmp_path):
     text = write_report(tmp_path / "run").read_text()
     assert text.count("Not available") == 3 and "gone" in text
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_viz_commands_write_pngs(tmp_path):
+    from PIL import Image
+
+    cfg = tiny_config(tmp_path / "run")
+    train(cfg, max_steps=2)
+    cfg.save(tmp_path / "tiny.yaml")
+    assert main(["viz", "masks", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "m.png"), "--n", "3"]) == 0
+    assert Image.open(tmp_path / "m.png").size == (90 + 3 * (64 + 4), len(STRATEGIES) * (64 + 4))
+    assert main(["viz", "curves", str(tmp_path / "run"), "--out", str(tmp_path / "c.png")]) == 0
+    assert Image.open(tmp_path / "c.png").size[0] > 0
+    assert main(["viz", "features", str(tmp_path / "run/checkpoints/latest.pt"), "--out", str(tmp_path / "f.png"),
+                 "--n", "2"]) == 0
+    assert Image.open(tmp_path / "f.png").size == (2 * (64 + 4), 3 * (64 + 4))
+    assert main(["viz", "features", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "g.png")]) == 2
+    assert not (tmp_path / "g.png").exists()

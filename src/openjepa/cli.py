@@ -56,32 +56,16 @@ def _submit(args: argparse.Namespace) -> int:
 def _viz(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from . import viz
+
     out = Path(args.out)
     if args.what == "masks":
-        from .data import build_dataset
-        from .evaluate.features import resize_center_crop
-        from .viz import mask_grid, pick_images
-
         cfg = load_config(args.target, args.overrides)
-        images = resize_center_crop(pick_images(build_dataset(cfg.data), args.n, args.seed), (cfg.data.crop_size,) * 2)
-        mask_grid(images, cfg, seed=args.seed).save(out)
+        viz.mask_grid(viz.sample_images(cfg, args.n, args.seed), cfg, seed=args.seed).save(out)
     elif args.what == "curves":
-        from .viz import curves_png
-
-        out.write_bytes(curves_png(args.target))
+        out.write_bytes(viz.curves_png(args.target))
     else:
-        from .data import build_dataset
-        from .evaluate.features import resize_center_crop
-        from .viz import feature_figure, pick_images
-        from .viz.report import load_model
-
-        model, cfg = load_model(Path(args.target))
-        from .config import apply_overrides, validate
-
-        apply_overrides(cfg, args.overrides)
-        validate(cfg)
-        images = resize_center_crop(pick_images(build_dataset(cfg.data), args.n, args.seed), (cfg.data.crop_size,) * 2)
-        feature_figure(model.target_encoder, images, cfg.data.mean, cfg.data.std).save(out)
+        viz.feature_figure_for(Path(args.target), args.overrides, args.n, args.seed).save(out)
     print(f"wrote {out}")
     return 0
 

@@ -16,6 +16,26 @@ def pick_images(dataset, n: int, seed: int = 0) -> torch.Tensor:
     return torch.stack([dataset[int(i)][0] for i in idx])
 
 
+def sample_images(cfg, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` images of the dataset ``cfg`` names, chosen by ``seed``, at its crop size: [n, C, S, S] in [0, 1]."""
+    from ..data import build_dataset
+    from ..evaluate.features import resize_center_crop
+
+    return resize_center_crop(pick_images(build_dataset(cfg.data), n, seed), (cfg.data.crop_size,) * 2)
+
+
+def feature_figure_for(checkpoint, overrides=(), n: int = 8, seed: int = 0) -> Image.Image:
+    """``feature_figure`` of a training checkpoint's target encoder on images of its dataset
+    (``overrides`` such as ``data.root_path=...`` point elsewhere)."""
+    from ..config import apply_overrides, validate
+    from .report import load_model
+
+    model, cfg = load_model(checkpoint)
+    apply_overrides(cfg, list(overrides))
+    validate(cfg)
+    return feature_figure(model.target_encoder, sample_images(cfg, n, seed), cfg.data.mean, cfg.data.std)
+
+
 def pca_rgb(features: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     """Patch features [B, N, D] -> [B, gh, gw, 3] in [0, 1]: projections on the first three
     principal components (signs fixed so each component's largest loading is positive), each

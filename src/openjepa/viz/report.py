@@ -16,7 +16,7 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..config import ConfigError, from_dict
-from ..data import DataError, build_dataset
+from ..data import DataError
 from ..ijepa import IJEPA, build_ijepa
 
 log = logging.getLogger("openjepa")
@@ -85,7 +85,7 @@ def eval_tables(run_dir: Path) -> str:
 def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) -> dict[str, str]:
     from ..config import load_config
     from .curves import curves_png
-    from .features import feature_figure, pick_images
+    from .features import feature_figure, sample_images
     from .imagine import build_bank, imagination_figure, imagine
     from .masks import mask_grid, sampler_for
 
@@ -106,10 +106,7 @@ def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) ->
     except FileNotFoundError as e:
         sections["curves"] = missing(str(e))
     try:
-        from ..evaluate.features import resize_center_crop
-
-        dataset = build_dataset(cfg.data)
-        raw = resize_center_crop(pick_images(dataset, n_images + bank_images, seed), (cfg.data.crop_size,) * 2)
+        raw = sample_images(cfg, n_images + bank_images, seed)
         shown, bank_src = raw[:n_images], raw[n_images:]
     except (DataError, ConfigError, OSError) as e:
         shown = None
