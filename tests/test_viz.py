@@ -12,7 +12,8 @@ from openjepa.train import train
 from openjepa.viz import STRATEGIES, mask_grid, mask_overlay, pca_rgb, pick_images, retrieve, write_report
 from openjepa.viz.imagine import build_bank, imagine, patches_of, unpatch
 from openjepa.viz.masks import ALPHA, DARK, TARGET_COLOURS
-from openjepa.viz.report import SECTIONS, load_model
+from openjepa.interop import load_ijepa
+from openjepa.viz.report import SECTIONS
 
 from conftest import labelled_folder, tiny_config
 
@@ -66,7 +67,7 @@ def test_retrieval_returns_the_exact_bank_entry():
 
 def test_imagination_keeps_context_and_truth_pixels(tmp_path):
     train(tiny_config(tmp_path), max_steps=1)
-    model, cfg = load_model(tmp_path / "checkpoints/latest.pt")
+    model, cfg = load_ijepa(tmp_path / "checkpoints/latest.pt")
     images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     assert torch.equal(unpatch(patches_of(images, 4)[0], (4, 4)), images[0])
     bank = build_bank(model.target_encoder, images, cfg.data.mean, cfg.data.std)

@@ -53,8 +53,9 @@ def load_eval_data(data: str, in_chans: int, root: str | None = None):
 
 def random_encoder(like: VisionTransformer, seed: int = 0) -> VisionTransformer:
     """The baseline: the same architecture and normalisation, freshly initialised."""
-    torch.manual_seed(seed)
-    encoder = VisionTransformer(**like.config())
+    with torch.random.fork_rng():  # leave the caller's random stream as it was
+        torch.manual_seed(seed)
+        encoder = VisionTransformer(**like.config())
     encoder.mean, encoder.std = like.mean, like.std
     return encoder.eval()
 
@@ -102,14 +103,19 @@ def headline(result: dict) -> dict:
     return row
 
 
-def format_table(results: dict) -> str:
-    """A text table: one row per encoder, one column per headline number (accuracies in %)."""
+def headline_cells(results: dict) -> tuple[list[str], dict[str, list[str]]]:
+    """(column names, {encoder: formatted cells}): accuracies in %, RankMe as is, blank where missing."""
     rows = {enc: headline(r) for enc, r in results.items()}
     cols = list(dict.fromkeys(c for r in rows.values() for c in r))
+    return cols, {enc: ["" if r.get(c) is None else (f"{r[c]:.1f}" if c == "rankme" else f"{100 * r[c]:.1f}")
+                        for c in cols] for enc, r in rows.items()}
+
+
+def format_table(results: dict) -> str:
+    """A markdown table: one row per encoder, one column per headline number."""
+    cols, rows = headline_cells(results)
     lines = ["| encoder | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for enc, r in rows.items():
-        cells = ["" if r.get(c) is None else (f"{r[c]:.1f}" if c == "rankme" else f"{100 * r[c]:.1f}") for c in cols]
-        lines.append(f"| {enc} | " + " | ".join(cells) + " |")
+    lines += [f"| {enc} | " + " | ".join(cells) + " |" for enc, cells in rows.items()]
     return "\n".join(lines)
 
 
@@ -121,6 +127,7 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
     """Evaluate a checkpoint (any format ``load_encoder`` reads) and write the JSON result to
     ``out`` (default: ``RUN/eval/<checkpoint>_<which>.json`` beside a run's checkpoints folder)."""
     from ..interop import load_encoder
+    from ..train import resolve_device
 
     unknown = [p for p in protocols if p not in PROTOCOLS] + [b for b in baselines if b not in BASELINES]
     if unknown:
@@ -133,7 +140,7 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
     t_start = time.perf_counter()
     encoder = load_encoder(checkpoint, which)
     train_set, test_set = load_eval_data(data, encoder.in_chans, data_root)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     cache_dir = Path(cache_dir) if cache_dir else out.parent / "cache"
     data_key = {"data": str(Path(data).resolve()) if data != "fashion_mnist" else data, "root": data_root,
@@ -184,4 +191,4 @@ def default_result_path(checkpoint: Path, which: str) -> Path:
 
 __all__ = ["evaluate", "extract", "cached_extract", "prepare", "linear_probe", "knn_predict", "knn_eval",
            "lowshot_eval", "lowshot_subset", "attentive_probe", "AttentiveProbe", "rankme", "feature_std",
-           "stratified_split", "random_encoder", "format_table", "load_eval_data", "PROTOCOLS", "BASELINES"]
+           "stratified_split", "random_encoder", "format_table", "headline_cells", "load_eval_data", "PROTOCOLS", "BASELINES"]

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..config import IMAGENET_MEAN, IMAGENET_STD, from_dict
+from ..config import IMAGENET_MEAN, IMAGENET_STD, Config, from_dict
 from ..data import to_channels
-from ..ijepa import build_ijepa
+from ..ijepa import IJEPA, build_ijepa
 from ..models.predictor import Predictor
 from ..models.vit import VisionTransformer, build_encoder
 from .hf import load_hf, save_hf
@@ -110,6 +110,23 @@ def load_predictor(path: str | Path) -> Predictor:
         raise CheckpointError(f"{path}: cannot build the predictor ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
+def load_ijepa(path: str | Path) -> tuple[IJEPA, Config]:
+    """The whole model of one of our training checkpoints (context and target encoders,
+    predictor) in eval mode, with its config: for pictures of what it learned, or to inspect it."""
+    path = Path(path)
+    fmt, obj = _read(path)
+    if fmt != "openjepa":
+        raise CheckpointError(f"{path} is not an openjepa training checkpoint; only those hold the whole model")
+    try:
+        cfg = from_dict(obj["config"])
+        model = build_ijepa(cfg)
+        for key in ("encoder", "predictor", "target_encoder"):
+            getattr(model, key).load_state_dict(_state(obj, key, path))
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build the model ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return model.eval(), cfg
+
+
 def export_encoder(path: str | Path, fmt: str, out: str | Path, which: str = "target") -> Path:
     """Write the encoder of ``path`` to the new folder ``out`` as 'hf' (a folder for
     ``transformers.IJepaModel.from_pretrained``), 'timm' (a state dict and the ``timm.create_model``
@@ -155,4 +172,4 @@ def preprocess(images, encoder: VisionTransformer, size: int | None = None) -> t
     return (torch.stack(batch) - mean) / std
 
 
-__all__ = ["load_encoder", "load_predictor", "export_encoder", "preprocess", "FORMATS"]
+__all__ = ["load_encoder", "load_predictor", "load_ijepa", "export_encoder", "preprocess", "FORMATS"]

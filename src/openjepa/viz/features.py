@@ -28,9 +28,9 @@ def feature_figure_for(checkpoint, overrides=(), n: int = 8, seed: int = 0) -> I
     """``feature_figure`` of a training checkpoint's target encoder on images of its dataset
     (``overrides`` such as ``data.root_path=...`` point elsewhere)."""
     from ..config import apply_overrides, validate
-    from .report import load_model
+    from ..interop import load_ijepa
 
-    model, cfg = load_model(checkpoint)
+    model, cfg = load_ijepa(checkpoint)
     apply_overrides(cfg, list(overrides))
     validate(cfg)
     return feature_figure(model.target_encoder, sample_images(cfg, n, seed), cfg.data.mean, cfg.data.std)

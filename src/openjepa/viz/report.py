@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint
-from ..config import ConfigError, from_dict
+from ..config import ConfigError
 from ..data import DataError
-from ..ijepa import IJEPA, build_ijepa
+from ..interop import load_ijepa
 
 log = logging.getLogger("openjepa")
 SECTIONS = ("config", "curves", "masks", "features", "imagination", "evaluation")
@@ -50,17 +49,8 @@ def png_data_uri(image_or_bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-def load_model(checkpoint: Path) -> tuple[IJEPA, object]:
-    state = load_checkpoint(checkpoint)
-    cfg = from_dict(state["config"])
-    model = build_ijepa(cfg)
-    for key in ("encoder", "predictor", "target_encoder"):
-        getattr(model, key).load_state_dict(state[key])
-    return model.eval(), cfg
-
-
 def eval_tables(run_dir: Path) -> str:
-    from ..evaluate import headline
+    from ..evaluate import headline_cells
 
     parts = []
     for path in sorted((run_dir / "eval").glob("*.json")):
@@ -69,12 +59,10 @@ def eval_tables(run_dir: Path) -> str:
             results = record["results"]
         except (ValueError, KeyError):
             continue
-        rows = {enc: headline(r) for enc, r in results.items()}
-        cols = list(dict.fromkeys(c for r in rows.values() for c in r))
+        cols, rows = headline_cells(results)
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-        body = "".join("<tr><th>" + html.escape(enc) + "</th>" + "".join(
-            f"<td>{'' if r.get(c) is None else (f'{r[c]:.1f}' if c == 'rankme' else f'{100 * r[c]:.1f}')}</td>"
-            for c in cols) + "</tr>" for enc, r in rows.items())
+        body = "".join("<tr><th>" + html.escape(enc) + "</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+                       for enc, cells in rows.items())
         meta = (f"{html.escape(path.name)}: {html.escape(record.get('dataset', ''))}, {record.get('which', '')} encoder, "
                 f"{record.get('wall_s', '')} s on {html.escape(str(record.get('hardware', {}).get('device', '')))}")
         parts.append(f"<p>{meta}</p><table><tr><th>encoder</th>{head}</tr>{body}</table>")
@@ -120,7 +108,7 @@ def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) ->
         why = f"{checkpoint} does not exist yet"
         sections["features"] = sections["imagination"] = missing(why)
     elif shown is not None:
-        model, ckpt_cfg = load_model(checkpoint)
+        model, ckpt_cfg = load_ijepa(checkpoint)
         mean, std = cfg.data.mean, cfg.data.std
         sections["features"] = img(png_data_uri(feature_figure(model.target_encoder, shown, mean, std)), "feature maps")
         if ckpt_cfg.meta.target == "pixels":
