@@ -10,7 +10,8 @@ from openjepa.evaluate import evaluate
 from openjepa.masks import build_mask_sampler
 from openjepa.train import train
 from openjepa.viz import STRATEGIES, mask_grid, mask_overlay, pca_rgb, pick_images, retrieve, write_report
-from openjepa.viz.imagine import build_bank, imagine, patches_of, unpatch
+from openjepa.ijepa import image_patches
+from openjepa.viz.imagine import build_bank, imagine, unpatch
 from openjepa.viz.masks import ALPHA, DARK, TARGET_COLOURS
 from openjepa.interop import load_ijepa
 from openjepa.viz.report import SECTIONS
@@ -69,14 +70,14 @@ def test_imagination_keeps_context_and_truth_pixels(tmp_path):
     train(tiny_config(tmp_path), max_steps=1)
     model, cfg = load_ijepa(tmp_path / "checkpoints/latest.pt")
     images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(unpatch(patches_of(images, 4)[0], (4, 4)), images[0])
+    assert torch.equal(unpatch(image_patches(images, 4)[0], (4, 4)), images[0])
     bank = build_bank(model.target_encoder, images, cfg.data.mean, cfg.data.std)
     assert bank[0].shape == (48, 192) and bank[1].shape == (48, 3, 4, 4)
     sampler = build_mask_sampler("multiblock", (4, 4), min_keep=2)
     rows = imagine(model, images, cfg.data.mean, cfg.data.std, sampler, *bank, seed=0)
     context_idx, target_idx = sampler(3, torch.Generator().manual_seed(0))
     for (image, context, imagined, truth), ctx, tgt in zip(rows, context_idx, target_idx[:, 0]):
-        own, ctx_p, imag_p, truth_p = (patches_of(x[None], 4)[0] for x in (image, context, imagined, truth))
+        own, ctx_p, imag_p, truth_p = (image_patches(x[None], 4)[0] for x in (image, context, imagined, truth))
         assert torch.equal(ctx_p[ctx], own[ctx]) and torch.equal(imag_p[ctx], own[ctx])
         assert torch.equal(truth_p[tgt], own[tgt])
         # every pasted patch is a real bank patch

@@ -14,12 +14,17 @@ from .models.predictor import Predictor
 from .models.vit import VisionTransformer, build_encoder, gather_tokens, resolve_size
 
 
+def image_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, N, C, p, p]: the pixels of each patch, in the encoder's raster order."""
+    B, C, H, W = images.shape
+    p = patch_size
+    return images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, (H // p) * (W // p), C, p, p)
+
+
 def patchify_pixels(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """[B, C, H, W] -> [B, N, C*p*p] in raster order, each patch normalised to zero mean and unit
     variance (the pixel target of the paper's Table 7, as MAE's normalised-pixel loss)."""
-    B, C, H, W = images.shape
-    p = patch_size
-    x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, (H // p) * (W // p), C * p * p)
+    x = image_patches(images, patch_size).flatten(2)
     mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
     return (x - mean) / (var + 1e-6).sqrt()
 

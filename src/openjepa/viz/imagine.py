@@ -11,16 +11,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..evaluate.features import prepare
+from ..ijepa import image_patches
 from .masks import to_rgb
 
 GREY = 0.5
-
-
-def patches_of(images: torch.Tensor, patch: int) -> torch.Tensor:
-    """[B, C, H, W] -> [B, N, C, p, p] in raster order (the encoder's token order)."""
-    B, C = images.shape[:2]
-    x = images.unfold(2, patch, patch).unfold(3, patch, patch)  # [B, C, gh, gw, p, p]
-    return x.permute(0, 2, 3, 1, 4, 5).reshape(B, -1, C, patch, patch)
 
 
 def unpatch(patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -41,7 +35,7 @@ def build_bank(target_encoder, images: torch.Tensor, mean, std, batch_size: int 
     """(features [n*N, D], pixels [n*N, C, p, p]) of every patch of ``images`` [n, C, H, W] in [0, 1]."""
     feats = torch.cat([target_features(target_encoder, images[i:i + batch_size], mean, std).flatten(0, 1)
                        for i in range(0, len(images), batch_size)])
-    return feats, patches_of(images, target_encoder.patch_size).flatten(0, 1)
+    return feats, image_patches(images, target_encoder.patch_size).flatten(0, 1)
 
 
 def retrieve(bank: torch.Tensor, queries: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -63,7 +57,7 @@ def imagine(model, images: torch.Tensor, mean, std, sampler, bank_feats, bank_pi
     found = retrieve(bank_feats, pred.flatten(0, 2)).reshape(len(images), -1)
     rows = []
     for img, ctx, tgt, hit in zip(images, context_idx, block[:, 0], found):
-        own = patches_of(img[None], p)[0]
+        own = image_patches(img[None], p)[0]
         context = torch.full_like(own, GREY)
         context[ctx] = own[ctx]
         imagined, truth = context.clone(), context.clone()
