@@ -149,23 +149,24 @@ def _setup_logging(run_dir: Path | None) -> None:
 
 
 class CSVLog:
-    """log.csv: the header written once; a resumed run appends, dropping rows past its step."""
+    """A CSV log (log.csv, monitor.csv): the header written once; a resumed run appends, dropping
+    rows past its step. ``rows`` holds the rows kept."""
 
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int, columns=LOG_COLUMNS):
+        self.path, self.columns = path, columns
         if path.exists() and path.stat().st_size:
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
         else:
-            rows = []
+            self.rows = []
         with open(path, "w", newline="") as f:  # rewrite without rows from after the checkpoint
-            writer = csv.DictWriter(f, LOG_COLUMNS)
+            writer = csv.DictWriter(f, columns)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(self.rows)
 
     def append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, LOG_COLUMNS).writerow(row)
+            csv.DictWriter(f, self.columns).writerow(row)
 
 
 def save_state(path: Path, model: IJEPA, optimizer, step: int, epoch: int, cfg: Config) -> Path:
@@ -456,15 +457,8 @@ class Monitor:
         self.dataset, self.writer, self.columns = dataset, writer, MONITOR_COLUMNS
         self.indices = monitor_subset(len(dataset), cfg.logging.monitor_images, cfg.meta.seed)
         self.mean, self.std = _per_channel(d.mean, d.in_chans), _per_channel(d.std, d.in_chans)
-        self.path = run_dir / "monitor.csv"
-        rows = []
-        if self.path.exists() and self.path.stat().st_size:
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, self.columns)
-            w.writeheader()
-            w.writerows(rows)
+        self.log = CSVLog(run_dir / "monitor.csv", start_step, MONITOR_COLUMNS)
+        rows = self.log.rows
         self.first = {k: float(rows[0][k]) for k in ("rankme", "feature_std")} if rows else None
         self.warned = False
 
@@ -473,8 +467,7 @@ class Monitor:
 
         t0 = time.perf_counter()
         row = {"step": step, "epoch": epoch, **monitor(encoder, self.dataset, self.indices, self.mean, self.std, autocast)}
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.columns).writerow(row)
+        self.log.append(row)
         if self.writer is not None:
             for key in self.columns[2:]:
                 if row[key] is not None:

@@ -70,8 +70,13 @@ def prepare(images: torch.Tensor, encoder: VisionTransformer, mean=None, std=Non
     (``resize_center_crop``), then normalised (by ``mean`` / ``std``, else the encoder's own
     ``mean`` / ``std`` attributes)."""
     images = resize_center_crop(images, encoder.img_size)
-    mean = torch.tensor(mean if mean is not None else encoder.mean, dtype=images.dtype).view(-1, 1, 1)
-    std = torch.tensor(std if std is not None else encoder.std, dtype=images.dtype).view(-1, 1, 1)
+    return normalize(images, mean if mean is not None else encoder.mean, std if std is not None else encoder.std)
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """[B, C, H, W] -> (images - mean) / std per channel (one value applies to every channel)."""
+    mean = torch.tensor(mean, dtype=images.dtype).view(-1, 1, 1)
+    std = torch.tensor(std, dtype=images.dtype).view(-1, 1, 1)
     return (images - mean) / std
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..config import IMAGENET_MEAN, IMAGENET_STD, Config, from_dict
 from ..data import to_channels
+from ..evaluate.features import normalize, resize_center_crop
 from ..ijepa import IJEPA, build_ijepa
 from ..models.predictor import Predictor
 from ..models.vit import VisionTransformer, build_encoder
@@ -161,15 +161,8 @@ def preprocess(images, encoder: VisionTransformer, size: int | None = None) -> t
             arr = np.asarray(img, dtype=np.float32) / 255.0
             img = torch.from_numpy(arr).unsqueeze(0) if arr.ndim == 2 else torch.from_numpy(arr).permute(2, 0, 1)
         img = to_channels(img[:3] if img.size(0) == 4 else img, encoder.in_chans).unsqueeze(0)
-        h, w = img.shape[-2:]
-        scale = size / min(h, w)
-        img = F.interpolate(img, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bilinear",
-                            align_corners=False, antialias=True)
-        top, left = (img.size(-2) - size) // 2, (img.size(-1) - size) // 2
-        batch.append(img[0, :, top:top + size, left:left + size])
-    mean = torch.tensor(encoder.mean).view(-1, 1, 1)
-    std = torch.tensor(encoder.std).view(-1, 1, 1)
-    return (torch.stack(batch) - mean) / std
+        batch.append(resize_center_crop(img, (size, size))[0])
+    return normalize(torch.stack(batch), encoder.mean, encoder.std)
 
 
 __all__ = ["load_encoder", "load_predictor", "load_ijepa", "export_encoder", "preprocess", "FORMATS"]
