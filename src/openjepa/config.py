@@ -74,6 +74,7 @@ class MetaConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     grad_checkpointing: bool = False
+    fsdp: bool = False  # under torchrun: shard encoder, target encoder and predictor with FSDP (fully_shard)
     # Reference keys. A run always resumes from its own latest.pt; these two are accepted as no-ops
     # when off, and read_checkpoint is refused until loading foreign checkpoints exists.
     load_checkpoint: bool = False

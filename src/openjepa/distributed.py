@@ -55,3 +55,68 @@ def init_distributed() -> World:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return World(rank, size, local_rank, owns)
+
+
+def shard_ijepa(model) -> None:
+    """FSDP (PyTorch's ``fully_shard``) over every process: each transformer block, then the whole
+    network, for the context encoder, the predictor and the target encoder alike. The target
+    encoder is a copy of the context encoder, so sharding it the same way puts each process's
+    shard of a target parameter beside its shard of the online one: the EMA update is then an
+    element-wise lerp of local shards, with no communication (``IJEPA.update_target`` unchanged).
+    Parameters are resharded after every forward, so ``parameters()`` always yields the shards."""
+    from torch.distributed.fsdp import fully_shard
+
+    for name in ("encoder", "target_encoder", "predictor"):
+        module = getattr(model, name)
+        for block in getattr(module, "blocks", None) or module.predictor_blocks:
+            fully_shard(block, reshard_after_forward=True)
+        fully_shard(module, reshard_after_forward=True)
+    for (name, online), target in zip(model.encoder.named_parameters(), model.target_encoder.parameters()):
+        if online.placements != target.placements or online.to_local().shape != target.to_local().shape:
+            raise RuntimeError(f"FSDP sharded the target encoder's {name} unlike the encoder's")
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _optimizer_names(model, optimizer) -> list[str]:
+    """The parameter names, in the optimizer's order (the order of its integer state keys)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def gather_full_state(model, optimizer) -> dict:
+    """Collective (every process calls it): the unsharded state of a ``shard_ijepa`` model and its
+    optimizer, on the CPU of process 0 ({} elsewhere), in the layout ``state_dict()`` gives an
+    unsharded model and optimizer, so one checkpoint format serves 1 process, DDP and FSDP."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    opts = _full_options()
+    state = {key: get_model_state_dict(getattr(model, key), options=opts)
+             for key in ("encoder", "predictor", "target_encoder")}
+    opt = get_optimizer_state_dict(model, optimizer, options=opts)
+    if dist.get_rank() != 0:
+        return {}
+    index = {name: i for i, name in enumerate(_optimizer_names(model, optimizer))}
+    state["opt"] = {"state": {index[name]: value for name, value in opt["state"].items()},
+                    "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in opt["param_groups"]]}
+    return state
+
+
+def load_full_state(model, optimizer, state: dict) -> None:
+    """Every process: shard a full checkpoint state (as ``gather_full_state`` writes it) into a
+    ``shard_ijepa`` model and its optimizer."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True)
+    for key in ("encoder", "predictor", "target_encoder"):
+        set_model_state_dict(getattr(model, key), state[key], options=opts)
+    names = _optimizer_names(model, optimizer)
+    opt = state["opt"]
+    set_optimizer_state_dict(model, optimizer, options=opts, optim_state_dict={
+        "state": {names[i]: value for i, value in opt["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in opt["param_groups"]]})

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint
 from .config import Config, ConfigError, validate
-from .distributed import World, init_distributed
+from .distributed import World, gather_full_state, init_distributed, load_full_state, shard_ijepa
 from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader
 from .ijepa import IJEPA, build_ijepa
 from .masks import build_mask_sampler
@@ -169,27 +169,40 @@ class CSVLog:
             csv.DictWriter(f, self.columns).writerow(row)
 
 
-def save_state(path: Path, model: IJEPA, optimizer, step: int, epoch: int, cfg: Config) -> Path:
-    return atomic_save({
-        "format": "openjepa", "version": 1, "step": step, "epoch": epoch,
-        "encoder": model.encoder.state_dict(), "predictor": model.predictor.state_dict(),
-        "target_encoder": model.target_encoder.state_dict(), "opt": optimizer.state_dict(),
-        "config": cfg.to_dict()}, path)
+def checkpoint_state(model: IJEPA, optimizer, step: int, epoch: int, cfg: Config, sharded: bool = False) -> dict:
+    """What a checkpoint holds. ``sharded`` (FSDP): collective, the full state gathered on process
+    0 and {} returned elsewhere; the layout is the same either way."""
+    if sharded:
+        weights = gather_full_state(model, optimizer)
+        if not weights:
+            return {}
+    else:
+        weights = {"encoder": model.encoder.state_dict(), "predictor": model.predictor.state_dict(),
+                   "target_encoder": model.target_encoder.state_dict(), "opt": optimizer.state_dict()}
+    return {"format": "openjepa", "version": 1, "step": step, "epoch": epoch, **weights, "config": cfg.to_dict()}
 
 
-def restore_state(path: Path, model: IJEPA, optimizer, cfg: Config) -> int:
+# Settings that change how a run is computed, not what: a resume may change them without a warning.
+NOT_MATHEMATICS = {"meta.fsdp", "data.num_workers", "data.pin_mem"}
+
+
+def restore_state(path: Path, model: IJEPA, optimizer, cfg: Config, sharded: bool = False) -> int:
     state = load_checkpoint(path)
     try:
-        for key in ("encoder", "predictor", "target_encoder"):
-            getattr(model, key).load_state_dict(state[key])
-        optimizer.load_state_dict(state["opt"])
+        if sharded:
+            load_full_state(model, optimizer, state)
+        else:
+            for key in ("encoder", "predictor", "target_encoder"):
+                getattr(model, key).load_state_dict(state[key])
+            optimizer.load_state_dict(state["opt"])
         step = int(state["step"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} does not match this config "
                               f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
     saved, now = state.get("config", {}), cfg.to_dict()
     changed = [f"{sec}.{key}" for sec, values in now.items() if sec != "logging"
-               for key, value in values.items() if saved.get(sec, {}).get(key, value) != value]
+               for key, value in values.items()
+               if saved.get(sec, {}).get(key, value) != value and f"{sec}.{key}" not in NOT_MATHEMATICS]
     if changed:
         log.warning("resuming with changed settings (%s): the run is no longer one uninterrupted run",
                     ", ".join(changed))
@@ -235,12 +248,17 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     _setup_logging(run_dir if world.main else None)
     torch.manual_seed(meta.seed)
     model = build_ijepa(cfg).to(device)
+    sharded = meta.fsdp and world.size > 1
+    if sharded:
+        shard_ijepa(model)
+    elif meta.fsdp:
+        log.info("meta.fsdp: one process, nothing to shard")
     optimizer = build_optimizer(model, o)
     schedules = Schedules.from_config(o, steps_per_epoch)
 
     latest = ckpt_dir / "latest.pt"
     try:
-        start_step = restore_state(latest, model, optimizer, cfg) if latest.exists() else 0
+        start_step = restore_state(latest, model, optimizer, cfg, sharded) if latest.exists() else 0
     except CheckpointError as e:
         periodic = sorted(ckpt_dir.glob("epoch_*.pt"))
         hint = f"; the newest periodic checkpoint is {periodic[-1]}: copy it over latest.pt to resume from it" \
@@ -270,14 +288,16 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
              "micro-batches), steps %d..%d, run dir %s", meta.model_name, device, len(dataset), steps_per_epoch,
              global_batch * o.accum_steps, d.batch_size, world.size, o.accum_steps, start_step, stop_step, run_dir)
     step_model = model
-    if world.size > 1:
+    if world.size > 1 and not sharded:
         from torch.nn.parallel import DistributedDataParallel
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                              broadcast_buffers=False)
 
     batches = iter(loader)
     window, watch = _Window(device, world), CollapseWatch()
-    monitor = Monitor(cfg, dataset, run_dir, start_step, writer) if world.main and lg.monitor_every else None
+    # Under FSDP the target encoder's forward is collective: every process runs the monitor, process 0 writes.
+    monitor = Monitor(cfg, dataset, run_dir, start_step, writer, world.main) \
+        if lg.monitor_every and (world.main or sharded) else None
     skipped_total, nonfinite_skipped, t0 = 0, 0, time.perf_counter()
     signals = StopSignals()
     try:
@@ -337,11 +357,13 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
             if monitor is not None and epoch_end and (done // steps_per_epoch) % lg.monitor_every == 0:
                 monitor.check(model.target_encoder, autocast, done, done // steps_per_epoch)
-            if save_now and world.main:
-                save_state(latest, model, optimizer, done, done // steps_per_epoch, cfg)
+            if save_now and (world.main or sharded):
                 epoch = done // steps_per_epoch
+                state = checkpoint_state(model, optimizer, done, epoch, cfg, sharded)
+            if save_now and world.main:
+                atomic_save(state, latest)
                 if epoch_end and (epoch % lg.checkpoint_every == 0 or done == total_steps):
-                    save_state(ckpt_dir / f"epoch_{epoch:04d}.pt", model, optimizer, done, epoch, cfg)
+                    atomic_save(state, ckpt_dir / f"epoch_{epoch:04d}.pt")
                     for old in sorted(ckpt_dir.glob("epoch_*.pt"))[:-lg.keep_last] if lg.keep_last else []:
                         old.unlink()
             if stop_now:
@@ -450,15 +472,15 @@ class Monitor:
     target encoder on a fixed subset (see ``evaluate.monitor``), to monitor.csv and TensorBoard,
     with a warning when RankMe or the spread falls below half its first value."""
 
-    def __init__(self, cfg: Config, dataset, run_dir: Path, start_step: int, writer):
+    def __init__(self, cfg: Config, dataset, run_dir: Path, start_step: int, writer, main: bool = True):
         from .evaluate.monitor import MONITOR_COLUMNS, monitor_subset
 
         d = cfg.data
         self.dataset, self.writer, self.columns = dataset, writer, MONITOR_COLUMNS
         self.indices = monitor_subset(len(dataset), cfg.logging.monitor_images, cfg.meta.seed)
         self.mean, self.std = _per_channel(d.mean, d.in_chans), _per_channel(d.std, d.in_chans)
-        self.log = CSVLog(run_dir / "monitor.csv", start_step, MONITOR_COLUMNS)
-        rows = self.log.rows
+        self.log = CSVLog(run_dir / "monitor.csv", start_step, MONITOR_COLUMNS) if main else None
+        rows = self.log.rows if main else []
         self.first = {k: float(rows[0][k]) for k in ("rankme", "feature_std")} if rows else None
         self.warned = False
 
@@ -467,6 +489,8 @@ class Monitor:
 
         t0 = time.perf_counter()
         row = {"step": step, "epoch": epoch, **monitor(encoder, self.dataset, self.indices, self.mean, self.std, autocast)}
+        if self.log is None:  # a process other than 0 under FSDP: it took part in the forward passes
+            return row
         self.log.append(row)
         if self.writer is not None:
             for key in self.columns[2:]:
