@@ -25,3 +25,23 @@ def test_bench_prints_the_contract_json_last(tmp_path, capsys):
         assert result[key] > 0
     assert set(result["phases_ms"]) == {"masks", "target", "context", "backward", "optimizer", "ema"}
     assert "mfu" not in result  # CPU: no peak to compare against
+
+
+def test_loader_bench_reads_the_configs_own_images_through_the_training_loader(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("RGB", (20 + i, 24), (10 * i, 0, 0)).save(folder / f"{i}.jpg")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    config = tmp_path / "b.yaml"
+    config.write_text(f"data: {{root_path: {folder}, batch_size: 4, crop_size: 16}}\nmask: {{patch_size: 4, min_keep: 2}}\n"
+                      "meta: {model_name: vit_tiny, pred_depth: 1, pred_emb_dim: 48, device: cpu}\n")
+    assert main(["bench", str(config), "--loader", "--steps", "2", "--warmup", "1", "--workers", "0,1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert result["dataset"] == "folder" and result["images"] == 13
+    assert set(result["img_per_s"]) == {"0", "1"} and all(v > 0 for v in result["img_per_s"].values())
+    assert result["masks_us_per_img"] > 0
+    assert "1 worker(s)" in "\n".join(out)

@@ -142,3 +142,34 @@ def test_training_on_in_memory_arrays(tmp_path):
         assert int(list(csv.DictReader(f))[-1]["step"]) == 6  # 48 // 16 x 2 epochs
     with pytest.raises(DataError, match="fewer than one optimiser step"):
         train(tiny_config(tmp_path / "small"), dataset=ArrayDataset(images[:8]))
+
+
+def test_decoding_jpegs_on_the_device_gives_the_host_pipelines_batches(tmp_path):
+    """data.decode_on_device (here the device is the CPU, the same code path as CUDA's nvJPEG):
+    the same images, up to decoder rounding, the same masks and the same skipped files as the
+    loader that decodes with PIL in its workers."""
+    from openjepa.data import decode_batch
+
+    rng = np.random.default_rng(0)
+    for i in range(14):  # smooth content, so JPEG decoders' rounding stays within a grey level
+        low = rng.integers(0, 255, (4, 5, 3), dtype=np.uint8)
+        img = Image.fromarray(low).resize((30 + i, 24 + 2 * i), Image.BILINEAR)
+        (img.convert("L") if i % 5 == 0 else img).save(tmp_path / f"{i}.jpg", quality=95)
+    make_odd_images(tmp_path)  # CMYK JPEG (PIL decodes it), PNGs, GIF, broken files
+    good = (tmp_path / "3.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(good[:100])  # a header and no image
+    transform = PretrainTransform(16, (0.3, 1.0), (0.5,) * 3, (0.25,) * 3, horizontal_flip=True)
+    sampler = build_mask_sampler("multiblock", (4, 4), min_keep=2)
+    host, device = (build_pretrain_loader(ImageFolder(tmp_path, encoded=encoded), transform, sampler, 8, 3, 0, 3, 7)
+                    for encoded in (False, True))
+    images = 0
+    for a, b in zip(host, device):
+        assert b["encoded"] and any(isinstance(item, tuple) for item in b["images"])
+        b = decode_batch(b, transform, torch.device("cpu"))
+        assert sorted(a["skipped"]) == sorted(b["skipped"])
+        torch.testing.assert_close(b["context_idx"], a["context_idx"], rtol=0, atol=0)
+        torch.testing.assert_close(b["target_idx"], a["target_idx"], rtol=0, atol=0)
+        # one grey level is 1/255/0.25 = 0.016 after normalisation
+        assert (b["images"] - a["images"]).abs().max() < 0.1 and (b["images"] - a["images"]).abs().mean() < 0.01
+        images += len(b["images"])
+    assert images > 16

@@ -87,3 +87,33 @@ def test_bf16_autocast_matches_fp32_to_bf16_precision(tmp_path):
     update32 = torch.cat([(v - start[k]).flatten() for k, v in fp32.encoder.state_dict().items()])
     update16 = torch.cat([(v - start[k]).flatten() for k, v in bf16.encoder.state_dict().items()])
     assert torch.nn.functional.cosine_similarity(update32, update16, dim=0) > 0.9
+
+
+def test_compiled_blocks_match_eager_and_do_not_recompile_as_mask_lengths_vary(tmp_path):
+    """meta.compile's regional compilation, traced and differentiated by AOTAutograd ("aot_eager":
+    the graphs inductor would get, without its minute of C++ compilation on 2 cores): same losses
+    and weights as eager over steps whose context and target lengths all differ, and a fixed number
+    of graphs (target encoder, context encoder, predictor) however the lengths vary."""
+    from torch._dynamo.utils import counters
+
+    cfg, eager, _ = setup(tmp_path)
+    compiled = copy.deepcopy(eager)
+    for blocks in (compiled.encoder.blocks, compiled.target_encoder.blocks, compiled.predictor.predictor_blocks):
+        vit.compile_blocks(blocks, backend="aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    sampler, g = build_mask_sampler("multiblock", (4, 4), min_keep=2), torch.Generator().manual_seed(1)
+    images, lengths = torch.randn(8, 3, 16, 16, generator=g), set()
+    optimizers = [build_optimizer(m, cfg.optimization) for m in (eager, compiled)]
+    fp32 = torch.autocast("cpu", enabled=False)
+    for _ in range(6):
+        context_idx, target_idx = sampler(8, g)
+        lengths.add((context_idx.size(1), target_idx.size(2)))
+        losses = [one_step(m, opt, (images, context_idx, target_idx), fp32, lerp_ema)
+                  for m, opt in zip((eager, compiled), optimizers)]
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    assert len(lengths) >= 4  # the masks did vary
+    assert counters["stats"]["unique_graphs"] == 3, dict(counters["stats"])
+    a, b = weights(eager), weights(compiled)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=2e-6, msg=name)

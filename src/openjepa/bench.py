@@ -14,6 +14,7 @@ import time
 import torch
 
 from .config import Config, validate
+from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch
 from .ijepa import build_ijepa
 from .models.vit import resolve_size
 from .train import autocast_for, build_optimizer, mask_sampler_for, memory_mb, resolve_device
@@ -116,4 +117,42 @@ def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak:
     }
     if peak:
         result["mfu"] = round(flops * B / step_s / (peak * 1e12), 4)
+    return result
+
+
+def bench_loader(cfg: Config, batches: int = 20, workers: tuple[int, ...] = (0, 1, 2), warmup: int = 2) -> dict:
+    """The input pipeline alone, on the config's own data: read, decode, random resized crop,
+    normalise, stack, and the masks of each batch, through the training loop's loader (workers
+    started once); with ``data.decode_on_device`` the JPEG decoding and cropping on the device
+    (``meta.device``) is timed with it. Returns images/s for each worker count, images/s per worker, and the mask
+    sampler's cost alone in microseconds per image."""
+    validate(cfg)
+    d, device = cfg.data, resolve_device(cfg.meta.device)
+    dataset = build_dataset(d)
+    sampler, transform = mask_sampler_for(cfg), PretrainTransform.from_config(d)
+    per_epoch = len(dataset) // d.batch_size
+    if per_epoch < 1:
+        raise DataError(f"the dataset has {len(dataset)} images, fewer than one batch of {d.batch_size}")
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for _ in range(batches):
+        sampler(d.batch_size, generator)
+    result = {"impl": "openjepa-loader", "dataset": d.dataset, "decode_on": str(device) if d.decode_on_device else "workers", "images": len(dataset), "batch": d.batch_size,
+              "crop_size": d.crop_size, "masks_us_per_img": round((time.perf_counter() - start) / batches / d.batch_size * 1e6, 2),
+              "img_per_s": {}, "img_per_s_per_worker": {}}
+    for n in workers:
+        loader = build_pretrain_loader(dataset, transform, sampler, d.batch_size, per_epoch, 0, warmup + batches,
+                                       cfg.meta.seed, n)
+        it = iter(loader)
+        for _ in range(warmup):  # worker start-up and the first prefetches are not the steady state
+            next(it)
+        start, images = time.perf_counter(), 0
+        for batch in it:
+            batch = decode_batch(batch, transform, device, d.in_chans)  # data.decode_on_device: timed too
+            images += 0 if batch["images"] is None else len(batch["images"])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rate = images / (time.perf_counter() - start)
+        result["img_per_s"][n] = round(rate, 1)
+        result["img_per_s_per_worker"][n] = round(rate / max(n, 1), 1)
     return result

@@ -83,6 +83,18 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import bench
 
     cfg = load_config(args.config, args.overrides)
+    if args.loader:
+        from .bench import bench_loader
+
+        workers = tuple(int(n) for n in args.workers.split(","))
+        result = bench_loader(cfg, batches=args.steps, workers=workers, warmup=args.warmup)
+        print(f"loader, {result['dataset']} ({result['images']} images, decoded on {result['decode_on']}), "
+              f"batch {result['batch']} at "
+              f"{result['crop_size']} px; masks {result['masks_us_per_img']} us/image")
+        for n, rate in result["img_per_s"].items():
+            print(f"  {n} worker(s): {rate} img/s ({result['img_per_s_per_worker'][n]} per worker)")
+        print(json.dumps(result))
+        return 0
     result = bench(cfg, steps=args.steps, windows=args.windows, warmup=args.warmup, peak=args.peak_tflops)
     print("phases (ms): " + ", ".join(f"{k} {v}" for k, v in result["phases_ms"].items()))
     print(json.dumps(result))
@@ -152,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", type=int, default=3, help="timed windows; the median is reported")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: from the GPU's name)")
+    p.add_argument("--loader", action="store_true",
+                   help="time the input pipeline alone on the config's data (read, decode, crop, masks); --steps batches")
+    p.add_argument("--workers", default="0,1,2", help="with --loader: the worker counts to time")
     p.set_defaults(func=_bench)
     p = commands.add_parser("export", help="write a checkpoint's encoder for Hugging Face, timm or safetensors")
     p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")

@@ -41,6 +41,7 @@ class DataConfig:
     num_workers: int = 4
     pin_mem: bool = True
     use_horizontal_flip: bool = False
+    decode_on_device: bool = False  # folder datasets: JPEGs decoded on the training device (torchvision)
     # Accepted for reference configs; I-JEPA uses no other augmentation, so they must stay off.
     use_gaussian_blur: bool = False
     use_color_distortion: bool = False
@@ -74,6 +75,7 @@ class MetaConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile each transformer block (token counts marked dynamic: no recompiles)
     fsdp: bool = False  # under torchrun: shard encoder, target encoder and predictor with FSDP (fully_shard)
     # Reference keys. A run always resumes from its own latest.pt; these two are accepted as no-ops
     # when off, and read_checkpoint is refused until loading foreign checkpoints exists.
@@ -238,6 +240,14 @@ def validate(cfg: Config) -> Config:
     for key in ("batch_size", "crop_size", "in_chans", "synthetic_size"):
         if getattr(d, key) < 1:
             raise ConfigError(f"data.{key} must be at least 1, got {getattr(d, key)}")
+    if d.decode_on_device:
+        import importlib.util
+
+        if d.dataset != "folder":
+            raise ConfigError(f"data.decode_on_device decodes the JPEG files of a folder dataset; "
+                              f"data.dataset is {d.dataset!r}")
+        if importlib.util.find_spec("torchvision") is None:
+            raise ConfigError("data.decode_on_device needs torchvision (pip install 'openjepa[jpeg]')")
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
     _check_pair("data.crop_scale", d.crop_scale, 0.0, 1.0)

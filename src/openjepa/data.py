@@ -81,22 +81,47 @@ def load_image(path: str | Path, in_chans: int = 3) -> torch.Tensor:
                 scale = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
                 img = torch.from_numpy(arr / scale).clamp_(0, 1).unsqueeze(0)
                 return to_channels(img, in_chans)
-            im = im.convert("L" if in_chans == 1 else "RGB")
-            arr = np.asarray(im, dtype=np.uint8)
+            mode = "L" if in_chans == 1 else "RGB"
+            arr = np.array(im if im.mode == mode else im.convert(mode))  # one copy, writable
     except Exception as e:  # PIL raises many types for bad files; all mean "cannot decode"
         raise UnreadableImage(str(path), f"{type(e).__name__}: {e}") from None
     if min(arr.shape[:2]) < 2:
         raise UnreadableImage(str(path), f"image of {arr.shape[1]}x{arr.shape[0]} pixels is too small")
-    img = torch.from_numpy(arr.copy()).float().div_(255)
+    img = torch.from_numpy(arr)
     img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
-    return to_channels(img, in_chans)
+    return to_channels(img.float().div_(255), in_chans)  # float of the permuted view: one pass, no copy first
+
+
+@dataclass
+class EncodedImage:
+    """A JPEG file's bytes, left for the training device to decode (``data.decode_on_device``)."""
+    data: torch.Tensor  # uint8 [file size]
+    height: int
+    width: int
+    path: str
+
+
+def read_jpeg(path: Path) -> EncodedImage | None:
+    """The file's bytes and size, read from its header; None when the device decoder cannot take it
+    (not a baseline/progressive JPEG in grayscale, YCbCr or RGB, e.g. CMYK), so PIL decodes it."""
+    try:
+        with Image.open(path) as im:
+            if im.format != "JPEG" or im.mode not in ("L", "RGB"):
+                return None
+            width, height = im.size
+    except Exception as e:  # PIL raises many types for bad files; all mean "cannot decode"
+        raise UnreadableImage(str(path), f"{type(e).__name__}: {e}") from None
+    if min(width, height) < 2:
+        raise UnreadableImage(str(path), f"image of {width}x{height} pixels is too small")
+    return EncodedImage(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), height, width, str(path))
 
 
 class ImageFolder(torch.utils.data.Dataset):
     """Images under ``root``, searched recursively. With class sub-folders (``root/cat/x.jpg``)
-    labels are the sorted sub-folder names; a flat folder is unlabelled (label -1)."""
+    labels are the sorted sub-folder names; a flat folder is unlabelled (label -1). With
+    ``encoded``, JPEG files come back undecoded (``EncodedImage``) for ``decode_batch``."""
 
-    def __init__(self, root: str | Path, in_chans: int = 3):
+    def __init__(self, root: str | Path, in_chans: int = 3, encoded: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"data folder {self.root} not found")
@@ -107,13 +132,18 @@ class ImageFolder(torch.utils.data.Dataset):
         self.classes = subdirs if subdirs and all(len(p.relative_to(self.root).parts) > 1 for p in self.files) else []
         index = {c: i for i, c in enumerate(self.classes)}
         self.labels = [index[p.relative_to(self.root).parts[0]] if self.classes else -1 for p in self.files]
-        self.in_chans = in_chans
+        self.in_chans, self.encoded = in_chans, encoded
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return load_image(self.files[i], self.in_chans), self.labels[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | EncodedImage, int]:
+        path = self.files[i]
+        if self.encoded and path.suffix.lower() in (".jpg", ".jpeg"):
+            jpeg = read_jpeg(path)
+            if jpeg is not None:
+                return jpeg, self.labels[i]
+        return load_image(path, self.in_chans), self.labels[i]
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -251,6 +281,10 @@ def crop_box(height: int, width: int, scale: Sequence[float], ratio: Sequence[fl
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def per_channel(values: list[float], channels: int) -> list[float]:
+    return values * channels if len(values) == 1 else values
+
+
 @dataclass
 class PretrainTransform:
     crop_size: int
@@ -260,15 +294,30 @@ class PretrainTransform:
     horizontal_flip: bool = False
     ratio: Sequence[float] = (3 / 4, 4 / 3)
 
+    @classmethod
+    def from_config(cls, d) -> "PretrainTransform":
+        """The transform a ``DataConfig`` describes (one mean/std value is used for every channel)."""
+        return cls(d.crop_size, d.crop_scale, per_channel(d.mean, d.in_chans), per_channel(d.std, d.in_chans),
+                   d.use_horizontal_flip)
+
     def __call__(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        top, left, h, w = crop_box(img.size(1), img.size(2), self.crop_scale, self.ratio, generator)
+        return self.apply(img, self.plan(img.size(1), img.size(2), generator))
+
+    def plan(self, height: int, width: int, generator: torch.Generator) -> tuple[int, int, int, int, bool]:
+        """The random choices for an image of that size: crop (top, left, h, w) and flip."""
+        box = crop_box(height, width, self.crop_scale, self.ratio, generator)
+        return (*box, self.horizontal_flip and bool(torch.rand((), generator=generator) < 0.5))
+
+    def apply(self, img: torch.Tensor, plan: tuple[int, int, int, int, bool]) -> torch.Tensor:
+        """Crop, resize, flip and normalise ``img`` [C, H, W] in [0, 1], on whatever device it is."""
+        top, left, h, w, flip = plan
         img = img[:, top:top + h, left:left + w].unsqueeze(0)
         img = F.interpolate(img, size=(self.crop_size, self.crop_size), mode="bilinear",
                             align_corners=False, antialias=True)[0]
-        if self.horizontal_flip and bool(torch.rand((), generator=generator) < 0.5):
+        if flip:
             img = img.flip(-1)
-        mean = torch.tensor(self.mean, dtype=img.dtype).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=img.dtype).view(-1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=img.dtype, device=img.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=img.dtype, device=img.device).view(-1, 1, 1)
         return (img - mean) / std
 
 
@@ -317,7 +366,10 @@ class NumberedDataset(torch.utils.data.Dataset):
             img, _ = self.base[index]
         except UnreadableImage as e:
             return None, e.path
-        return self.transform(img, generator_for(self.seed, CROP, batch, index)), batch
+        generator = generator_for(self.seed, CROP, batch, index)
+        if isinstance(img, EncodedImage):  # the same random draws; applied after decoding on the device
+            return (img, self.transform.plan(img.height, img.width, generator)), batch
+        return self.transform(img, generator), batch
 
 
 class MaskCollator:
@@ -338,8 +390,52 @@ class MaskCollator:
             return {"images": None, "batch": batch, "skipped": skipped}
         context_idx, target_idx = self.sampler(self.batch_size * self.world_size, generator_for(self.seed, MASK, batch))
         mine = slice(self.rank * self.batch_size, self.rank * self.batch_size + len(good))
-        return {"images": torch.stack(good), "context_idx": context_idx[mine], "target_idx": target_idx[mine],
-                "batch": batch, "skipped": skipped}
+        encoded = any(isinstance(img, tuple) for img in good)
+        return {"images": good if encoded else torch.stack(good), "encoded": encoded,
+                "context_idx": context_idx[mine], "target_idx": target_idx[mine], "batch": batch, "skipped": skipped}
+
+
+def decode_batch(batch: dict, transform: PretrainTransform, device: torch.device, in_chans: int = 3) -> dict:
+    """Finish a batch whose JPEGs were left encoded: decode them together on ``device``
+    (``torchvision.io.decode_jpeg``: nvJPEG on CUDA), then crop, resize, flip and normalise there
+    with the crops drawn in the loader. Images decoded on the host already pass through. An image
+    the device decoder rejects is decoded by PIL instead; one nothing can decode is skipped with
+    its masks, and counted."""
+    if not batch.get("encoded"):
+        return batch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    mode = ImageReadMode.GRAY if in_chans == 1 else ImageReadMode.RGB
+    items = batch["images"]
+    jpegs = [i for i, item in enumerate(items) if isinstance(item, tuple)]
+    try:
+        decoded = dict(zip(jpegs, decode_jpeg([items[i][0].data for i in jpegs], mode=mode, device=device)))
+    except RuntimeError:  # one bad file fails the whole call: decode one by one to find it
+        decoded = {}
+        for i in jpegs:
+            try:
+                decoded[i] = decode_jpeg(items[i][0].data, mode=mode, device=device)
+            except RuntimeError:
+                pass
+    images, keep, skipped = [], [], list(batch["skipped"])
+    for i, item in enumerate(items):
+        if not isinstance(item, tuple):
+            images.append(item.to(device, non_blocking=True))
+        else:
+            jpeg, plan = item
+            try:
+                img = decoded[i].float().div_(255) if i in decoded else load_image(jpeg.path, in_chans).to(device)
+            except UnreadableImage:
+                skipped.append(jpeg.path)
+                continue
+            images.append(transform.apply(to_channels(img, in_chans), plan))
+        keep.append(i)
+    out = {**batch, "encoded": False, "skipped": skipped}
+    if not images:
+        return {**out, "images": None}
+    rows = torch.tensor(keep)
+    return {**out, "images": torch.stack(images), "context_idx": batch["context_idx"][rows],
+            "target_idx": batch["target_idx"][rows]}
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -357,7 +453,7 @@ def build_dataset(data_cfg, split: str = "train") -> torch.utils.data.Dataset:
     if d.dataset == "synthetic":
         return SyntheticDataset(d.synthetic_size, d.crop_size, d.in_chans)
     root = Path(d.root_path) / d.image_folder if d.image_folder else Path(d.root_path or ".")
-    return ImageFolder(root, d.in_chans)
+    return ImageFolder(root, d.in_chans, encoded=d.decode_on_device and split == "train")
 
 
 def build_pretrain_loader(dataset, transform, sampler, batch_size: int, per_epoch: int, start: int, total: int,

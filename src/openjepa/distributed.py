@@ -19,6 +19,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     owns_group: bool = False  # we initialised the process group, so we tear it down
+    host_group: object = None  # a gloo group for host-side flags (None: the default group is gloo already)
 
     @property
     def main(self) -> bool:
@@ -32,11 +33,14 @@ class World:
         return tensor
 
     def any(self, flag: bool, device: torch.device) -> bool:
-        """True on every process if ``flag`` is true on one of them."""
+        """True on every process if ``flag`` is true on one of them. Under NCCL the flag travels
+        over a gloo group on the host, so asking (every step, for a stop signal) never waits for
+        the GPU's queue of work to drain."""
         if self.size == 1:
             return flag
-        t = torch.tensor(int(flag), device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        on_host = self.host_group is not None or device.type == "cpu"
+        t = torch.tensor(int(flag), device="cpu" if on_host else device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.host_group)
         return bool(t)
 
     def close(self) -> None:
@@ -54,7 +58,8 @@ def init_distributed() -> World:
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return World(rank, size, local_rank, owns)
+    host_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    return World(rank, size, local_rank, owns, host_group)
 
 
 def shard_ijepa(model) -> None:

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .models.predictor import Predictor
-from .models.vit import VisionTransformer, build_encoder, gather_tokens, resolve_size
+from .models.vit import VisionTransformer, build_encoder, compile_blocks, gather_tokens, resolve_size
 
 
 def image_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -91,4 +91,8 @@ def build_ijepa(cfg) -> IJEPA:
     if meta.grad_checkpointing:
         encoder.set_grad_checkpointing()
         predictor.set_grad_checkpointing()
-    return IJEPA(encoder, predictor, meta.loss, meta.target)
+    model = IJEPA(encoder, predictor, meta.loss, meta.target)
+    if meta.compile:
+        for blocks in (model.encoder.blocks, model.target_encoder.blocks, model.predictor.predictor_blocks):
+            compile_blocks(blocks)
+    return model

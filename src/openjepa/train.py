@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint
 from .config import Config, ConfigError, validate
 from .distributed import World, gather_full_state, init_distributed, load_full_state, shard_ijepa
-from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader
+from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch, per_channel
 from .ijepa import IJEPA, build_ijepa
 from .masks import build_mask_sampler
 
@@ -273,8 +273,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
         log.info("nothing to do: the run is at step %d of %d", start_step, stop_step)
         return run_dir
 
-    transform = PretrainTransform(d.crop_size, d.crop_scale, _per_channel(d.mean, d.in_chans),
-                                  _per_channel(d.std, d.in_chans), d.use_horizontal_flip)
+    transform = PretrainTransform.from_config(d)
     loader = build_pretrain_loader(dataset, transform, sampler, d.batch_size, micro_per_epoch,
                                    start_step * o.accum_steps, stop_step * o.accum_steps, meta.seed,
                                    d.num_workers, d.pin_mem and device.type == "cuda", world.rank, world.size)
@@ -309,7 +308,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                     group["weight_decay"] = wd
             results = []
             for _ in range(o.accum_steps):
-                batch = next(batches)
+                batch = decode_batch(next(batches), transform, device, d.in_chans)  # data.decode_on_device
                 if batch["skipped"]:
                     skipped_total += len(batch["skipped"])
                     log.warning("skipped %d unreadable image(s) (%d so far), e.g. %s", len(batch["skipped"]),
@@ -478,7 +477,7 @@ class Monitor:
         d = cfg.data
         self.dataset, self.writer, self.columns = dataset, writer, MONITOR_COLUMNS
         self.indices = monitor_subset(len(dataset), cfg.logging.monitor_images, cfg.meta.seed)
-        self.mean, self.std = _per_channel(d.mean, d.in_chans), _per_channel(d.std, d.in_chans)
+        self.mean, self.std = per_channel(d.mean, d.in_chans), per_channel(d.std, d.in_chans)
         self.log = CSVLog(run_dir / "monitor.csv", start_step, MONITOR_COLUMNS) if main else None
         rows = self.log.rows if main else []
         self.first = {k: float(rows[0][k]) for k in ("rankme", "feature_std")} if rows else None
@@ -514,10 +513,6 @@ def target_std(target: torch.Tensor) -> torch.Tensor:
     deviation, averaged over dimensions. It falls towards 0 when the representation collapses
     (every patch mapped to the same vector), even while the loss looks healthy."""
     return target.detach().float().flatten(0, -2).std(0).mean()
-
-
-def _per_channel(values: list[float], channels: int) -> list[float]:
-    return values * channels if len(values) == 1 else values
 
 
 def _tensorboard(run_dir: Path, lg, start_step: int):

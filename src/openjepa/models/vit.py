@@ -90,6 +90,16 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def compile_blocks(blocks: nn.ModuleList, **options) -> None:
+    """``torch.compile`` each block in place (regional compilation: the blocks share one compiled
+    graph per input signature, and compiling takes the time of one block, not of the network).
+    The token count varies with the masks from step to step; at the first change dynamo marks it
+    dynamic (a symbol), so there is one graph for the target encoder, one for the context encoder
+    and one for the predictor, whatever the lengths, instead of a recompilation per new length."""
+    for blk in blocks:
+        blk.compile(**options)
+
+
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
     for blk in blocks:
         if grad_checkpointing and x.requires_grad:
