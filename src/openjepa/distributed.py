@@ -62,13 +62,14 @@ def init_distributed() -> World:
     return World(rank, size, local_rank, owns, host_group)
 
 
-def shard_ijepa(model) -> None:
+def shard_ijepa(model) -> tuple[int, int]:
     """FSDP (PyTorch's ``fully_shard``) over every process: each transformer block, then the whole
     network, for the context encoder, the predictor and the target encoder alike. The target
     encoder is a copy of the context encoder, so sharding it the same way puts each process's
     shard of a target parameter beside its shard of the online one: the EMA update is then an
     element-wise lerp of local shards, with no communication (``IJEPA.update_target`` unchanged).
-    Parameters are resharded after every forward, so ``parameters()`` always yields the shards."""
+    Parameters are resharded after every forward, so ``parameters()`` always yields the shards.
+    Returns (parameter elements this process holds, parameter elements in all)."""
     from torch.distributed.fsdp import fully_shard
 
     for name in ("encoder", "target_encoder", "predictor"):
@@ -79,6 +80,8 @@ def shard_ijepa(model) -> None:
     for (name, online), target in zip(model.encoder.named_parameters(), model.target_encoder.parameters()):
         if online.placements != target.placements or online.to_local().shape != target.to_local().shape:
             raise RuntimeError(f"FSDP sharded the target encoder's {name} unlike the encoder's")
+    params = list(model.parameters())
+    return sum(p.to_local().numel() for p in params), sum(p.numel() for p in params)
 
 
 def _full_options():

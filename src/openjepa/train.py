@@ -250,7 +250,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     model = build_ijepa(cfg).to(device)
     sharded = meta.fsdp and world.size > 1
     if sharded:
-        shard_ijepa(model)
+        local, total = shard_ijepa(model)
+        log.info("FSDP over %d processes: this process holds %d of the %d parameter elements", world.size, local, total)
     elif meta.fsdp:
         log.info("meta.fsdp: one process, nothing to shard")
     optimizer = build_optimizer(model, o)
