@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 WDS = (0.0, 1e-2, 1e-1, 5e-1)
 
 
