@@ -7,6 +7,7 @@ a resumed run sees exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import os
@@ -281,6 +282,14 @@ def crop_box(height: int, width: int, scale: Sequence[float], ratio: Sequence[fl
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple, std: tuple, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as [C, 1, 1] tensors, made once per device: copying a host list to a GPU
+    waits for the GPU's queue to drain, which the training step must not do per image."""
+    return (torch.tensor(mean, dtype=dtype, device=device).view(-1, 1, 1),
+            torch.tensor(std, dtype=dtype, device=device).view(-1, 1, 1))
+
+
 def per_channel(values: list[float], channels: int) -> list[float]:
     return values * channels if len(values) == 1 else values
 
@@ -316,8 +325,7 @@ class PretrainTransform:
                             align_corners=False, antialias=True)[0]
         if flip:
             img = img.flip(-1)
-        mean = torch.tensor(self.mean, dtype=img.dtype, device=img.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=img.dtype, device=img.device).view(-1, 1, 1)
+        mean, std = _channel_stats(tuple(self.mean), tuple(self.std), img.dtype, img.device)
         return (img - mean) / std
 
 
