@@ -248,23 +248,11 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     _setup_logging(run_dir if world.main else None)
     torch.manual_seed(meta.seed)
     model = build_ijepa(cfg).to(device)
-    sharded = meta.fsdp and world.size > 1
-    if sharded:
-        local, total = shard_ijepa(model)
-        log.info("FSDP over %d processes: this process holds %d of the %d parameter elements", world.size, local, total)
-    elif meta.fsdp:
-        log.info("meta.fsdp: one process, nothing to shard")
+    sharded = _shard(model, world, meta.fsdp)
     optimizer = build_optimizer(model, o)
     schedules = Schedules.from_config(o, steps_per_epoch)
-
     latest = ckpt_dir / "latest.pt"
-    try:
-        start_step = restore_state(latest, model, optimizer, cfg, sharded) if latest.exists() else 0
-    except CheckpointError as e:
-        periodic = sorted(ckpt_dir.glob("epoch_*.pt"))
-        hint = f"; the newest periodic checkpoint is {periodic[-1]}: copy it over latest.pt to resume from it" \
-            if periodic else ""
-        raise CheckpointError(f"{e}{hint}") from None
+    start_step = _resume(latest, model, optimizer, cfg, sharded)
     if start_step:
         log.info("resuming %s from step %d (epoch %d)", latest, start_step, start_step // steps_per_epoch)
     if world.main:
@@ -279,7 +267,6 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                                    start_step * o.accum_steps, stop_step * o.accum_steps, meta.seed,
                                    d.num_workers, d.pin_mem and device.type == "cuda", world.rank, world.size)
     autocast = autocast_for(meta, device)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     csv_log = CSVLog(run_dir / "log.csv", start_step) if world.main else None
     writer = _tensorboard(run_dir, lg, start_step) if world.main else None
     bar = tqdm(total=stop_step, initial=start_step, disable=not (lg.progress_bar and world.main), unit="step",
@@ -298,7 +285,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     # Under FSDP the target encoder's forward is collective: every process runs the monitor, process 0 writes.
     monitor = Monitor(cfg, dataset, run_dir, start_step, writer, world.main) \
         if lg.monitor_every and (world.main or sharded) else None
-    skipped_total, nonfinite_skipped, t0 = 0, 0, time.perf_counter()
+    skips, t0 = _Skips(o.skip_nonfinite_steps, latest), time.perf_counter()
     signals = StopSignals()
     try:
         for step in range(start_step, stop_step):
@@ -309,28 +296,18 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                     group["weight_decay"] = wd
             results = []
             for _ in range(o.accum_steps):
-                batch = decode_batch(next(batches), transform, device, d.in_chans)  # data.decode_on_device
-                if batch["skipped"]:
-                    skipped_total += len(batch["skipped"])
-                    log.warning("skipped %d unreadable image(s) (%d so far), e.g. %s", len(batch["skipped"]),
-                                skipped_total, batch["skipped"][0])
+                batch = skips.count_images(decode_batch(next(batches), transform, device, d.in_chans))
                 if batch["images"] is not None:
                     results.append(forward_backward(step_model, batch, device, autocast, 1.0 / o.accum_steps))
             # Only with skipping on is the loss read back every step (a host sync) to decide.
             if o.skip_nonfinite_steps and world.any(not all(bool(r[0].isfinite()) for r in results), device):
                 optimizer.zero_grad(set_to_none=True)
-                nonfinite_skipped += 1
-                log.warning("non-finite loss at step %d: step skipped (%d of at most %d)", step + 1,
-                            nonfinite_skipped, o.skip_nonfinite_steps)
-                if nonfinite_skipped > o.skip_nonfinite_steps:
-                    raise TrainingError(f"more than optimization.skip_nonfinite_steps={o.skip_nonfinite_steps} "
-                                        f"steps had a non-finite loss (the last at step {step + 1}); stopping. "
-                                        f"The last good checkpoint {latest} is kept")
+                skips.nonfinite_step(step + 1)
             else:
                 for loss, std, counts in results:
                     window.add(loss, std, *counts)
                 if o.clip_grad > 0:
-                    nn.utils.clip_grad_norm_(params, o.clip_grad)
+                    nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], o.clip_grad)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 model.update_target(momentum)
@@ -344,28 +321,16 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
             if save_now or done % lg.log_every == 0:
                 window.check_finite(done, latest)  # never log or checkpoint past a non-finite loss
             if done % lg.log_every == 0 or done == stop_step:
-                row = window.read(done, done / steps_per_epoch, lr, wd, momentum, skipped_total, time.perf_counter() - t0)
-                if csv_log is not None:
-                    csv_log.append(row)
-                if world.main and watch.update(row["target_std"]):
-                    log.warning("the representation may be collapsing: target_std %.4f at step %d, down from %.4f "
-                                "at the first log; lower the learning rate or raise the EMA momentum",
-                                row["target_std"], done, watch.first)
-                if writer is not None:
-                    for key in LOG_COLUMNS[2:-1]:
-                        writer.add_scalar(f"train/{key}", row[key], done)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+                row = window.read(done, done / steps_per_epoch, lr, wd, momentum, skips.images, time.perf_counter() - t0)
+                _log_row(row, csv_log, writer, watch if world.main else None, bar)
             if monitor is not None and epoch_end and (done // steps_per_epoch) % lg.monitor_every == 0:
                 monitor.check(model.target_encoder, autocast, done, done // steps_per_epoch)
             if save_now and (world.main or sharded):
                 epoch = done // steps_per_epoch
-                state = checkpoint_state(model, optimizer, done, epoch, cfg, sharded)
-            if save_now and world.main:
-                atomic_save(state, latest)
-                if epoch_end and (epoch % lg.checkpoint_every == 0 or done == total_steps):
-                    atomic_save(state, ckpt_dir / f"epoch_{epoch:04d}.pt")
-                    for old in sorted(ckpt_dir.glob("epoch_*.pt"))[:-lg.keep_last] if lg.keep_last else []:
-                        old.unlink()
+                state = checkpoint_state(model, optimizer, done, epoch, cfg, sharded)  # collective under FSDP
+                if world.main:
+                    _save(state, ckpt_dir, lg, periodic=epoch_end and (epoch % lg.checkpoint_every == 0
+                                                                         or done == total_steps))
             if stop_now:
                 name = signal.Signals(signals.received or signal.SIGTERM).name
                 log.info("%s: saved %s at step %d and stopped; start the same command again to resume", name, latest, done)
@@ -377,6 +342,77 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
             writer.close()
     log.info("stopped at step %d of %d; checkpoint %s", stop_step, total_steps, latest)
     return run_dir
+
+
+def _shard(model: IJEPA, world: World, fsdp: bool) -> bool:
+    """FSDP when ``meta.fsdp`` asks and there are processes to shard over; True if sharded."""
+    if fsdp and world.size > 1:
+        local, total = shard_ijepa(model)
+        log.info("FSDP over %d processes: this process holds %d of the %d parameter elements", world.size, local, total)
+        return True
+    if fsdp:
+        log.info("meta.fsdp: one process, nothing to shard")
+    return False
+
+
+def _resume(latest: Path, model: IJEPA, optimizer, cfg: Config, sharded: bool) -> int:
+    """The step ``latest.pt`` holds (its state loaded), or 0 when there is none. A checkpoint that
+    cannot be used is an error naming it, and the newest periodic one to fall back on."""
+    if not latest.exists():
+        return 0
+    try:
+        return restore_state(latest, model, optimizer, cfg, sharded)
+    except CheckpointError as e:
+        periodic = sorted(latest.parent.glob("epoch_*.pt"))
+        hint = f"; the newest periodic checkpoint is {periodic[-1]}: copy it over latest.pt to resume from it" \
+            if periodic else ""
+        raise CheckpointError(f"{e}{hint}") from None
+
+
+class _Skips:
+    """Counts what the run skipped: unreadable images (logged with an example) and, when
+    ``optimization.skip_nonfinite_steps`` allows, steps whose loss was not finite (an error past
+    the limit)."""
+
+    def __init__(self, limit: int, latest: Path):
+        self.limit, self.latest = limit, latest
+        self.images = self.steps = 0
+
+    def count_images(self, batch: dict) -> dict:
+        if batch["skipped"]:
+            self.images += len(batch["skipped"])
+            log.warning("skipped %d unreadable image(s) (%d so far), e.g. %s", len(batch["skipped"]), self.images,
+                        batch["skipped"][0])
+        return batch
+
+    def nonfinite_step(self, step: int) -> None:
+        self.steps += 1
+        log.warning("non-finite loss at step %d: step skipped (%d of at most %d)", step, self.steps, self.limit)
+        if self.steps > self.limit:
+            raise TrainingError(f"more than optimization.skip_nonfinite_steps={self.limit} steps had a non-finite "
+                                f"loss (the last at step {step}); stopping. The last good checkpoint {self.latest} "
+                                f"is kept")
+
+
+def _log_row(row: dict, csv_log: CSVLog | None, writer, watch: CollapseWatch | None, bar) -> None:
+    if csv_log is not None:
+        csv_log.append(row)
+    if watch is not None and watch.update(row["target_std"]):
+        log.warning("the representation may be collapsing: target_std %.4f at step %d, down from %.4f at the first "
+                    "log; lower the learning rate or raise the EMA momentum", row["target_std"], row["step"], watch.first)
+    if writer is not None:
+        for key in LOG_COLUMNS[2:-1]:
+            writer.add_scalar(f"train/{key}", row[key], row["step"])
+    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+
+
+def _save(state: dict, ckpt_dir: Path, lg, periodic: bool) -> None:
+    """latest.pt always; with ``periodic`` also epoch_NNNN.pt, keeping the newest ``logging.keep_last``."""
+    atomic_save(state, ckpt_dir / "latest.pt")
+    if periodic:
+        atomic_save(state, ckpt_dir / f"epoch_{state['epoch']:04d}.pt")
+        for old in sorted(ckpt_dir.glob("epoch_*.pt"))[:-lg.keep_last] if lg.keep_last else []:
+            old.unlink()
 
 
 def mask_sampler_for(cfg: Config):
