@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="feature extraction; auto: bf16 on CUDA and on CPUs with native bf16")
-    p.add_argument("--linear-steps", type=int, default=2000, help="optimiser steps of each linear probe")
+    p.add_argument("--linear-steps", type=int, default=None,
+                   help="optimiser steps of each linear probe (default: 100 epochs of its training split, at least 2000)")
     p.add_argument("--attentive-epochs", type=int, default=4)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)

@@ -61,7 +61,7 @@ def random_encoder(like: VisionTransformer, seed: int = 0) -> VisionTransformer:
 
 
 def run_protocols(train: Features, test: Features, protocols, seed: int = 0, layers: str = "last",
-                  linear_steps: int = 2000, attentive_epochs: int = 4) -> dict:
+                  linear_steps: int | None = None, attentive_epochs: int = 4) -> dict:
     """Every protocol on one pair of feature sets (``layers``: 'last' pooled, or 'last4' concatenated)."""
     x_train, x_test = (train.pooled, test.pooled) if layers == "last" else (train.last4, test.last4)
     out = {}
@@ -122,7 +122,7 @@ def format_table(results: dict) -> str:
 def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROTOCOLS, baselines=BASELINES,
              which: str = "target", layers: str = "last", data_root: str | None = None, cache_dir: str | Path | None = None,
              out: str | Path | None = None, seed: int = 0, batch_size: int = 256, num_workers: int = 0,
-             progress: bool = True, device: str = "auto", precision: str = "auto", linear_steps: int = 2000,
+             progress: bool = True, device: str = "auto", precision: str = "auto", linear_steps: int | None = None,
              attentive_epochs: int = 4) -> dict:
     """Evaluate a checkpoint (any format ``load_encoder`` reads) and write the JSON result to
     ``out`` (default: ``RUN/eval/<checkpoint>_<which>.json`` beside a run's checkpoints folder)."""

@@ -10,6 +10,9 @@ import torch.nn.functional as F
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 WDS = (0.0, 1e-2, 1e-1, 5e-1)
+# 2000 steps of 512 (19 epochs of Fashion-MNIST) left the probe of a 192-d encoder 1.8 points short
+# of where 16000 steps take it; 100 epochs gets within ~0.5.
+EPOCHS, MIN_STEPS = 100, 2000
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,11 +39,19 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels).float().mean().item()
 
 
-def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs=LRS, wds=WDS, steps: int = 2000,
+def probe_steps(n: int, batch_size: int = 512, epochs: float = EPOCHS, min_steps: int = MIN_STEPS) -> int:
+    """Optimiser steps for a probe on ``n`` samples: ``epochs`` passes, and never fewer than
+    ``min_steps`` (small low-shot subsets need many passes)."""
+    return max(min_steps, math.ceil(epochs * n / min(batch_size, n)))
+
+
+def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs=LRS, wds=WDS, steps: int | None = None,
                 batch_size: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[tuple[float, float]]]:
     """One softmax-regression head per (lr, wd), all trained together with AdamW (cosine LR,
     decoupled weight decay on the weights) as one batched tensor [H, D + 1, C], so the grid costs
-    about what one head costs. Returns weights [H, D, C], biases [H, C] and the grid."""
+    about what one head costs. ``steps`` defaults to ``probe_steps(len(x))``. Returns weights
+    [H, D, C], biases [H, C] and the grid."""
+    steps = steps or probe_steps(len(x), batch_size)
     grid = [(lr, wd) for lr in lrs for wd in wds]
     g = torch.Generator().manual_seed(seed)
     heads = torch.zeros(len(grid), x.size(1) + 1, num_classes, requires_grad=True)  # last row: the bias
@@ -56,7 +67,8 @@ def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs=LRS, wds
             order, pos = torch.randperm(len(x), generator=g), 0
         idx = order[pos:pos + batch_size]
         pos += batch_size
-        logits = torch.matmul(x[idx], heads)  # [H, B, C]
+        # all heads in one GEMM: [B, D+1] @ [D+1, H*C] (a broadcast matmul would copy x per head)
+        logits = (x[idx] @ heads.transpose(0, 1).reshape(x.size(1), -1)).view(len(idx), len(grid), -1).transpose(0, 1)
         loss = F.cross_entropy(logits.flatten(0, 1), y[idx].repeat(len(grid)), reduction="sum") / batch_size
         (grad,) = torch.autograd.grad(loss, heads)
         with torch.no_grad():
@@ -78,9 +90,10 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     if len(val) == 0:
         raise ValueError("the training set is too small to carve a validation split")
     x_fit, x_val, x_test = standardize(train_x[fit].float(), train_x[val].float(), test_x.float())
-    w, b, grid = train_heads(x_fit, train_y[fit], num_classes, seed=seed, **kwargs)
+    steps = kwargs.pop("steps", None) or probe_steps(len(fit), kwargs.get("batch_size", 512))
+    w, b, grid = train_heads(x_fit, train_y[fit], num_classes, seed=seed, steps=steps, **kwargs)
     val_acc = [accuracy(x_val @ w[h] + b[h], train_y[val]) for h in range(len(grid))]
     best = max(range(len(grid)), key=lambda h: val_acc[h])
     return {"test_acc": accuracy(x_test @ w[best] + b[best], test_y), "val_acc": val_acc[best],
-            "lr": grid[best][0], "wd": grid[best][1], "train_size": len(fit), "val_size": len(val),
+            "lr": grid[best][0], "wd": grid[best][1], "steps": steps, "train_size": len(fit), "val_size": len(val),
             "grid_val_acc": {f"lr={lr:g},wd={wd:g}": round(a, 4) for (lr, wd), a in zip(grid, val_acc)}}
