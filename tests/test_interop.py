@@ -197,3 +197,16 @@ def test_a_file_with_non_dict_entries_is_named_not_a_crash(tmp_path):
     torch.save({"encoder": [1, 2, 3]}, tmp_path / "odd.pt")
     with pytest.raises(CheckpointError, match="not a checkpoint openjepa knows"):
         openjepa.load_encoder(tmp_path / "odd.pt")
+
+
+def test_a_run_trained_compiled_loads_eager(checkpoint, tmp_path):
+    """meta.compile says how training ran; loading the model for use must not compile it."""
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["meta"]["compile"] = True
+    torch.save(state, tmp_path / "compiled_run.pt")
+    model, cfg = openjepa.load_ijepa(tmp_path / "compiled_run.pt")
+    pred = openjepa.load_predictor(tmp_path / "compiled_run.pt")
+    assert cfg.meta.compile  # the run's config is reported as it was
+    blocks = [*model.encoder.blocks, *model.target_encoder.blocks, *model.predictor.predictor_blocks,
+              *pred.predictor_blocks]
+    assert all(b._compiled_call_impl is None for b in blocks)

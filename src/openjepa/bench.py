@@ -124,8 +124,8 @@ def bench_loader(cfg: Config, batches: int = 20, workers: tuple[int, ...] = (0, 
     """The input pipeline alone, on the config's own data: read, decode, random resized crop,
     normalise, stack, and the masks of each batch, through the training loop's loader (workers
     started once); with ``data.decode_on_device`` the JPEG decoding and cropping on the device
-    (``meta.device``) is timed with it. Returns images/s for each worker count, images/s per worker, and the mask
-    sampler's cost alone in microseconds per image."""
+    (``meta.device``) is timed with it. Returns images/s for each worker count, images/s per
+    worker, and the mask sampler's cost alone in microseconds per image."""
     validate(cfg)
     d, device = cfg.data, resolve_device(cfg.meta.device)
     dataset = build_dataset(d)
@@ -137,9 +137,10 @@ def bench_loader(cfg: Config, batches: int = 20, workers: tuple[int, ...] = (0, 
     start = time.perf_counter()
     for _ in range(batches):
         sampler(d.batch_size, generator)
-    result = {"impl": "openjepa-loader", "dataset": d.dataset, "decode_on": str(device) if d.decode_on_device else "workers", "images": len(dataset), "batch": d.batch_size,
-              "crop_size": d.crop_size, "masks_us_per_img": round((time.perf_counter() - start) / batches / d.batch_size * 1e6, 2),
-              "img_per_s": {}, "img_per_s_per_worker": {}}
+    masks_us = (time.perf_counter() - start) / batches / d.batch_size * 1e6
+    result = {"impl": "openjepa-loader", "dataset": d.dataset, "images": len(dataset),
+              "decode_on": str(device) if d.decode_on_device else "workers", "batch": d.batch_size,
+              "crop_size": d.crop_size, "masks_us_per_img": round(masks_us, 2), "img_per_s": {}, "img_per_s_per_worker": {}}
     for n in workers:
         loader = build_pretrain_loader(dataset, transform, sampler, d.batch_size, per_epoch, 0, warmup + batches,
                                        cfg.meta.seed, n)

@@ -10,6 +10,8 @@ Hugging Face and timm converters of Meta's weights take the context encoder inst
 """
 from __future__ import annotations
 
+import copy
+
 import json
 from pathlib import Path
 
@@ -92,6 +94,14 @@ def load_encoder(path: str | Path, which: str = "target") -> VisionTransformer:
     return encoder.eval()
 
 
+def _eager(cfg: Config) -> Config:
+    """The config to rebuild a trained model for use: ``meta.compile`` said how training ran, and
+    compiling on a user's first call (a minute on a CPU) is not what loading should do."""
+    cfg = copy.deepcopy(cfg)
+    cfg.meta.compile = False
+    return cfg
+
+
 def load_predictor(path: str | Path) -> Predictor:
     """The predictor of our checkpoints or the reference's, e.g. to continue pretraining."""
     path = Path(path)
@@ -101,7 +111,7 @@ def load_predictor(path: str | Path) -> Predictor:
     try:
         if fmt == "openjepa":
             with torch.device("meta"):
-                predictor = build_ijepa(from_dict(obj["config"])).predictor
+                predictor = build_ijepa(_eager(from_dict(obj["config"]))).predictor
             predictor = predictor.to_empty(device="cpu")
             predictor.load_state_dict(_state(obj, "predictor", path))
             return predictor.eval()
@@ -119,7 +129,7 @@ def load_ijepa(path: str | Path) -> tuple[IJEPA, Config]:
         raise CheckpointError(f"{path} is not an openjepa training checkpoint; only those hold the whole model")
     try:
         cfg = from_dict(obj["config"])
-        model = build_ijepa(cfg)
+        model = build_ijepa(_eager(cfg))
         for key in ("encoder", "predictor", "target_encoder"):
             getattr(model, key).load_state_dict(_state(obj, key, path))
     except (KeyError, RuntimeError, ValueError) as e:
