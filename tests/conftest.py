@@ -36,14 +36,15 @@ def tiny_config(folder, **sections) -> Config:
     return validate(cfg)
 
 
-def labelled_folder(root, n_per_class=12, size=16, channels=1):
-    """train/ and val/ of two classes a probe can tell apart: bright top half vs bright bottom half."""
+def labelled_folder(root, n_per_class=12, size=16, channels=1, vary=False):
+    """train/ and val/ of two classes a probe can tell apart: bright top half vs bright bottom half.
+    ``vary``: widths differ from image to image (size .. size + 4), as in a real folder."""
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for c, name in enumerate(("top", "bottom")):
             (root / split / name).mkdir(parents=True)
             for i in range(n_per_class):
-                img = rng.integers(0, 60, (size, size), dtype=np.uint8)
+                img = rng.integers(0, 60, (size, size + (2 * (i % 3) if vary else 0)), dtype=np.uint8)
                 img[(0 if c == 0 else size // 2):(size // 2 if c == 0 else size)] += 150
                 Image.fromarray(np.stack([img] * 3, -1) if channels == 3 else img).save(root / split / name / f"{i}.png")
     return root

@@ -160,7 +160,7 @@ def test_decoding_jpegs_on_the_device_gives_the_host_pipelines_batches(tmp_path)
     (tmp_path / "cut.jpg").write_bytes(good[:100])  # a header and no image
     transform = PretrainTransform(16, (0.3, 1.0), (0.5,) * 3, (0.25,) * 3, horizontal_flip=True)
     sampler = build_mask_sampler("multiblock", (4, 4), min_keep=2)
-    host, device = (build_pretrain_loader(ImageFolder(tmp_path, encoded=encoded), transform, sampler, 8, 3, 0, 3, 7)
+    host, device = (build_pretrain_loader(ImageFolder(tmp_path), transform, sampler, 8, 3, 0, 3, 7, encoded=encoded)
                     for encoded in (False, True))
     images = 0
     for a, b in zip(host, device):
@@ -173,3 +173,28 @@ def test_decoding_jpegs_on_the_device_gives_the_host_pipelines_batches(tmp_path)
         assert (b["images"] - a["images"]).abs().max() < 0.1 and (b["images"] - a["images"]).abs().mean() < 0.01
         images += len(b["images"])
     assert images > 16
+
+
+def test_training_with_jpegs_decoded_on_the_device_equals_training_with_host_decoding(tmp_path):
+    """The whole loop with data.decode_on_device (device: the CPU): the same losses as decoding in
+    the loader, and the monitor, which reads the dataset directly, still sees decoded images."""
+    rng = np.random.default_rng(2)
+    for i in range(40):
+        sub = tmp_path / "data" / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        low = rng.integers(0, 255, (3, 3, 3), dtype=np.uint8)
+        Image.fromarray(low).resize((20 + i % 5, 18), Image.BILINEAR).save(sub / f"{i}.jpg", quality=95)
+    logs = []
+    for on_device in (False, True):
+        run = tmp_path / f"run_{on_device}"
+        train(tiny_config(run, data={"dataset": "folder", "root_path": str(tmp_path / "data"), "batch_size": 8,
+                                     "decode_on_device": on_device},
+                          logging={"log_every": 1, "monitor_every": 1, "monitor_images": 20}))
+        with open(run / "log.csv", newline="") as f:
+            logs.append([float(r["loss"]) for r in csv.DictReader(f)])
+        assert (run / "monitor.csv").read_text().count("\n") == 3  # header + one row per epoch
+    assert len(logs[0]) == 10 and logs[0] == logs[1]
+    # the pictures of a run on a folder of several image sizes: brought to the crop size
+    from openjepa.viz import sample_images
+    cfg = tiny_config(run, data={"dataset": "folder", "root_path": str(tmp_path / "data"), "decode_on_device": True})
+    assert sample_images(cfg, 4).shape == (4, 3, 16, 16)

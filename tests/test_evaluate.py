@@ -145,7 +145,7 @@ def test_attentive_probe_finds_the_one_informative_token():
 
 def test_eval_command_writes_one_result_with_baselines(tmp_path, capsys):
     train(tiny_config(tmp_path / "run", data={"in_chans": 1, "mean": [0.5], "std": [0.25]}), max_steps=2)
-    data = labelled_folder(tmp_path / "data")
+    data = labelled_folder(tmp_path / "data", vary=True)  # images of several sizes are brought to the encoder's
     ckpt = tmp_path / "run/checkpoints/latest.pt"
     assert main(["eval", str(ckpt), "--data", str(data), "--no-progress", "--precision", "fp32",
                  "--linear-steps", "50", "--attentive-epochs", "1"]) == 0

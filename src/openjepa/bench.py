@@ -143,7 +143,7 @@ def bench_loader(cfg: Config, batches: int = 20, workers: tuple[int, ...] = (0, 
               "crop_size": d.crop_size, "masks_us_per_img": round(masks_us, 2), "img_per_s": {}, "img_per_s_per_worker": {}}
     for n in workers:
         loader = build_pretrain_loader(dataset, transform, sampler, d.batch_size, per_epoch, 0, warmup + batches,
-                                       cfg.meta.seed, n)
+                                       cfg.meta.seed, n, encoded=d.decode_on_device)
         it = iter(loader)
         for _ in range(warmup):  # worker start-up and the first prefetches are not the steady state
             next(it)

@@ -119,10 +119,10 @@ def read_jpeg(path: Path) -> EncodedImage | None:
 
 class ImageFolder(torch.utils.data.Dataset):
     """Images under ``root``, searched recursively. With class sub-folders (``root/cat/x.jpg``)
-    labels are the sorted sub-folder names; a flat folder is unlabelled (label -1). With
-    ``encoded``, JPEG files come back undecoded (``EncodedImage``) for ``decode_batch``."""
+    labels are the sorted sub-folder names; a flat folder is unlabelled (label -1). ``encoded(i)``
+    gives JPEG files undecoded (``EncodedImage``), for ``decode_batch``."""
 
-    def __init__(self, root: str | Path, in_chans: int = 3, encoded: bool = False):
+    def __init__(self, root: str | Path, in_chans: int = 3):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"data folder {self.root} not found")
@@ -133,18 +133,19 @@ class ImageFolder(torch.utils.data.Dataset):
         self.classes = subdirs if subdirs and all(len(p.relative_to(self.root).parts) > 1 for p in self.files) else []
         index = {c: i for i, c in enumerate(self.classes)}
         self.labels = [index[p.relative_to(self.root).parts[0]] if self.classes else -1 for p in self.files]
-        self.in_chans, self.encoded = in_chans, encoded
+        self.in_chans = in_chans
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | EncodedImage, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return load_image(self.files[i], self.in_chans), self.labels[i]
+
+    def encoded(self, i: int) -> tuple[torch.Tensor | EncodedImage, int]:
+        """Item ``i`` with a JPEG left encoded for the training device; other files decoded."""
         path = self.files[i]
-        if self.encoded and path.suffix.lower() in (".jpg", ".jpeg"):
-            jpeg = read_jpeg(path)
-            if jpeg is not None:
-                return jpeg, self.labels[i]
-        return load_image(path, self.in_chans), self.labels[i]
+        jpeg = read_jpeg(path) if path.suffix.lower() in (".jpg", ".jpeg") else None
+        return (jpeg, self.labels[i]) if jpeg is not None else self[i]
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -360,10 +361,12 @@ class NumberedBatches(torch.utils.data.Sampler):
 class NumberedDataset(torch.utils.data.Dataset):
     """Looks up (index, batch number); applies the transform with a generator from
     (seed, batch number, index). An image that cannot be decoded comes back as None, to be
-    skipped and counted by the collate."""
+    skipped and counted by the collate. With ``encoded`` (and a dataset that offers it), JPEGs
+    stay encoded with their crop drawn, for ``decode_batch`` on the device."""
 
-    def __init__(self, base: torch.utils.data.Dataset, transform: Callable, seed: int):
+    def __init__(self, base: torch.utils.data.Dataset, transform: Callable, seed: int, encoded: bool = False):
         self.base, self.transform, self.seed = base, transform, seed
+        self.read = base.encoded if encoded and hasattr(base, "encoded") else base.__getitem__
 
     def __len__(self) -> int:
         return len(self.base)
@@ -371,7 +374,7 @@ class NumberedDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, batch = key
         try:
-            img, _ = self.base[index]
+            img, _ = self.read(index)
         except UnreadableImage as e:
             return None, e.path
         generator = generator_for(self.seed, CROP, batch, index)
@@ -461,16 +464,17 @@ def build_dataset(data_cfg, split: str = "train") -> torch.utils.data.Dataset:
     if d.dataset == "synthetic":
         return SyntheticDataset(d.synthetic_size, d.crop_size, d.in_chans)
     root = Path(d.root_path) / d.image_folder if d.image_folder else Path(d.root_path or ".")
-    return ImageFolder(root, d.in_chans, encoded=d.decode_on_device and split == "train")
+    return ImageFolder(root, d.in_chans)
 
 
 def build_pretrain_loader(dataset, transform, sampler, batch_size: int, per_epoch: int, start: int, total: int,
                           seed: int, num_workers: int = 0, pin_memory: bool = False,
-                          rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
-    """One loader for the whole run (workers start once), from micro-batch ``start`` on."""
+                          rank: int = 0, world_size: int = 1, encoded: bool = False) -> torch.utils.data.DataLoader:
+    """One loader for the whole run (workers start once), from micro-batch ``start`` on.
+    ``encoded`` (``data.decode_on_device``): JPEGs reach the training loop undecoded."""
     batches = NumberedBatches(len(dataset), batch_size, per_epoch, start, total, seed, rank, world_size)
     return torch.utils.data.DataLoader(
-        NumberedDataset(dataset, transform, seed), batch_sampler=batches,
+        NumberedDataset(dataset, transform, seed, encoded), batch_sampler=batches,
         collate_fn=MaskCollator(sampler, seed, batch_size, rank, world_size), num_workers=num_workers, pin_memory=pin_memory,
         persistent_workers=False, prefetch_factor=4 if num_workers else None,
         worker_init_fn=_ignore_stop_signals if num_workers else None)

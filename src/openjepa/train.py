@@ -265,7 +265,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     transform = PretrainTransform.from_config(d)
     loader = build_pretrain_loader(dataset, transform, sampler, d.batch_size, micro_per_epoch,
                                    start_step * o.accum_steps, stop_step * o.accum_steps, meta.seed,
-                                   d.num_workers, d.pin_mem and device.type == "cuda", world.rank, world.size)
+                                   d.num_workers, d.pin_mem and device.type == "cuda", world.rank, world.size,
+                                   d.decode_on_device)
     autocast = autocast_for(meta, device)
     csv_log = CSVLog(run_dir / "log.csv", start_step) if world.main else None
     writer = _tensorboard(run_dir, lg, start_step) if world.main else None

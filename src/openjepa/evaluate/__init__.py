@@ -163,7 +163,7 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
         results[name]["rankme"] = rankme(feats["test"].pooled)
         monitor[name] = {"rankme": results[name]["rankme"], "feature_std": feature_std(feats["test"].pooled)}
     if "pixels" in baselines:
-        (x_tr, y_tr), (x_te, y_te) = pixel_features(train_set), pixel_features(test_set)
+        (x_tr, y_tr), (x_te, y_te) = (pixel_features(ds, encoder.img_size) for ds in (train_set, test_set))
         pix_train = Features(x_tr, x_tr, None, y_tr)
         pix_test = Features(x_te, x_te, None, y_te)
         results["pixels"] = run_protocols(pix_train, pix_test, [p for p in protocols if p in PIXEL_PROTOCOLS], seed,

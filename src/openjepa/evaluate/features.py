@@ -65,6 +65,21 @@ def resize_center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     return images[..., top:top + size[0], left:left + size[1]]
 
 
+class Resized(torch.utils.data.Dataset):
+    """``dataset``'s items with every image brought to ``size`` by ``resize_center_crop``, so a
+    folder of images of many sizes can be batched (images already at that size pass unchanged)."""
+
+    def __init__(self, dataset, size: tuple[int, int]):
+        self.dataset, self.size = dataset, tuple(size)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        img, label = self.dataset[i]
+        return resize_center_crop(img[None].float(), self.size)[0], label
+
+
 def prepare(images: torch.Tensor, encoder: VisionTransformer, mean=None, std=None) -> torch.Tensor:
     """A batch [B, C, H, W] in [0, 1] -> the encoder's input: resized to its training size
     (``resize_center_crop``), then normalised (by ``mean`` / ``std``, else the encoder's own
@@ -88,7 +103,8 @@ def extract(encoder: VisionTransformer, dataset, batch_size: int = 256, patches:
     encoder.eval()
     device = next(encoder.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(Resized(dataset, encoder.img_size), batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers)
     pooled, last4, tokens, labels = [], [], [], []
     for images, y in tqdm(loader, desc=desc, disable=not progress, unit="batch", dynamic_ncols=True):
         x = prepare(images.float(), encoder).to(device)
@@ -102,9 +118,10 @@ def extract(encoder: VisionTransformer, dataset, batch_size: int = 256, patches:
     return Features(torch.cat(pooled), torch.cat(last4), torch.cat(tokens) if patches else None, torch.cat(labels))
 
 
-def pixel_features(dataset, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw pixels, flattened [N, C*H*W], and labels: the input of the logistic-regression baseline."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+def pixel_features(dataset, size: tuple[int, int], batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw pixels at ``size`` (the encoder's input size), flattened [N, C*H*W], and labels: the
+    input of the logistic-regression baseline."""
+    loader = torch.utils.data.DataLoader(Resized(dataset, size), batch_size=batch_size, shuffle=False)
     xs, ys = zip(*[(images.flatten(1).float(), torch.as_tensor(y, dtype=torch.long)) for images, y in loader])
     return torch.cat(xs), torch.cat(ys)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .features import prepare
+from .features import Resized, prepare
 from .knn import knn_predict
 from .rankme import feature_std, rankme
 
@@ -24,7 +24,7 @@ def monitor(encoder, dataset, indices: torch.Tensor, mean, std, autocast, batch_
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
-    feats, labels = [], []
+    feats, labels, dataset = [], [], Resized(dataset, encoder.img_size)
     for start in range(0, len(indices), batch_size):
         items = [dataset[int(i)] for i in indices[start:start + batch_size]]
         images = prepare(torch.stack([img for img, _ in items]).float(), encoder, mean, std).to(device)

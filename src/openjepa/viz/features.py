@@ -10,18 +10,21 @@ from PIL import Image
 from .masks import to_rgb
 
 
-def pick_images(dataset, n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` images of ``dataset`` chosen by ``seed``: [n, C, H, W] in [0, 1] (all the same size)."""
+def pick_images(dataset, n: int, seed: int = 0, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``n`` images of ``dataset`` chosen by ``seed``: [n, C, H, W] in [0, 1], each resized and
+    centre-cropped to ``size`` when given (else they must share a size)."""
+    from ..evaluate.features import Resized
+
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    dataset = Resized(dataset, size) if size else dataset
     return torch.stack([dataset[int(i)][0] for i in idx])
 
 
 def sample_images(cfg, n: int, seed: int = 0) -> torch.Tensor:
     """``n`` images of the dataset ``cfg`` names, chosen by ``seed``, at its crop size: [n, C, S, S] in [0, 1]."""
     from ..data import build_dataset
-    from ..evaluate.features import resize_center_crop
 
-    return resize_center_crop(pick_images(build_dataset(cfg.data), n, seed), (cfg.data.crop_size,) * 2)
+    return pick_images(build_dataset(cfg.data), n, seed, (cfg.data.crop_size,) * 2)
 
 
 def feature_figure_for(checkpoint, overrides=(), n: int = 8, seed: int = 0) -> Image.Image:
