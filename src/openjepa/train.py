@@ -268,6 +268,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                                    d.num_workers, d.pin_mem and device.type == "cuda", world.rank, world.size,
                                    d.decode_on_device)
     autocast = autocast_for(meta, device)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     csv_log = CSVLog(run_dir / "log.csv", start_step) if world.main else None
     writer = _tensorboard(run_dir, lg, start_step) if world.main else None
     bar = tqdm(total=stop_step, initial=start_step, disable=not (lg.progress_bar and world.main), unit="step",
@@ -308,7 +309,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                 for loss, std, counts in results:
                     window.add(loss, std, *counts)
                 if o.clip_grad > 0:
-                    nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], o.clip_grad)
+                    nn.utils.clip_grad_norm_(params, o.clip_grad)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 model.update_target(momentum)

@@ -11,7 +11,6 @@ Hugging Face and timm converters of Meta's weights take the context encoder inst
 from __future__ import annotations
 
 import copy
-
 import json
 from pathlib import Path
 
