@@ -72,6 +72,12 @@ def to_channels(img: torch.Tensor, in_chans: int) -> torch.Tensor:
     raise DataError(f"cannot turn a {img.size(0)}-channel image into {in_chans} channels")
 
 
+def check_size(path, width: int, height: int) -> None:
+    """An image under 2 pixels on a side cannot be cropped and resized: unreadable for training."""
+    if min(width, height) < 2:
+        raise UnreadableImage(str(path), f"image of {width}x{height} pixels is too small")
+
+
 def load_image(path: str | Path, in_chans: int = 3) -> torch.Tensor:
     """Decode any common image (CMYK, RGBA, palette, 16-bit, grayscale) to [in_chans, H, W] in [0, 1]."""
     try:
@@ -86,8 +92,7 @@ def load_image(path: str | Path, in_chans: int = 3) -> torch.Tensor:
             arr = np.array(im if im.mode == mode else im.convert(mode))  # one copy, writable
     except Exception as e:  # PIL raises many types for bad files; all mean "cannot decode"
         raise UnreadableImage(str(path), f"{type(e).__name__}: {e}") from None
-    if min(arr.shape[:2]) < 2:
-        raise UnreadableImage(str(path), f"image of {arr.shape[1]}x{arr.shape[0]} pixels is too small")
+    check_size(path, arr.shape[1], arr.shape[0])
     img = torch.from_numpy(arr)
     img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
     return to_channels(img.float().div_(255), in_chans)  # float of the permuted view: one pass, no copy first
@@ -112,8 +117,7 @@ def read_jpeg(path: Path) -> EncodedImage | None:
             width, height = im.size
     except Exception as e:  # PIL raises many types for bad files; all mean "cannot decode"
         raise UnreadableImage(str(path), f"{type(e).__name__}: {e}") from None
-    if min(width, height) < 2:
-        raise UnreadableImage(str(path), f"image of {width}x{height} pixels is too small")
+    check_size(path, width, height)
     return EncodedImage(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), height, width, str(path))
 
 
