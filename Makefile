@@ -34,9 +34,14 @@ data: install
 		echo "idx files (train-images-idx3-ubyte.gz ...) in data/fashion-mnist"; exit 1; \
 	fi
 
+# Pretrain, then a quick probe (10k training labels) of the encoder beside a random one and raw pixels,
+# then the report, whose first lines say whether it learned.
 demo: data
 	$(BIN)/openjepa train $(CONFIG)
-	$(BIN)/openjepa report $$($(BIN)/python -c "from openjepa.config import load_config; print(load_config('$(CONFIG)').logging.folder)")
+	run=$$($(BIN)/python -c "from openjepa.config import load_config; print(load_config('$(CONFIG)').logging.folder)") && \
+	$(BIN)/openjepa eval $$run/checkpoints/latest.pt --protocol linear,knn --baselines random,pixels \
+		--train-limit 10000 --no-progress && \
+	$(BIN)/openjepa report $$run
 
 # Headless Chromium opens the run report in the tests: Debian's package where apt works.
 browser:

@@ -6,7 +6,7 @@ import torch
 
 from openjepa.cli import main
 from openjepa.data import ArrayDataset
-from openjepa.evaluate import (attentive_probe, cached_extract, extract, knn_predict, linear_probe,
+from openjepa.evaluate import (evaluate, attentive_probe, cached_extract, extract, knn_predict, linear_probe,
                                lowshot_subset, rankme, stratified_split)
 from openjepa.evaluate.features import cache_path, prepare
 from openjepa.models.vit import VisionTransformer
@@ -157,6 +157,18 @@ def test_eval_command_writes_one_result_with_baselines(tmp_path, capsys):
     assert record["results"]["pixels"]["linear"]["test_acc"] == 1.0  # the classes differ in raw pixels
     assert "| ijepa |" in capsys.readouterr().out
     assert list((tmp_path / "run/eval/cache").glob("features_*.pt"))
+
+
+def test_train_limit_evaluates_on_a_seeded_subset_of_the_training_split(tmp_path):
+    train(tiny_config(tmp_path / "run", data={"in_chans": 1, "mean": [0.5], "std": [0.25]}), max_steps=1)
+    data, ckpt = labelled_folder(tmp_path / "data"), tmp_path / "run/checkpoints/latest.pt"
+    records = [evaluate(ckpt, str(data), ("knn",), ("pixels",), train_limit=limit, out=tmp_path / f"{limit}.json",
+                        progress=False, precision="fp32") for limit in (16, 16, None)]
+    assert [r["train_size"] for r in records] == [16, 16, 24] and records[0]["test_size"] == 24
+    assert records[0]["results"] == records[1]["results"]  # the same subset again (and cached apart from the full set)
+    assert len(list((tmp_path / "cache").glob("features_*.pt"))) == 4  # train and test, limited and full
+    with pytest.raises(ValueError, match="train_limit"):
+        evaluate(ckpt, str(data), ("knn",), (), train_limit=3, out=tmp_path / "bad.json", progress=False)
 
 
 def test_eval_rejects_bad_input_with_one_line(tmp_path, capsys):

@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +96,22 @@ def test_pixel_targets_are_normalised_patches(tmp_path):
 def test_ijepa_rejects_unknown_options(model):
     with pytest.raises(ValueError, match="loss"):
         IJEPA(model.encoder, model.predictor, loss="l1")
+
+
+def test_predictor_depth_follows_the_model_size_unless_given(tmp_path):
+    from openjepa.config import Config, load_config
+    from openjepa.ijepa import predictor_depth
+
+    meta = Config().meta
+    assert meta.pred_depth is None
+    expected = {"vit_tiny": 6, "vit_base": 6, "vit_large": 12, "vit_huge": 12, "vit_giant": 16}
+    for name, depth in expected.items():
+        meta.model_name = name
+        assert predictor_depth(meta) == depth, name
+        assert load_config(None, [f"meta.model_name={name}"]).meta.pred_depth == depth  # resolved, saved so
+    meta.pred_depth = 3
+    assert predictor_depth(meta) == 3  # a config that sets it keeps its own
+    assert load_config(Path(__file__).parents[1] / "configs/vit_h14_in1k_ep300.yaml").meta.pred_depth == 12
+    cfg = tiny_config(tmp_path)
+    cfg.meta.pred_depth = None
+    assert len(build_ijepa(cfg).predictor.predictor_blocks) == 6

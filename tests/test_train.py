@@ -72,6 +72,11 @@ def test_resume_after_interruption_continues_exactly(tmp_path):
             assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
     rows = read_log(tmp_path / "interrupted")
     assert [int(r["step"]) for r in rows] == [2, 3, 4, 6, 8]  # header once, no repeated steps
+    straight_rows = {r["step"]: r for r in read_log(tmp_path / "straight")}
+    for r in rows:  # the collapse probe's readings carried by the log rows are those of the straight run
+        if r["step"] in straight_rows:
+            assert (r["image_rankme"], r["image_spread"]) == (straight_rows[r["step"]]["image_rankme"],
+                                                              straight_rows[r["step"]]["image_spread"])
     assert "resuming" in (tmp_path / "interrupted/train.log").read_text()
     assert (tmp_path / "interrupted/checkpoints/epoch_0002.pt").exists()
 
@@ -231,3 +236,84 @@ def test_skip_nonfinite_steps_skips_up_to_the_limit(tmp_path, monkeypatch):
     calls["n"] = 0
     with pytest.raises(TrainingError, match="more than optimization.skip_nonfinite_steps=1"):
         train(tiny_config(tmp_path / "b", optimization={"skip_nonfinite_steps": 1}))
+
+
+def test_collapse_probe_reads_the_random_encoder_at_step_0_then_every_n_steps(tmp_path):
+    train(tiny_config(tmp_path, logging={"collapse_every": 4, "collapse_images": 32, "log_every": 2}))
+    log = (tmp_path / "train.log").read_text()
+    assert "collapse probe at step 0" in log and "the random initial encoder" in log
+    assert "collapse probe at step 4" in log and "collapse probe at step 8" in log
+    assert "collapse probe at step 2" not in log
+    rows = read_log(tmp_path)
+    readings = [(r["image_rankme"], r["image_spread"]) for r in rows]
+    # rows at steps 2, 4, 6, 8 carry the readings of the probes at steps 0, 4, 4, 8
+    assert readings[0] != ("", "") and readings[0] != readings[1] == readings[2] != readings[3]
+    assert [r["probe_step"] for r in rows] == ["0", "4", "4", "8"]
+    assert all(float(rank) > 0 and 0 < float(spread) <= 1 for rank, spread in readings)
+    off = tiny_config(tmp_path / "off", logging={"collapse_every": 0})
+    train(off)
+    assert all(r["image_rankme"] == "" for r in read_log(tmp_path / "off"))
+
+
+def test_image_dependence_sees_features_that_ignore_the_image():
+    from openjepa.evaluate.monitor import image_dependence
+
+    g = torch.Generator().manual_seed(0)
+    mean = 10 * torch.randn(64, generator=g)
+    rich = torch.randn(500, 64, generator=g)
+    three = torch.randn(500, 3, generator=g) @ torch.randn(3, 64, generator=g)
+    assert image_dependence(rich)["image_rankme"] > 50 and image_dependence(rich)["image_spread"] > 0.95
+    assert 2.0 < image_dependence(mean + three)["image_rankme"] <= 3.0  # three directions of variation
+    assert image_dependence(mean + 1e-3 * rich)["image_spread"] < 1e-3  # position-like: the same vector for all
+    assert image_dependence(mean.expand(500, 64)) == {"image_rankme": 0.0, "image_spread": 0.0}
+
+
+def test_collapse_probe_warns_once_below_its_floors_but_not_at_step_0(tmp_path, caplog):
+    import logging
+
+    from openjepa.data import ArrayDataset
+    from openjepa.train import CollapseProbe
+
+    class Constant(torch.nn.Module):  # an encoder whose output ignores the image
+        img_size, patch_size = (16, 16), 4
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(8))
+
+        def forward(self, x):
+            return self.weight.expand(len(x), 16, 8) + 0 * x.mean()
+
+    images = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    probe = CollapseProbe(tiny_config(tmp_path, logging={"collapse_images": 32}),
+                          ArrayDataset(images, torch.zeros(40, dtype=torch.long)))
+    caplog.set_level(logging.INFO, logger="openjepa")
+    autocast = torch.autocast("cpu", enabled=False)
+    for step in (0, 10, 20):
+        assert probe.check(Constant(), autocast, step) == {"image_rankme": 0.0, "image_spread": 0.0, "probe_step": step}
+    assert caplog.text.count("the features are collapsing") == 1 and "at step 10" in caplog.text
+    first = {"image_rankme": 10.0, "image_spread": 0.05}  # the spread floor is half the step-0 reading
+    assert CollapseProbe.collapsed({"image_rankme": 9.0, "image_spread": 0.02}, first)
+    assert not CollapseProbe.collapsed({"image_rankme": 9.0, "image_spread": 0.03}, first)
+    assert CollapseProbe.collapsed({"image_rankme": 3.0, "image_spread": 0.3}, first)
+
+
+def test_collapse_probe_leaves_out_unreadable_images(tmp_path, caplog):
+    import logging
+
+    from openjepa.data import ArrayDataset, UnreadableImage
+    from openjepa.train import CollapseProbe
+
+    class SomeBroken(ArrayDataset):
+        def __getitem__(self, i):
+            if i % 4 == 0:
+                raise UnreadableImage(f"img{i}.png", "truncated")
+            return super().__getitem__(i)
+
+    images = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cfg = tiny_config(tmp_path, logging={"collapse_images": 64})
+    probe = CollapseProbe(cfg, SomeBroken(images, torch.zeros(64, dtype=torch.long)))
+    caplog.set_level(logging.INFO, logger="openjepa")
+    reading = probe.check(build_ijepa(cfg).target_encoder, torch.autocast("cpu", enabled=False), 0)
+    assert reading["image_rankme"] > 0 and len(probe.images) == 48
+    assert "16 of its 64 images are unreadable" in caplog.text

@@ -111,6 +111,9 @@ def test_report_opens_in_headless_chromium_with_every_section_and_image(tmp_path
         assert f'<section id="{section}">' in dom
     assert "Not available" not in dom
     assert "| pixels |" not in dom and "<th>pixels</th>" in dom  # the evaluation table, as HTML
+    summary = dom[dom.index('<div id="summary">'):dom.index('<section id="config">')]  # the first lines
+    assert "Collapse probe at step 8" in summary
+    assert re.search(r"linear probe: this encoder [\d.]+%, raw pixels [\d.]+%", summary)
 
 
 def test_report_of_a_run_without_checkpoint_or_data_says_why(tmp_path):
@@ -118,9 +121,12 @@ def test_report_of_a_run_without_checkpoint_or_data_says_why(tmp_path):
     (tmp_path / "run").mkdir()
     cfg.data.dataset, cfg.data.root_path = "folder", str(tmp_path / "gone")
     cfg.save(tmp_path / "run/config.yaml")
-    (tmp_path / "run/log.csv").write_text("step,loss\n1,0.5\n2,0.4\n")
+    (tmp_path / "run/log.csv").write_text("step,loss,image_rankme,image_spread,probe_step\n"
+                                          "1,0.5,9.1,0.06,0\n2,0.4,8.5,0.02,2\n")
     text = write_report(tmp_path / "run").read_text()
     assert text.count("Not available") == 3 and "gone" in text
+    assert "WARNING: the features depend on the image less" in text and "at step 2: image_rankme 8.5" in text
+    assert "(step 0, the random encoder: 9.1 and 0.060)" in text
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 

@@ -15,7 +15,7 @@ import torch
 
 from .config import Config, validate
 from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch
-from .ijepa import build_ijepa
+from .ijepa import build_ijepa, predictor_depth
 from .models.vit import resolve_size
 from .train import autocast_for, build_optimizer, mask_sampler_for, memory_mb, resolve_device
 
@@ -30,7 +30,7 @@ def flops_per_image(cfg: Config, context_tokens: float, target_tokens: float, nu
     size = resolve_size(cfg.meta.model_name)
     n = (cfg.data.crop_size // cfg.mask.patch_size) ** 2
     enc = 3 * block_flops(context_tokens, size.dim, size.depth) + block_flops(n, size.dim, size.depth)
-    pred = 3 * num_targets * block_flops(context_tokens + target_tokens, cfg.meta.pred_emb_dim, cfg.meta.pred_depth)
+    pred = 3 * num_targets * block_flops(context_tokens + target_tokens, cfg.meta.pred_emb_dim, predictor_depth(cfg.meta))
     return enc + pred
 
 
@@ -75,7 +75,10 @@ def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak:
         with autocast:
             target = model.forward_target(images, target_idx)
             mark()
-            loss = model.forward_loss(model.forward_context(images, context_idx, target_idx), target)
+            context = model.encoder(images, context_idx)
+            loss = model.forward_loss(model.predictor(context, context_idx, target_idx), target)
+            if model.regularizer is not None:  # timed with the context forward, as training runs it
+                loss = loss + model.regularizer(context, 0)
         mark()
         loss.backward()
         mark()

@@ -35,7 +35,8 @@ def _eval(args: argparse.Namespace) -> int:
     record = evaluate(args.checkpoint, args.data, split(args.protocol), split(args.baselines), args.which, args.layers,
                       args.data_root, args.cache_dir, args.out, args.seed, args.batch_size, args.num_workers,
                       progress=not args.no_progress, device=args.device, precision=args.precision,
-                      linear_steps=args.linear_steps, attentive_epochs=args.attentive_epochs)
+                      linear_steps=args.linear_steps, attentive_epochs=args.attentive_epochs,
+                      train_limit=args.train_limit)
     print(format_table(record["results"]))
     print(f"result: {record['path']} ({record['wall_s']} s)")
     return 0
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--linear-steps", type=int, default=None,
                    help="optimiser steps of each linear probe (default: 100 epochs of its training split, at least 2000)")
     p.add_argument("--attentive-epochs", type=int, default=4)
+    p.add_argument("--train-limit", type=int, default=None,
+                   help="use this many training images (a seeded random subset) for a quick evaluation")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
     p = commands.add_parser("submit", help="queue training on SLURM with submitit (requeued on pre-emption)")

@@ -66,13 +66,19 @@ class MaskConfig:
 @dataclass
 class MetaConfig:
     model_name: str = "vit_base"
-    pred_depth: int = 6
+    pred_depth: int | None = None  # None: the paper's depth for model_name (6 up to ViT-B, 12 for L/H, 16 for g)
     pred_emb_dim: int = 384
     loss: str = "smooth_l1"  # smooth_l1 (reference code) | l2 (paper text)
     target: str = "representations"  # representations | pixels (the paper's Table 7 ablation)
     use_bfloat16: bool = True  # bf16 autocast on CUDA
     cpu_bfloat16: bool = False  # bf16 autocast on CPU too (fast where the CPU has AMX / AVX512-BF16)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Opt-in terms against collapse on the pooled context features (regularizers.py); 0 = off, the paper's method.
+    variance_weight: float = 0.0  # C-JEPA / VICReg variance hinge
+    variance_gamma: float = 1.0  # the standard deviation the hinge asks of each dimension
+    covariance_weight: float = 0.0  # C-JEPA / VICReg off-diagonal covariance
+    sigreg_weight: float = 0.0  # LeJEPA's SIGReg (Epps-Pulley on random 1-D projections)
+    sigreg_slices: int = 256  # random directions per step
     seed: int = 0
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile each transformer block (token counts marked dynamic: no recompiles)
@@ -113,6 +119,8 @@ class LoggingConfig:
     progress_bar: bool = True
     monitor_every: int = 0  # epochs between kNN / RankMe checks of the target encoder (monitor.csv); 0 = off
     monitor_images: int = 2000  # the fixed labelled subset those checks use
+    collapse_every: int = 100  # steps between collapse probes (and one at step 0); 0 = off
+    collapse_images: int = 256  # the fixed batch the collapse probe encodes
 
 
 @dataclass
@@ -162,6 +170,11 @@ def _coerce(key: str, value, hint):
     if hint not in _SCALARS:
         raise TypeError(f"unsupported config type {hint} for {key}")
     accepted, what = _SCALARS[hint]
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if not isinstance(value, accepted) or (hint is not bool and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {what}, got {value!r}")
     return float(value) if hint is float else value
@@ -284,6 +297,8 @@ def validate(cfg: Config) -> Config:
         size = resolve_size(meta.model_name)
     except ValueError:
         raise ConfigError(f"meta.model_name {meta.model_name!r} is not one of {', '.join(VIT_SIZES)}") from None
+    if meta.pred_depth is None:  # the paper's depth for this size, written into the run's config.yaml
+        meta.pred_depth = size.predictor_depth
     if meta.pred_depth < 1 or meta.pred_emb_dim < 1 or meta.pred_emb_dim % size.heads or meta.pred_emb_dim % 4:
         raise ConfigError(f"meta.pred_emb_dim must be a positive multiple of 4 and of the encoder's "
                           f"{size.heads} heads, and meta.pred_depth positive; got {meta.pred_emb_dim}, {meta.pred_depth}")
@@ -291,6 +306,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"meta.loss must be one of {', '.join(LOSSES)}, got {meta.loss!r}")
     if meta.target not in TARGETS:
         raise ConfigError(f"meta.target must be one of {', '.join(TARGETS)}, got {meta.target!r}")
+    for key in ("variance_weight", "covariance_weight", "sigreg_weight", "variance_gamma"):
+        value = getattr(meta, key)
+        if not (value >= 0 and value != float("inf")):
+            raise ConfigError(f"meta.{key} must be a finite number >= 0, got {value}")
+    if (meta.variance_weight or meta.covariance_weight or meta.sigreg_weight) and d.batch_size < 2:
+        raise ConfigError("the collapse regularisers measure spread across images: data.batch_size must be >= 2")
+    if meta.sigreg_slices < 1:
+        raise ConfigError(f"meta.sigreg_slices must be at least 1, got {meta.sigreg_slices}")
     if meta.read_checkpoint:
         raise ConfigError("meta.read_checkpoint is not supported: a run resumes from its own "
                           "checkpoints/latest.pt; copy the checkpoint there to continue it")
@@ -308,6 +331,9 @@ def validate(cfg: Config) -> Config:
     if log.log_every < 1 or log.checkpoint_every < 1 or log.checkpoint_every_steps < 0 or log.keep_last < 0:
         raise ConfigError("logging.log_every and logging.checkpoint_every must be >= 1, "
                           "logging.checkpoint_every_steps and logging.keep_last >= 0")
+    if log.collapse_every < 0 or log.collapse_images < 16:
+        raise ConfigError(f"logging.collapse_every must be >= 0 and logging.collapse_images >= 16, "
+                          f"got {log.collapse_every} and {log.collapse_images}")
     if log.monitor_every < 0 or (log.monitor_every and log.monitor_images < 10):
         raise ConfigError(f"logging.monitor_every must be >= 0 and logging.monitor_images >= 10, "
                           f"got {log.monitor_every} and {log.monitor_images}")

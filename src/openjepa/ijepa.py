@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .models.predictor import Predictor
 from .models.vit import VisionTransformer, build_encoder, compile_blocks, gather_tokens, resolve_size
+from .regularizers import CollapseRegularizer
 
 
 def image_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -31,7 +32,7 @@ def patchify_pixels(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 class IJEPA(nn.Module):
     def __init__(self, encoder: VisionTransformer, predictor: Predictor, loss: str = "smooth_l1",
-                 target: str = "representations"):
+                 target: str = "representations", regularizer: CollapseRegularizer | None = None):
         super().__init__()
         if loss not in ("smooth_l1", "l2"):
             raise ValueError(f"loss must be smooth_l1 or l2, got {loss!r}")
@@ -41,6 +42,7 @@ class IJEPA(nn.Module):
         self.predictor = predictor
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.loss, self.target = loss, target
+        self.regularizer = regularizer if regularizer is not None and regularizer.active else None
 
     def forward_target(self, images: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
         """[B, M, Kt, D]: layer_norm(target_encoder(image)) at each target block (no gradient)."""
@@ -65,10 +67,14 @@ class IJEPA(nn.Module):
         return F.smooth_l1_loss(prediction, target.float(), beta=1.0)
 
     def forward(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor,
-                return_target: bool = False):
-        """The loss; with ``return_target`` also the targets (for statistics such as collapse)."""
+                return_target: bool = False, step: int = 0):
+        """The loss (plus the collapse regulariser when one is on; ``step`` draws SIGReg's
+        directions); with ``return_target`` also the targets (for statistics such as collapse)."""
         target = self.forward_target(images, target_idx)
-        loss = self.forward_loss(self.forward_context(images, context_idx, target_idx), target)
+        context = self.encoder(images, context_idx)
+        loss = self.forward_loss(self.predictor(context, context_idx, target_idx), target)
+        if self.regularizer is not None:
+            loss = loss + self.regularizer(context, step)
         return (loss, target) if return_target else loss
 
     @torch.no_grad()
@@ -79,6 +85,12 @@ class IJEPA(nn.Module):
         torch._foreach_lerp_(target, online, 1.0 - momentum)
 
 
+def predictor_depth(meta) -> int:
+    """``meta.pred_depth``, or when it is not given the paper's depth for the encoder's size
+    (6 for ViT-B and smaller, 12 for ViT-L/H, 16 for ViT-g)."""
+    return meta.pred_depth if meta.pred_depth is not None else resolve_size(meta.model_name).predictor_depth
+
+
 def build_ijepa(cfg) -> IJEPA:
     """The three networks a config describes (``cfg`` a ``Config``)."""
     d, m, meta = cfg.data, cfg.mask, cfg.meta
@@ -86,12 +98,12 @@ def build_ijepa(cfg) -> IJEPA:
     size = resolve_size(meta.model_name)
     out_dim = d.in_chans * m.patch_size ** 2 if meta.target == "pixels" else None
     # The predictor keeps MLP ratio 4 at every size (the reference's, the giant included).
-    predictor = Predictor(encoder.grid, encoder.embed_dim, meta.pred_emb_dim, meta.pred_depth,
+    predictor = Predictor(encoder.grid, encoder.embed_dim, meta.pred_emb_dim, predictor_depth(meta),
                           size.heads, out_dim=out_dim)
     if meta.grad_checkpointing:
         encoder.set_grad_checkpointing()
         predictor.set_grad_checkpointing()
-    model = IJEPA(encoder, predictor, meta.loss, meta.target)
+    model = IJEPA(encoder, predictor, meta.loss, meta.target, CollapseRegularizer.from_config(meta))
     if meta.compile:
         for blocks in (model.encoder.blocks, model.target_encoder.blocks, model.predictor.predictor_blocks):
             compile_blocks(blocks)

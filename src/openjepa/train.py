@@ -29,8 +29,8 @@ from .masks import build_mask_sampler
 
 log = logging.getLogger("openjepa")
 
-LOG_COLUMNS = ("step", "epoch", "loss", "target_std", "lr", "wd", "momentum", "context_tokens", "target_tokens",
-               "img_per_s", "mem_mb", "skipped_images", "elapsed_s")
+LOG_COLUMNS = ("step", "epoch", "loss", "target_std", "image_rankme", "image_spread", "probe_step", "lr", "wd", "momentum",
+               "context_tokens", "target_tokens", "img_per_s", "mem_mb", "skipped_images", "elapsed_s")
 
 
 class TrainingError(RuntimeError):
@@ -186,7 +186,8 @@ def checkpoint_state(model: IJEPA, optimizer, step: int, epoch: int, cfg: Config
 NOT_MATHEMATICS = {"meta.fsdp", "data.num_workers", "data.pin_mem"}
 
 
-def restore_state(path: Path, model: IJEPA, optimizer, cfg: Config, sharded: bool = False) -> int:
+def restore_state(path: Path, model: IJEPA, optimizer, cfg: Config, sharded: bool = False) -> tuple[int, dict]:
+    """Load ``path`` into the model and optimiser; (its step, the collapse probe's state)."""
     state = load_checkpoint(path)
     try:
         if sharded:
@@ -206,7 +207,7 @@ def restore_state(path: Path, model: IJEPA, optimizer, cfg: Config, sharded: boo
     if changed:
         log.warning("resuming with changed settings (%s): the run is no longer one uninterrupted run",
                     ", ".join(changed))
-    return step
+    return step, state.get("collapse_probe", {})
 
 
 def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.Dataset | None = None) -> Path:
@@ -252,7 +253,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     optimizer = build_optimizer(model, o)
     schedules = Schedules.from_config(o, steps_per_epoch)
     latest = ckpt_dir / "latest.pt"
-    start_step = _resume(latest, model, optimizer, cfg, sharded)
+    start_step, resumed_probe = _resume(latest, model, optimizer, cfg, sharded)
     if start_step:
         log.info("resuming %s from step %d (epoch %d)", latest, start_step, start_step // steps_per_epoch)
     if world.main:
@@ -287,6 +288,12 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     # Under FSDP the target encoder's forward is collective: every process runs the monitor, process 0 writes.
     monitor = Monitor(cfg, dataset, run_dir, start_step, writer, world.main) \
         if lg.monitor_every and (world.main or sharded) else None
+    # The collapse probe's forward is collective under FSDP too: every process runs it, process 0 reports.
+    probe = CollapseProbe(cfg, dataset, world.main) if lg.collapse_every and (world.main or sharded) else None
+    if probe is not None and start_step == 0:
+        probe.check(model.target_encoder, autocast, 0)  # the random encoder's reading, to compare with
+    elif probe is not None:
+        probe.resume(resumed_probe)  # log rows carry the newest reading, as in an uninterrupted run
     skips, t0 = _Skips(o.skip_nonfinite_steps, latest), time.perf_counter()
     signals = StopSignals()
     try:
@@ -300,7 +307,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
             for _ in range(o.accum_steps):
                 batch = skips.count_images(decode_batch(next(batches), transform, device, d.in_chans))
                 if batch["images"] is not None:
-                    results.append(forward_backward(step_model, batch, device, autocast, 1.0 / o.accum_steps))
+                    results.append(forward_backward(step_model, batch, device, autocast, 1.0 / o.accum_steps, step))
             # Only with skipping on is the loss read back every step (a host sync) to decide.
             if o.skip_nonfinite_steps and world.any(not all(bool(r[0].isfinite()) for r in results), device):
                 optimizer.zero_grad(set_to_none=True)
@@ -322,14 +329,19 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                         or (lg.checkpoint_every_steps and done % lg.checkpoint_every_steps == 0))
             if save_now or done % lg.log_every == 0:
                 window.check_finite(done, latest)  # never log or checkpoint past a non-finite loss
+            if probe is not None and (done % lg.collapse_every == 0 or done == total_steps):
+                probe.check(model.target_encoder, autocast, done)
             if done % lg.log_every == 0 or done == stop_step:
                 row = window.read(done, done / steps_per_epoch, lr, wd, momentum, skips.images, time.perf_counter() - t0)
+                row.update(probe.latest if probe is not None else CollapseProbe.EMPTY)
                 _log_row(row, csv_log, writer, watch if world.main else None, bar)
             if monitor is not None and epoch_end and (done // steps_per_epoch) % lg.monitor_every == 0:
                 monitor.check(model.target_encoder, autocast, done, done // steps_per_epoch)
             if save_now and (world.main or sharded):
                 epoch = done // steps_per_epoch
                 state = checkpoint_state(model, optimizer, done, epoch, cfg, sharded)  # collective under FSDP
+                if world.main and probe is not None:
+                    state["collapse_probe"] = probe.state()
                 if world.main:
                     _save(state, ckpt_dir, lg, periodic=epoch_end and (epoch % lg.checkpoint_every == 0
                                                                          or done == total_steps))
@@ -357,11 +369,12 @@ def _shard(model: IJEPA, world: World, fsdp: bool) -> bool:
     return False
 
 
-def _resume(latest: Path, model: IJEPA, optimizer, cfg: Config, sharded: bool) -> int:
-    """The step ``latest.pt`` holds (its state loaded), or 0 when there is none. A checkpoint that
-    cannot be used is an error naming it, and the newest periodic one to fall back on."""
+def _resume(latest: Path, model: IJEPA, optimizer, cfg: Config, sharded: bool) -> tuple[int, dict]:
+    """The step ``latest.pt`` holds (its state loaded) and its collapse-probe state, or (0, {}) when
+    there is none. A checkpoint that cannot be used is an error naming it, and the newest periodic
+    one to fall back on."""
     if not latest.exists():
-        return 0
+        return 0, {}
     try:
         return restore_state(latest, model, optimizer, cfg, sharded)
     except CheckpointError as e:
@@ -404,8 +417,12 @@ def _log_row(row: dict, csv_log: CSVLog | None, writer, watch: CollapseWatch | N
                     "log; lower the learning rate or raise the EMA momentum", row["target_std"], row["step"], watch.first)
     if writer is not None:
         for key in LOG_COLUMNS[2:-1]:
-            writer.add_scalar(f"train/{key}", row[key], row["step"])
-    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+            if row[key] != "" and key != "probe_step":
+                writer.add_scalar(f"train/{key}", row[key], row["step"])
+    postfix = {"loss": f"{row['loss']:.4f}", "img_s": f"{row['img_per_s']:.0f}"}
+    if row["image_rankme"] != "":
+        postfix["rankme"] = f"{row['image_rankme']:.1f}"
+    bar.set_postfix(**postfix)
 
 
 def _save(state: dict, ckpt_dir: Path, lg, periodic: bool) -> None:
@@ -436,14 +453,14 @@ def autocast_for(meta, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def forward_backward(model: nn.Module, batch: dict, device: torch.device, autocast, scale: float):
+def forward_backward(model: nn.Module, batch: dict, device: torch.device, autocast, scale: float, step: int = 0):
     """One micro-batch: the loss and its gradient (scaled for accumulation). Returns the loss, the
     target spread and the (images, context tokens, target tokens) counts, all left on the device."""
     images = batch["images"].to(device, non_blocking=True)
     context_idx = batch["context_idx"].to(device, non_blocking=True)
     target_idx = batch["target_idx"].to(device, non_blocking=True)
     with autocast:
-        loss, target = model(images, context_idx, target_idx, return_target=True)
+        loss, target = model(images, context_idx, target_idx, return_target=True, step=step)
     (loss * scale).backward()
     return loss.detach(), target_std(target), (len(images), context_idx.size(1), target_idx.size(1) * target_idx.size(2))
 
@@ -503,6 +520,81 @@ class CollapseWatch:
             return False
         self.warned = True
         return True
+
+
+class CollapseProbe:
+    """At step 0 and every ``logging.collapse_every`` steps: how much the target encoder's pooled
+    features depend on the image, on a fixed batch of ``logging.collapse_images`` training images.
+
+    - ``image_rankme``: RankMe of the pooled features after removing their mean over the batch, the
+      effective number of directions in which images differ (``evaluate.rankme`` on centred features);
+    - ``image_spread``: the spread of the pooled features across images relative to their size,
+      sqrt(mean per-dimension variance / mean square): 0 when every image gives the same vector.
+
+    Per-token statistics (``target_std``) cannot see the collapse that matters here: features that
+    encode the patch's position and not the image still spread across tokens. The step-0 reading is
+    the random encoder's, whose pooled features are mostly the position embeddings' average (ViT-Tiny
+    on Fashion-MNIST: image_spread 0.053). A later ``image_spread`` below ``SPREAD_RATIO`` times that
+    reading, or an ``image_rankme`` below ``RANKME_FLOOR``, is logged as a warning (once per run):
+    the features depend on the image less than a random network's do. The readings go to log.csv,
+    TensorBoard and the progress bar."""
+
+    RANKME_FLOOR, SPREAD_RATIO = 4.0, 0.5
+    EMPTY = {"image_rankme": "", "image_spread": "", "probe_step": ""}
+
+    def __init__(self, cfg: Config, dataset, main: bool = True):
+        from .evaluate.monitor import monitor_subset
+
+        d = cfg.data
+        self.dataset, self.main = dataset, main
+        self.indices = monitor_subset(len(dataset), cfg.logging.collapse_images, cfg.meta.seed + 1)
+        self.mean, self.std = per_channel(d.mean, d.in_chans), per_channel(d.std, d.in_chans)
+        self.images, self.loaded = None, False  # read once, at the first check
+        self.latest = dict(self.EMPTY)
+        self.first: dict | None = None  # the step-0 reading
+        self.warned = False
+
+    def state(self) -> dict:
+        return {"latest": self.latest, "first": self.first, "warned": self.warned}
+
+    def resume(self, state: dict) -> None:
+        self.latest = dict(state.get("latest", self.EMPTY))
+        self.first, self.warned = state.get("first"), bool(state.get("warned", False))
+
+    @classmethod
+    def collapsed(cls, reading: dict, first: dict | None) -> bool:
+        """Below the floors: image_rankme under RANKME_FLOOR, or image_spread under SPREAD_RATIO
+        times the step-0 reading."""
+        low_spread = first is not None and reading["image_spread"] < cls.SPREAD_RATIO * first["image_spread"]
+        return reading["image_rankme"] < cls.RANKME_FLOOR or low_spread
+
+    def check(self, encoder: nn.Module, autocast, step: int) -> dict:
+        from .evaluate.monitor import collapse_statistics, fixed_batch
+
+        if not self.loaded:
+            self.images, skipped = fixed_batch(self.dataset, self.indices, encoder.img_size)
+            self.loaded = True
+            if skipped and self.main:
+                log.warning("collapse probe: %d of its %d images are unreadable and left out", skipped, len(self.indices))
+        if self.images is None or len(self.images) < 2:
+            return self.latest  # nothing to measure a spread on
+        stats = collapse_statistics(encoder, self.images, self.mean, self.std, autocast)
+        self.latest = {**{key: round(value, 4) for key, value in stats.items()}, "probe_step": step}
+        if not self.main:
+            return self.latest
+        if step == 0:
+            self.first = self.latest
+        log.info("collapse probe at step %d: image_rankme %.1f, image_spread %.3f%s", step, stats["image_rankme"],
+                 stats["image_spread"], " (the random initial encoder)" if step == 0 else "")
+        if step > 0 and not self.warned and self.collapsed(self.latest, self.first):
+            self.warned = True
+            first = f"{self.first['image_spread']:.3f} at step 0" if self.first else "no step-0 reading"
+            log.warning("the features are collapsing: at step %d the target encoder's pooled features of %d images "
+                        "have image_rankme %.1f (floor %.0f) and image_spread %.3f (random encoder: %s): they "
+                        "depend on the image less than a random network's do. Lower the learning rate, or turn on "
+                        "meta.variance_weight / meta.covariance_weight (see the README's Collapse section)", step,
+                        len(self.images), stats["image_rankme"], self.RANKME_FLOOR, stats["image_spread"], first)
+        return self.latest
 
 
 class Monitor:

@@ -60,19 +60,30 @@ def random_encoder(like: VisionTransformer, seed: int = 0) -> VisionTransformer:
     return encoder.eval()
 
 
+def fits_on(device: torch.device, *tensors: torch.Tensor) -> bool:
+    """Whether the features leave room on the GPU for the probes' copies (standardised, low-shot):
+    at most a quarter of its free memory; else the probes stay on the CPU."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return sum(t.numel() * t.element_size() for t in tensors) < free / 4
+
+
 def run_protocols(train: Features, test: Features, protocols, seed: int = 0, layers: str = "last",
-                  linear_steps: int | None = None, attentive_epochs: int = 4) -> dict:
-    """Every protocol on one pair of feature sets (``layers``: 'last' pooled, or 'last4' concatenated)."""
+                  linear_steps: int | None = None, attentive_epochs: int = 4, device: torch.device | None = None) -> dict:
+    """Every protocol on one pair of feature sets (``layers``: 'last' pooled, or 'last4' concatenated).
+    With a CUDA ``device`` the linear, low-shot and kNN probes run there (same splits and batches)."""
     x_train, x_test = (train.pooled, test.pooled) if layers == "last" else (train.last4, test.last4)
+    y_train, y_test = train.labels, test.labels
+    if device is not None and device.type == "cuda" and fits_on(device, x_train, x_test):
+        x_train, x_test, y_train, y_test = (t.to(device) for t in (x_train, x_test, y_train, y_test))
     out = {}
     for name in protocols:
         t0 = time.perf_counter()
         if name == "linear":
-            out[name] = linear_probe(x_train, train.labels, x_test, test.labels, seed=seed, steps=linear_steps)
+            out[name] = linear_probe(x_train, y_train, x_test, y_test, seed=seed, steps=linear_steps)
         elif name == "knn":
-            out[name] = knn_eval(x_train, train.labels, x_test, test.labels)
+            out[name] = knn_eval(x_train, y_train, x_test, y_test)
         elif name == "lowshot":
-            out[name] = lowshot_eval(x_train, train.labels, x_test, test.labels, steps=linear_steps)
+            out[name] = lowshot_eval(x_train, y_train, x_test, y_test, steps=linear_steps)
         elif name == "attentive":
             out[name] = attentive_probe(train.patches, train.labels, test.patches, test.labels, seed=seed,
                                         epochs=attentive_epochs)
@@ -123,9 +134,11 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
              which: str = "target", layers: str = "last", data_root: str | None = None, cache_dir: str | Path | None = None,
              out: str | Path | None = None, seed: int = 0, batch_size: int = 256, num_workers: int = 0,
              progress: bool = True, device: str = "auto", precision: str = "auto", linear_steps: int | None = None,
-             attentive_epochs: int = 4) -> dict:
+             attentive_epochs: int = 4, train_limit: int | None = None) -> dict:
     """Evaluate a checkpoint (any format ``load_encoder`` reads) and write the JSON result to
-    ``out`` (default: ``RUN/eval/<checkpoint>_<which>.json`` beside a run's checkpoints folder)."""
+    ``out`` (default: ``RUN/eval/<checkpoint>_<which>.json`` beside a run's checkpoints folder).
+    ``train_limit`` keeps that many training images (a seeded random subset: a quick evaluation);
+    the test set is always whole."""
     from ..interop import load_encoder
     from ..train import resolve_device
 
@@ -140,12 +153,17 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
     t_start = time.perf_counter()
     encoder = load_encoder(checkpoint, which)
     train_set, test_set = load_eval_data(data, encoder.in_chans, data_root)
+    if train_limit is not None:
+        if train_limit < 10:
+            raise ValueError(f"train_limit must be at least 10 images, got {train_limit}")
+        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:train_limit]
+        train_set = torch.utils.data.Subset(train_set, keep.sort().values.tolist())
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     cache_dir = Path(cache_dir) if cache_dir else out.parent / "cache"
     data_key = {"data": str(Path(data).resolve()) if data != "fashion_mnist" else data, "root": data_root,
                 "size": list(encoder.img_size), "mean": encoder.mean, "std": encoder.std,
-                "precision": precision}
+                "precision": precision, **({"train_limit": train_limit, "seed": seed} if train_limit else {})}
     patches = "attentive" in protocols
     encoders = {"ijepa": (encoder, {"checkpoint": file_key(checkpoint), "which": which})}
     if "random" in baselines:
@@ -159,7 +177,7 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
                                        desc=f"{name} {split} features", precision=precision)
                  for split, ds in (("train", train_set), ("test", test_set))}
         results[name] = run_protocols(feats["train"], feats["test"], protocols, seed, layers, linear_steps,
-                                      attentive_epochs)
+                                      attentive_epochs, dev)
         results[name]["rankme"] = rankme(feats["test"].pooled)
         monitor[name] = {"rankme": results[name]["rankme"], "feature_std": feature_std(feats["test"].pooled)}
     if "pixels" in baselines:
@@ -167,12 +185,12 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
         pix_train = Features(x_tr, x_tr, None, y_tr)
         pix_test = Features(x_te, x_te, None, y_te)
         results["pixels"] = run_protocols(pix_train, pix_test, [p for p in protocols if p in PIXEL_PROTOCOLS], seed,
-                                          linear_steps=linear_steps)
+                                          linear_steps=linear_steps, device=dev)
 
     record = {"protocols": list(protocols), "results": results, "features": monitor, "layers": layers,
               "precision": precision, "linear_steps": linear_steps, "attentive_epochs": attentive_epochs,
               "checkpoint": str(checkpoint), "which": which, "dataset": data,
-              "train_size": len(train_set), "test_size": len(test_set), "seed": seed,
+              "train_size": len(train_set), "test_size": len(test_set), "train_limit": train_limit, "seed": seed,
               "wall_s": round(time.perf_counter() - t_start, 1), "hardware": hardware(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     out.parent.mkdir(parents=True, exist_ok=True)

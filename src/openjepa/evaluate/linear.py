@@ -54,17 +54,18 @@ def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs=LRS, wds
     steps = steps or probe_steps(len(x), batch_size)
     grid = [(lr, wd) for lr in lrs for wd in wds]
     g = torch.Generator().manual_seed(seed)
-    heads = torch.zeros(len(grid), x.size(1) + 1, num_classes, requires_grad=True)  # last row: the bias
-    lr = torch.tensor([lr for lr, _ in grid]).view(-1, 1, 1)
+    device = x.device  # the heads train where the features are (the batches are drawn on the CPU either way)
+    heads = torch.zeros(len(grid), x.size(1) + 1, num_classes, requires_grad=True, device=device)  # last row: the bias
+    lr = torch.tensor([lr for lr, _ in grid], device=device).view(-1, 1, 1)
     decay = torch.zeros_like(heads)
-    decay[:, :-1] = torch.tensor([wd for _, wd in grid]).view(-1, 1, 1)
+    decay[:, :-1] = torch.tensor([wd for _, wd in grid], device=device).view(-1, 1, 1)
     m, v, (beta1, beta2), eps = torch.zeros_like(heads), torch.zeros_like(heads), (0.9, 0.999), 1e-8
-    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
+    x = torch.cat([x, torch.ones(len(x), 1, device=device)], dim=1)
     batch_size = min(batch_size, len(x))
-    order, pos = torch.randperm(len(x), generator=g), 0
+    order, pos = torch.randperm(len(x), generator=g).to(device), 0
     for step in range(1, steps + 1):
         if pos + batch_size > len(x):
-            order, pos = torch.randperm(len(x), generator=g), 0
+            order, pos = torch.randperm(len(x), generator=g).to(device), 0
         idx = order[pos:pos + batch_size]
         pos += batch_size
         # all heads in one GEMM: [B, D+1] @ [D+1, H*C] (a broadcast matmul would copy x per head)

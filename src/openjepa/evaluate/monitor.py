@@ -38,3 +38,42 @@ def monitor(encoder, dataset, indices: torch.Tensor, mean, std, autocast, batch_
     if (y >= 0).all() and 0 < cut < len(x):
         knn_acc = (knn_predict(x[:cut], y[:cut], x[cut:], ks=(20,))[20] == y[cut:]).float().mean().item()
     return {"knn_acc": knn_acc, "rankme": rankme(x), "feature_std": feature_std(x)}
+
+
+def fixed_batch(dataset, indices: torch.Tensor, size) -> tuple[torch.Tensor | None, int]:
+    """The readable images at ``indices``, each brought to ``size``, as one float batch [N, C, H, W]
+    (None if none is readable), and how many were skipped as unreadable."""
+    from ..data import UnreadableImage
+
+    dataset, images, skipped = Resized(dataset, size), [], 0
+    for i in indices:
+        try:
+            images.append(dataset[int(i)][0])
+        except UnreadableImage:
+            skipped += 1
+    return (torch.stack(images).float() if images else None), skipped
+
+
+@torch.no_grad()
+def collapse_statistics(encoder, images: torch.Tensor, mean, std, autocast, batch_size: int = 256) -> dict:
+    """How much the pooled features of ``images`` depend on the image (see ``train.CollapseProbe``)."""
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    feats = []
+    for start in range(0, len(images), batch_size):
+        x = prepare(images[start:start + batch_size], encoder, mean, std).to(device)
+        with autocast:
+            feats.append(encoder(x).mean(1).double().cpu())
+    encoder.train(was_training)
+    return image_dependence(torch.cat(feats))
+
+
+def image_dependence(pooled: torch.Tensor) -> dict:
+    """image_rankme (RankMe of the centred features) and image_spread (sqrt of the mean
+    per-dimension variance over the mean square) of pooled features [N, D]."""
+    pooled = pooled.double()
+    centred = pooled - pooled.mean(0)
+    spread = (centred.square().mean() / pooled.square().mean().clamp_min(1e-30)).sqrt()
+    identical = bool(centred.abs().max() == 0)  # RankMe of a zero matrix is undefined: no direction at all
+    return {"image_rankme": 0.0 if identical else rankme(centred), "image_spread": float(spread)}

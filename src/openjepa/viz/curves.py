@@ -5,7 +5,8 @@ import csv
 import io
 from pathlib import Path
 
-CURVES = (("loss", "log.csv"), ("target_std", "log.csv"), ("lr", "log.csv"), ("wd", "log.csv"),
+CURVES = (("loss", "log.csv"), ("target_std", "log.csv"), ("image_rankme", "log.csv"), ("image_spread", "log.csv"),
+          ("lr", "log.csv"), ("wd", "log.csv"),
           ("momentum", "log.csv"), ("knn_acc", "monitor.csv"), ("rankme", "monitor.csv"))
 
 

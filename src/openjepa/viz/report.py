@@ -70,6 +70,49 @@ def eval_tables(run_dir: Path) -> str:
                              "</code> and rebuild the report.</p>"
 
 
+def summary(run_dir: Path) -> str:
+    """The report's first lines: did it learn? The collapse probe's last reading against its step-0
+    reading (the random encoder) and floors, and the newest evaluation against its baselines."""
+    from ..train import CollapseProbe
+    from .curves import read_columns
+
+    lines = []
+    cols = read_columns(run_dir / "log.csv")
+    steps = cols.get("probe_step", cols.get("step", []))  # the step of the reading a row carries
+    readings = [(int(step), rank, spread) for step, rank, spread in
+                zip(steps, cols.get("image_rankme", []), cols.get("image_spread", []))
+                if rank == rank and step == step]  # NaN: the probe was off
+    if readings:
+        step, rank, spread = readings[-1]
+        first = next(({"image_rankme": r, "image_spread": sp} for st, r, sp in readings if st == 0), None)
+        low = step > 0 and CollapseProbe.collapsed({"image_rankme": rank, "image_spread": spread}, first)
+        versus = (f" (step 0, the random encoder: {first['image_rankme']:.1f} and {first['image_spread']:.3f})"
+                  if first and step > 0 else "")
+        text = (f"Collapse probe at step {step}: image_rankme {rank:.1f}, image_spread {spread:.3f}{versus}: how "
+                f"many directions, and how much, the pooled features vary from image to image. The warning floors: "
+                f"image_rankme {CollapseProbe.RANKME_FLOOR:.0f}, image_spread {CollapseProbe.SPREAD_RATIO:g} x "
+                f"the step-0 reading.")
+        if low:
+            text = "WARNING: the features depend on the image less than a random network's do (collapse). " + text
+        lines.append(f"<p class='{'warn' if low else 'ok'}'>{html.escape(text)}</p>")
+    evals = sorted((run_dir / "eval").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    for path in evals[-1:]:
+        try:
+            results = json.loads(path.read_text())["results"]
+        except (ValueError, KeyError):
+            continue
+        parts = []
+        for protocol, key, label in (("linear", "test_acc", "linear probe"), ("knn", "k=20", "kNN@20")):
+            cells = [f"{name} {100 * results[name][protocol][key]:.1f}%"
+                     for name in ("ijepa", "random", "pixels") if protocol in results.get(name, {})]
+            if cells:
+                parts.append(f"{label}: " + ", ".join(cells).replace("ijepa", "this encoder")
+                             .replace("random", "the same ViT at random init").replace("pixels", "raw pixels"))
+        if parts:
+            lines.append(f"<p>{html.escape('; '.join(parts))} ({html.escape(path.name)}).</p>")
+    return "<div id='summary'>" + "".join(lines) + "</div>" if lines else ""
+
+
 def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) -> dict[str, str]:
     from ..config import load_config
     from .curves import curves_png
@@ -127,7 +170,8 @@ def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) ->
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}pre{background:#f6f6f6;padding:1em;overflow:auto;
 max-height:30em}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;
-text-align:right}.note{color:#666;font-style:italic}"""
+text-align:right}.note{color:#666;font-style:italic}.warn{background:#fde2e1;border-left:4px solid #c0392b;padding:.5em}
+.ok{background:#e8f5e9;border-left:4px solid #2e7d32;padding:.5em}"""
 
 
 @torch.no_grad()
@@ -141,7 +185,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_images: i
                    + sections[name] + "</section>" for name in SECTIONS)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>openjepa report: {html.escape(run_dir.name)}"
             f"</title><style>{STYLE}</style></head><body><h1>openjepa run report: {html.escape(str(run_dir))}</h1>"
-            f"<p>Written {time.strftime('%Y-%m-%d %H:%M')}.</p>{body}{CHECK_SCRIPT}</body></html>")
+            f"<p>Written {time.strftime('%Y-%m-%d %H:%M')}.</p>{summary(run_dir)}{body}{CHECK_SCRIPT}</body></html>")
     out = Path(out) if out else run_dir / "report.html"
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page)

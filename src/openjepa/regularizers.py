@@ -1,0 +1,125 @@
+"""Opt-in terms against (dimensional) collapse, added to the I-JEPA loss; all off by default.
+
+Both act on the context encoder's output averaged over its tokens, one vector per image: a
+representation that stops depending on the image (every image mapped to the same pooled vector,
+patch features that encode position only) is exactly what they penalise. Per-token statistics
+cannot see that collapse, since position alone gives tokens spread.
+
+- ``variance_covariance``: C-JEPA's terms (Mo & Tong, NeurIPS 2024), as VICReg's: a hinge that
+  keeps each dimension's standard deviation across images at least ``gamma``, and the sum of the
+  squared off-diagonal covariances divided by the width.
+- ``sigreg``: LeJEPA's SIGReg (Balestriero & LeCun, 2025): the Epps-Pulley statistic of random
+  1-D projections of the embeddings against a standard Gaussian; the directions are drawn anew
+  every step from (seed, step), so every process uses the same ones.
+
+Under several processes the statistics are taken over the global batch: embeddings are gathered
+with a gather whose backward sums each process's gradient, so that, after DDP averages the
+parameter gradients, N processes train exactly as one process at the same global batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def gather_batch(z: torch.Tensor) -> torch.Tensor:
+    """[B_r, D] on each process r -> [sum of B_r, D], differentiable; ``z`` itself on one process.
+    Processes may hold different counts (images skipped as unreadable): each pads to the largest
+    and the padding is cut away after the gather."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z
+    from torch.distributed.nn.functional import all_gather
+
+    counts = [torch.zeros(1, dtype=torch.long, device=z.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([len(z)], device=z.device))
+    counts = [int(c) for c in counts]
+    padded = F.pad(z, (0, 0, 0, max(counts) - len(z))).contiguous()
+    return torch.cat([part[:n] for part, n in zip(all_gather(padded), counts)], dim=0)
+
+
+def variance_loss(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """mean over dimensions of relu(gamma - sqrt(var + eps)), var across the batch (unbiased).
+    ``eps`` keeps the gradient finite when a dimension is constant; 0 for fewer than 2 rows."""
+    if len(z) < 2:
+        return z.sum() * 0
+    std = torch.sqrt(z.var(dim=0) + eps)
+    return F.relu(gamma - std).mean()
+
+
+def covariance_loss(z: torch.Tensor) -> torch.Tensor:
+    """Sum of the squared off-diagonal entries of the batch covariance, divided by the width (0 for
+    fewer than 2 rows)."""
+    n, d = z.shape
+    if n < 2:
+        return z.sum() * 0
+    z = z - z.mean(dim=0)
+    cov = (z.T @ z) / (n - 1)
+    off = cov - torch.diag_embed(torch.diagonal(cov))
+    return off.pow(2).sum() / d
+
+
+def random_directions(dim: int, slices: int, seed: int, step: int, device, dtype=torch.float32) -> torch.Tensor:
+    """[dim, slices] unit vectors, a pure function of (seed, step): the same on every process."""
+    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % 2**63)  # no hash(): salted per process
+    a = torch.randn(dim, slices, generator=g)
+    return (a / a.norm(dim=0, keepdim=True)).to(device=device, dtype=dtype)
+
+
+def epps_pulley(x: torch.Tensor, t_max: float = 3.0, knots: int = 17) -> torch.Tensor:
+    """Epps-Pulley statistic of each column of ``x`` [N, K] against N(0, 1), [K]:
+
+        N * integral over t of |phi_N(t) - exp(-t^2/2)|^2 * exp(-t^2/2) dt,
+
+    phi_N the empirical characteristic function of the column. The integrand is even in t, so it is
+    integrated over [0, t_max] by the trapezoid rule on ``knots`` points and doubled."""
+    n = x.size(0)
+    t = torch.linspace(0.0, t_max, knots, device=x.device, dtype=torch.float32)
+    weights = torch.full_like(t, t_max / (knots - 1))
+    weights[0] = weights[-1] = weights[0] / 2
+    window = torch.exp(-t.square() / 2)  # the Gaussian window, also the target's characteristic function
+    xt = x.float().unsqueeze(-1) * t  # [N, K, T]
+    real, imag = torch.cos(xt).mean(0), torch.sin(xt).mean(0)  # [K, T]
+    err = (real - window).square() + imag.square()
+    return n * 2 * (err * window * weights).sum(-1)
+
+
+def sigreg(z: torch.Tensor, seed: int, step: int, slices: int = 256, t_max: float = 3.0, knots: int = 17) -> torch.Tensor:
+    """Mean Epps-Pulley statistic of ``slices`` random 1-D projections of ``z`` [N, D]."""
+    directions = random_directions(z.size(1), slices, seed, step, z.device)
+    return epps_pulley(z.float() @ directions, t_max, knots).mean()
+
+
+class CollapseRegularizer:
+    """The weighted sum of the terms a config turns on (``meta.variance_weight``,
+    ``meta.covariance_weight``, ``meta.sigreg_weight``), on the pooled context features."""
+
+    def __init__(self, variance_weight: float = 0.0, covariance_weight: float = 0.0, variance_gamma: float = 1.0,
+                 sigreg_weight: float = 0.0, sigreg_slices: int = 256, seed: int = 0):
+        self.variance_weight, self.covariance_weight, self.variance_gamma = variance_weight, covariance_weight, variance_gamma
+        self.sigreg_weight, self.sigreg_slices, self.seed = sigreg_weight, sigreg_slices, seed
+
+    @classmethod
+    def from_config(cls, meta) -> "CollapseRegularizer":
+        return cls(meta.variance_weight, meta.covariance_weight, meta.variance_gamma, meta.sigreg_weight,
+                   meta.sigreg_slices, meta.seed)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.variance_weight or self.covariance_weight or self.sigreg_weight)
+
+    def __call__(self, context: torch.Tensor, step: int) -> torch.Tensor:
+        """context [B, Kc, D] (the context encoder's output) -> the weighted regulariser, a scalar."""
+        with torch.autocast(context.device.type, enabled=False):  # statistics in fp32, whatever the step's autocast
+            return self._terms(gather_batch(context.float().mean(dim=1)), step)
+
+    def _terms(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        total = z.new_zeros(())
+        if self.variance_weight:
+            total = total + self.variance_weight * variance_loss(z, self.variance_gamma)
+        if self.covariance_weight:
+            total = total + self.covariance_weight * covariance_loss(z)
+        if self.sigreg_weight:
+            total = total + self.sigreg_weight * sigreg(z, self.seed, step, self.sigreg_slices)
+        return total
+

@@ -1,0 +1,171 @@
+"""The opt-in collapse regularisers: each equals a slow formula written out, stays finite on a
+collapsed batch, and gives the same loss and gradient on 1 and 2 processes."""
+import cmath
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from openjepa.config import ConfigError, load_config
+from openjepa.ijepa import build_ijepa
+from openjepa.regularizers import (CollapseRegularizer, covariance_loss, epps_pulley, random_directions, sigreg,
+                                   variance_loss)
+
+from conftest import tiny_config
+
+SRC = str(Path(__file__).parents[1] / "src")
+
+
+def batch(n=12, d=5, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.7 + 0.3
+
+
+def test_variance_and_covariance_equal_the_formulas_written_out():
+    z = batch()
+    n, d = z.shape
+    cols = [[float(z[i, j]) for i in range(n)] for j in range(d)]
+    means = [sum(c) / n for c in cols]
+    var = [sum((x - m) ** 2 for x in c) / (n - 1) for c, m in zip(cols, means)]
+    expected_var = sum(max(0.0, 1.0 - math.sqrt(v + 1e-4)) for v in var) / d
+    cov = [[sum((cols[a][i] - means[a]) * (cols[b][i] - means[b]) for i in range(n)) / (n - 1) for b in range(d)]
+           for a in range(d)]
+    expected_cov = sum(cov[a][b] ** 2 for a in range(d) for b in range(d) if a != b) / d
+    assert variance_loss(z).item() == pytest.approx(expected_var, rel=1e-9)
+    assert covariance_loss(z).item() == pytest.approx(expected_cov, rel=1e-9)
+    assert variance_loss(z * 10).item() == 0.0  # every dimension already spread beyond gamma
+
+
+def test_epps_pulley_equals_the_integral_written_out():
+    x = batch(n=9, d=3)
+    knots, t_max = 17, 3.0
+    ts = [t_max * k / (knots - 1) for k in range(knots)]
+    for j in range(3):
+        values = []
+        for t in ts:  # |phi_N(t) - phi(t)|^2 w(t), phi_N with complex exponentials
+            ecf = sum(cmath.exp(1j * t * float(v)) for v in x[:, j]) / len(x)
+            values.append(abs(ecf - math.exp(-t * t / 2)) ** 2 * math.exp(-t * t / 2))
+        h = t_max / (knots - 1)
+        half = h * (sum(values) - (values[0] + values[-1]) / 2)  # trapezoid on [0, t_max]
+        expected = len(x) * 2 * half
+        assert epps_pulley(x)[j].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_sigreg_is_small_for_gaussian_embeddings_and_large_for_collapsed_ones():
+    gaussian = torch.randn(512, 16, generator=torch.Generator().manual_seed(1))
+    collapsed = torch.randn(512, 16, generator=torch.Generator().manual_seed(2)) * 0.01 + 1.0
+    low, high = sigreg(gaussian, seed=0, step=0), sigreg(collapsed, seed=0, step=0)
+    assert low < 2.0 and high > 50 * low  # a Gaussian sample's expected statistic is about 1.05
+
+
+def test_directions_are_a_function_of_seed_and_step():
+    a = random_directions(8, 4, seed=3, step=10, device="cpu")
+    torch.testing.assert_close(a, random_directions(8, 4, seed=3, step=10, device="cpu"), rtol=0, atol=0)
+    assert not torch.allclose(a, random_directions(8, 4, seed=3, step=11, device="cpu"))
+    torch.testing.assert_close(a.norm(dim=0), torch.ones(4))
+
+
+def test_a_batch_of_one_gives_zero_not_nan():
+    z = torch.randn(1, 4, requires_grad=True)
+    for term in (variance_loss(z), covariance_loss(z)):
+        term.backward()
+        assert term.item() == 0.0 and torch.isfinite(z.grad).all()
+
+
+def test_the_terms_run_in_fp32_under_bf16_autocast():
+    z = torch.randn(64, 1, 16, generator=torch.Generator().manual_seed(0))
+    reg = CollapseRegularizer(covariance_weight=1.0, sigreg_weight=1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = reg(z, step=3)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, reg(z, step=3))
+
+
+@pytest.mark.parametrize("term", ["variance_weight", "covariance_weight", "sigreg_weight"])
+def test_each_term_has_a_finite_gradient_on_a_collapsed_batch(term):
+    reg = CollapseRegularizer(**{term: 1.0})
+    context = torch.ones(8, 3, 6, requires_grad=True)  # every image the same: zero variance
+    loss = reg(context, step=0)
+    loss.backward()
+    assert torch.isfinite(loss) and (loss > 0 if term != "covariance_weight" else loss == 0)  # no covariance either
+    assert torch.isfinite(context.grad).all()
+
+
+def test_regulariser_pushes_a_collapsed_encoder_apart():
+    """A few steps on the variance term alone spread images that start almost identical."""
+    torch.manual_seed(0)
+    images = torch.randn(32, 10)
+    layer = torch.nn.Linear(10, 6)
+    with torch.no_grad():
+        layer.weight.mul_(1e-3)  # every image mapped to nearly the same vector
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    reg = CollapseRegularizer(variance_weight=1.0)
+    before = layer(images).std(0).mean().item()
+    for _ in range(50):
+        opt.zero_grad()
+        reg(layer(images).unsqueeze(1), step=0).backward()
+        opt.step()
+    assert layer(images).std(0).mean().item() > 10 * before
+
+
+def test_config_keys_are_validated_and_off_by_default(tmp_path):
+    cfg = tiny_config(tmp_path)
+    assert build_ijepa(cfg).regularizer is None
+    on = tiny_config(tmp_path, meta={"variance_weight": 1.0, "sigreg_weight": 0.1})
+    assert build_ijepa(on).regularizer is not None
+    for bad in ("meta.variance_weight=-1", "meta.sigreg_weight=.inf", "meta.sigreg_slices=0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(None, [bad])
+
+
+def test_the_loss_includes_the_regulariser(tmp_path):
+    torch.manual_seed(0)
+    plain = build_ijepa(tiny_config(tmp_path))
+    torch.manual_seed(0)
+    reg = build_ijepa(tiny_config(tmp_path, meta={"covariance_weight": 2.0}))
+    images = torch.randn(4, 3, 16, 16)
+    context_idx = torch.arange(10).repeat(4, 1)
+    target_idx = torch.arange(10, 14).reshape(1, 1, 4).repeat(4, 2, 1)
+    pooled = reg.encoder(images, context_idx).mean(1)
+    expected = plain(images, context_idx, target_idx) + 2.0 * covariance_loss(pooled)
+    torch.testing.assert_close(reg(images, context_idx, target_idx), expected)
+
+
+WORKER = r"""
+import sys, torch, torch.distributed as dist
+from openjepa.regularizers import CollapseRegularizer
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+g = torch.Generator().manual_seed(0)
+x, layer = torch.randn(8, 3, 4, generator=g), torch.nn.Linear(4, 6)
+with torch.no_grad():
+    layer.weight.copy_(torch.randn(6, 4, generator=g)); layer.bias.copy_(torch.randn(6, generator=g))
+reg = CollapseRegularizer(variance_weight=1.0, covariance_weight=0.5, sigreg_weight=0.3, sigreg_slices=16, seed=7)
+part = x[:5] if world == 2 and rank == 0 else x[5:] if world == 2 else x  # uneven: 5 and 3 rows
+loss = reg(layer(part), step=5)
+loss.backward()
+grad = layer.weight.grad.clone()
+dist.all_reduce(grad); grad /= world  # what DDP does to the gradients
+if rank == 0:
+    torch.save({"loss": loss.detach(), "grad": grad}, sys.argv[1])
+dist.barrier()  # no process leaves while another still talks to it
+dist.destroy_process_group()
+"""
+
+
+def test_the_terms_are_identical_on_one_and_two_processes(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    results = {}
+    for n in (1, 2):
+        out = tmp_path / f"{n}.pt"
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                               str(script), str(out)], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[n] = torch.load(out)
+    torch.testing.assert_close(results[2]["loss"], results[1]["loss"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[2]["grad"], results[1]["grad"], rtol=1e-4, atol=1e-6)
