@@ -151,3 +151,13 @@ def test_bad_mask_options_exit_2_before_anything_is_written(tmp_path, capsys):
     assert "target_ratio" in capsys.readouterr().err and not run.exists()
     assert main(args + ["mask.options={colour: red}"]) == 2
     assert "unexpected keyword argument 'colour'" in capsys.readouterr().err and not run.exists()
+
+
+def test_float_keys_take_exponents_without_a_dot():
+    """YAML 1.1 reads 1e-3 as a string; a float key still takes it (as the README's examples write it)."""
+    cfg = load_config(None, ["optimization.lr=1e-3", "meta.sigreg_weight=5e-2"])
+    assert cfg.optimization.lr == 1e-3 and cfg.meta.sigreg_weight == 0.05
+    with pytest.raises(ConfigError, match="optimization.lr must be a number"):
+        load_config(None, ["optimization.lr=fast"])
+    with pytest.raises(ConfigError, match="data.batch_size must be an integer"):
+        load_config(None, ["data.batch_size=1e3"])
