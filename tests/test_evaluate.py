@@ -162,11 +162,11 @@ def test_eval_command_writes_one_result_with_baselines(tmp_path, capsys):
 def test_train_limit_evaluates_on_a_seeded_subset_of_the_training_split(tmp_path):
     train(tiny_config(tmp_path / "run", data={"in_chans": 1, "mean": [0.5], "std": [0.25]}), max_steps=1)
     data, ckpt = labelled_folder(tmp_path / "data"), tmp_path / "run/checkpoints/latest.pt"
-    records = [evaluate(ckpt, str(data), ("knn",), ("pixels",), train_limit=limit, out=tmp_path / f"{limit}.json",
+    records = [evaluate(ckpt, str(data), ("knn",), ("random", "pixels"), train_limit=limit, out=tmp_path / f"{limit}.json",
                         progress=False, precision="fp32") for limit in (16, 16, None)]
     assert [r["train_size"] for r in records] == [16, 16, 24] and records[0]["test_size"] == 24
     assert records[0]["results"] == records[1]["results"]  # the same subset again (and cached apart from the full set)
-    assert len(list((tmp_path / "cache").glob("features_*.pt"))) == 4  # train and test, limited and full
+    assert len(list((tmp_path / "cache").glob("features_*.pt"))) == 8  # 2 encoders x train, test x limited, full
     with pytest.raises(ValueError, match="train_limit"):
         evaluate(ckpt, str(data), ("knn",), (), train_limit=3, out=tmp_path / "bad.json", progress=False)
 

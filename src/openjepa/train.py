@@ -421,6 +421,7 @@ def _log_row(row: dict, csv_log: CSVLog | None, writer, watch: CollapseWatch | N
                 writer.add_scalar(f"train/{key}", row[key], row["step"])
     postfix = {"loss": f"{row['loss']:.4f}", "img_s": f"{row['img_per_s']:.0f}"}
     if row["image_rankme"] != "":
+        postfix["spread"] = f"{row['image_spread']:.3f}"  # the collapse probe's: falls when the features collapse
         postfix["rankme"] = f"{row['image_rankme']:.1f}"
     bar.set_postfix(**postfix)
 

@@ -163,7 +163,7 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
     cache_dir = Path(cache_dir) if cache_dir else out.parent / "cache"
     data_key = {"data": str(Path(data).resolve()) if data != "fashion_mnist" else data, "root": data_root,
                 "size": list(encoder.img_size), "mean": encoder.mean, "std": encoder.std,
-                "precision": precision, **({"train_limit": train_limit, "seed": seed} if train_limit else {})}
+                "precision": precision, **({"train_limit": train_limit, "subset_seed": seed} if train_limit else {})}
     patches = "attentive" in protocols
     encoders = {"ijepa": (encoder, {"checkpoint": file_key(checkpoint), "which": which})}
     if "random" in baselines:

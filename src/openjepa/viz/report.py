@@ -98,7 +98,8 @@ def summary(run_dir: Path) -> str:
     evals = sorted((run_dir / "eval").glob("*.json"), key=lambda p: p.stat().st_mtime)
     for path in evals[-1:]:
         try:
-            results = json.loads(path.read_text())["results"]
+            record = json.loads(path.read_text())
+            results = record["results"]
         except (ValueError, KeyError):
             continue
         parts = []
@@ -109,7 +110,8 @@ def summary(run_dir: Path) -> str:
                 parts.append(f"{label}: " + ", ".join(cells).replace("ijepa", "this encoder")
                              .replace("random", "the same ViT at random init").replace("pixels", "raw pixels"))
         if parts:
-            lines.append(f"<p>{html.escape('; '.join(parts))} ({html.escape(path.name)}).</p>")
+            labelled = f", probes trained on {record['train_size']} labelled images" if "train_size" in record else ""
+            lines.append(f"<p>{html.escape('; '.join(parts))} ({html.escape(path.name)}{labelled}).</p>")
     return "<div id='summary'>" + "".join(lines) + "</div>" if lines else ""
 
 
