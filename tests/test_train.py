@@ -288,9 +288,8 @@ def test_collapse_probe_warns_once_below_its_floors_but_not_at_step_0(tmp_path, 
     probe = CollapseProbe(tiny_config(tmp_path, logging={"collapse_images": 32}),
                           ArrayDataset(images, torch.zeros(40, dtype=torch.long)))
     caplog.set_level(logging.INFO, logger="openjepa")
-    autocast = torch.autocast("cpu", enabled=False)
     for step in (0, 10, 20):
-        assert probe.check(Constant(), autocast, step) == {"image_rankme": 0.0, "image_spread": 0.0, "probe_step": step}
+        assert probe.check(Constant(), step) == {"image_rankme": 0.0, "image_spread": 0.0, "probe_step": step}
     assert caplog.text.count("the features are collapsing") == 1 and "at step 10" in caplog.text
     first = {"image_rankme": 10.0, "image_spread": 0.05}  # the spread floor is half the step-0 reading
     assert CollapseProbe.collapsed({"image_rankme": 9.0, "image_spread": 0.02}, first)
@@ -314,6 +313,6 @@ def test_collapse_probe_leaves_out_unreadable_images(tmp_path, caplog):
     cfg = tiny_config(tmp_path, logging={"collapse_images": 64})
     probe = CollapseProbe(cfg, SomeBroken(images, torch.zeros(64, dtype=torch.long)))
     caplog.set_level(logging.INFO, logger="openjepa")
-    reading = probe.check(build_ijepa(cfg).target_encoder, torch.autocast("cpu", enabled=False), 0)
+    reading = probe.check(build_ijepa(cfg).target_encoder, 0)
     assert reading["image_rankme"] > 0 and len(probe.images) == 48
     assert "16 of its 64 images are unreadable" in caplog.text

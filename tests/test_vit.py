@@ -92,3 +92,27 @@ def test_every_size_builds_with_the_expected_parameter_count(name):
         assert hidden == 6144
     if name == "vit_base":
         assert 85e6 < expected < 87e6  # ViT-B/16 without a head: 85.8M
+
+
+def test_bf16_attention_with_a_gradient_runs_in_fp32_on_the_cpu():
+    """CPU flash-attention's bf16 backward is slow, so training attends in fp32: the output is fp32
+    SDPA of the same bf16 inputs, rounded back to bf16; without a gradient bf16 SDPA runs as is."""
+    import torch.nn.functional as F
+
+    from openjepa.models.vit import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 8, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attend(q, k, v)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected.to(torch.bfloat16))
+    out.float().sum().backward()
+    qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+    F.scaled_dot_product_attention(qf, kf, vf).sum().backward()
+    for low, high in ((q, qf), (k, kf), (v, vf)):
+        assert low.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(low.grad.float(), high.grad, rtol=2e-2, atol=2e-2)
+    with torch.no_grad():
+        plain = attend(q.detach(), k.detach(), v.detach())
+    torch.testing.assert_close(plain, F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach()), rtol=0, atol=0)

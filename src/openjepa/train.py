@@ -291,7 +291,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     # The collapse probe's forward is collective under FSDP too: every process runs it, process 0 reports.
     probe = CollapseProbe(cfg, dataset, world.main) if lg.collapse_every and (world.main or sharded) else None
     if probe is not None and start_step == 0:
-        probe.check(model.target_encoder, autocast, 0)  # the random encoder's reading, to compare with
+        probe.check(model.target_encoder, 0)  # the random encoder's reading, to compare with
     elif probe is not None:
         probe.resume(resumed_probe)  # log rows carry the newest reading, as in an uninterrupted run
     skips, t0 = _Skips(o.skip_nonfinite_steps, latest), time.perf_counter()
@@ -330,7 +330,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
             if save_now or done % lg.log_every == 0:
                 window.check_finite(done, latest)  # never log or checkpoint past a non-finite loss
             if probe is not None and (done % lg.collapse_every == 0 or done == total_steps):
-                probe.check(model.target_encoder, autocast, done)
+                probe.check(model.target_encoder, done)
             if done % lg.log_every == 0 or done == stop_step:
                 row = window.read(done, done / steps_per_epoch, lr, wd, momentum, skips.images, time.perf_counter() - t0)
                 row.update(probe.latest if probe is not None else CollapseProbe.EMPTY)
@@ -569,7 +569,9 @@ class CollapseProbe:
         low_spread = first is not None and reading["image_spread"] < cls.SPREAD_RATIO * first["image_spread"]
         return reading["image_rankme"] < cls.RANKME_FLOOR or low_spread
 
-    def check(self, encoder: nn.Module, autocast, step: int) -> dict:
+    def check(self, encoder: nn.Module, step: int) -> dict:
+        """Read the probe (in fp32 whatever the run's autocast: bf16 rounding alone adds directions
+        to a RankMe of nearly identical features)."""
         from .evaluate.monitor import collapse_statistics, fixed_batch
 
         if not self.loaded:
@@ -579,7 +581,8 @@ class CollapseProbe:
                 log.warning("collapse probe: %d of its %d images are unreadable and left out", skipped, len(self.indices))
         if self.images is None or len(self.images) < 2:
             return self.latest  # nothing to measure a spread on
-        stats = collapse_statistics(encoder, self.images, self.mean, self.std, autocast)
+        fp32 = torch.autocast(next(encoder.parameters()).device.type, enabled=False)
+        stats = collapse_statistics(encoder, self.images, self.mean, self.std, fp32)
         self.latest = {**{key: round(value, 4) for key, value in stats.items()}, "probe_step": step}
         if not self.main:
             return self.latest
