@@ -297,8 +297,9 @@ def validate(cfg: Config) -> Config:
         size = resolve_size(meta.model_name)
     except ValueError:
         raise ConfigError(f"meta.model_name {meta.model_name!r} is not one of {', '.join(VIT_SIZES)}") from None
-    if meta.pred_depth is None:  # the paper's depth for this size, written into the run's config.yaml
-        meta.pred_depth = size.predictor_depth
+    from .ijepa import predictor_depth
+
+    meta.pred_depth = predictor_depth(meta)  # null: the paper's depth for this size, written into config.yaml
     if meta.pred_depth < 1 or meta.pred_emb_dim < 1 or meta.pred_emb_dim % size.heads or meta.pred_emb_dim % 4:
         raise ConfigError(f"meta.pred_emb_dim must be a positive multiple of 4 and of the encoder's "
                           f"{size.heads} heads, and meta.pred_depth positive; got {meta.pred_emb_dim}, {meta.pred_depth}")

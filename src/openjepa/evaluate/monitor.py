@@ -19,20 +19,33 @@ def monitor_subset(dataset_size: int, n: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def monitor(encoder, dataset, indices: torch.Tensor, mean, std, autocast, batch_size: int = 256) -> dict:
-    """kNN accuracy at k=20 (None when the data has no labels), RankMe and feature_std."""
+def pooled_features(encoder, batches, mean, std, autocast) -> torch.Tensor:
+    """The encoder's average-pooled output [N, D] (fp32, on the CPU) for an iterable of image batches
+    [B, C, H, W] in [0, 1], run in eval mode (the encoder's mode is restored after)."""
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
-    feats, labels, dataset = [], [], Resized(dataset, encoder.img_size)
-    for start in range(0, len(indices), batch_size):
-        items = [dataset[int(i)] for i in indices[start:start + batch_size]]
-        images = prepare(torch.stack([img for img, _ in items]).float(), encoder, mean, std).to(device)
+    feats = []
+    for images in batches:
+        x = prepare(images.float(), encoder, mean, std).to(device)
         with autocast:
-            feats.append(encoder(images).mean(1).float().cpu())
-        labels += [int(label) for _, label in items]
+            feats.append(encoder(x).mean(1).float().cpu())
     encoder.train(was_training)
-    x, y = torch.cat(feats), torch.tensor(labels)
+    return torch.cat(feats)
+
+
+def monitor(encoder, dataset, indices: torch.Tensor, mean, std, autocast, batch_size: int = 256) -> dict:
+    """kNN accuracy at k=20 (None when the data has no labels), RankMe and feature_std."""
+    dataset, labels = Resized(dataset, encoder.img_size), []
+
+    def batches():  # read a batch at a time, keeping the labels
+        for start in range(0, len(indices), batch_size):
+            items = [dataset[int(i)] for i in indices[start:start + batch_size]]
+            labels.extend(int(label) for _, label in items)
+            yield torch.stack([img for img, _ in items])
+
+    x = pooled_features(encoder, batches(), mean, std, autocast)
+    y = torch.tensor(labels)
     cut = int(0.8 * len(x))
     knn_acc = None
     if (y >= 0).all() and 0 < cut < len(x):
@@ -54,19 +67,9 @@ def fixed_batch(dataset, indices: torch.Tensor, size) -> tuple[torch.Tensor | No
     return (torch.stack(images).float() if images else None), skipped
 
 
-@torch.no_grad()
 def collapse_statistics(encoder, images: torch.Tensor, mean, std, autocast, batch_size: int = 256) -> dict:
     """How much the pooled features of ``images`` depend on the image (see ``train.CollapseProbe``)."""
-    was_training = encoder.training
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    feats = []
-    for start in range(0, len(images), batch_size):
-        x = prepare(images[start:start + batch_size], encoder, mean, std).to(device)
-        with autocast:
-            feats.append(encoder(x).mean(1).double().cpu())
-    encoder.train(was_training)
-    return image_dependence(torch.cat(feats))
+    return image_dependence(pooled_features(encoder, images.split(batch_size), mean, std, autocast))
 
 
 def image_dependence(pooled: torch.Tensor) -> dict:

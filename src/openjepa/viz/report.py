@@ -103,12 +103,12 @@ def summary(run_dir: Path) -> str:
         except (ValueError, KeyError):
             continue
         parts = []
+        names = {"ijepa": "this encoder", "random": "the same ViT at random init", "pixels": "raw pixels"}
         for protocol, key, label in (("linear", "test_acc", "linear probe"), ("knn", "k=20", "kNN@20")):
-            cells = [f"{name} {100 * results[name][protocol][key]:.1f}%"
-                     for name in ("ijepa", "random", "pixels") if protocol in results.get(name, {})]
+            cells = [f"{shown} {100 * results[name][protocol][key]:.1f}%"
+                     for name, shown in names.items() if protocol in results.get(name, {})]
             if cells:
-                parts.append(f"{label}: " + ", ".join(cells).replace("ijepa", "this encoder")
-                             .replace("random", "the same ViT at random init").replace("pixels", "raw pixels"))
+                parts.append(f"{label}: " + ", ".join(cells))
         if parts:
             labelled = f", probes trained on {record['train_size']} labelled images" if "train_size" in record else ""
             lines.append(f"<p>{html.escape('; '.join(parts))} ({html.escape(path.name)}{labelled}).</p>")
