@@ -6,6 +6,8 @@ from openjepa.bench import block_flops, flops_per_image
 from openjepa.cli import main
 from openjepa.config import load_config
 
+from conftest import tiny_config
+
 
 def test_flops_formula_matches_the_papers_vit_b_example():
     cfg = load_config(None, ["meta.model_name=vit_base", "meta.pred_depth=6", "meta.pred_emb_dim=384"])
@@ -45,3 +47,21 @@ def test_loader_bench_reads_the_configs_own_images_through_the_training_loader(t
     assert set(result["img_per_s"]) == {"0", "1"} and all(v > 0 for v in result["img_per_s"].values())
     assert result["masks_us_per_img"] > 0
     assert "1 worker(s)" in "\n".join(out)
+
+
+def test_bench_times_the_training_loops_own_step(tmp_path, monkeypatch):
+    """The timed step is train.accumulate and train.optimizer_step, not a copy: each is called once
+    per warm-up, timed and split step."""
+    import importlib
+
+    bench, train = (importlib.import_module(f"openjepa.{name}") for name in ("bench", "train"))  # the modules
+    assert bench.accumulate is train.accumulate and bench.optimizer_step is train.optimizer_step
+    calls = {"accumulate": 0, "optimizer_step": 0}
+    for name in calls:
+        real = getattr(bench, name)
+        monkeypatch.setattr(bench, name, lambda *a, _real=real, _name=name, **k: calls.__setitem__(_name, calls[_name] + 1)
+                            or _real(*a, **k))
+    cfg = tiny_config(tmp_path, data={"batch_size": 4}, meta={"device": "cpu"})
+    result = bench.bench(cfg, steps=2, windows=2, warmup=1)
+    assert calls == {"accumulate": 1 + 2 * 2 + 2, "optimizer_step": 1 + 2 * 2 + 2}
+    assert all(v >= 0 for v in result["phases_ms"].values()) and result["phases_ms"]["target"] > 0

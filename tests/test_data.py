@@ -128,10 +128,9 @@ def test_batches_do_not_depend_on_worker_count_or_start_point():
     serial, parallel, resumed = batches(0, 0), batches(2, 0), batches(0, 6)
     assert len(serial) == 10 and [b["batch"] for b in resumed] == list(range(6, 10))
     for a, b in zip(serial, parallel):
-        for key in ("images", "context_idx", "target_idx"):
-            assert torch.equal(a[key], b[key])
+        assert torch.equal(a["images"], b["images"]) and same_masks(a, b)
     for a, b in zip(serial[6:], resumed):
-        assert torch.equal(a["images"], b["images"]) and torch.equal(a["target_idx"], b["target_idx"])
+        assert torch.equal(a["images"], b["images"]) and same_masks(a, b)
     assert not torch.equal(serial[0]["images"], serial[5]["images"])  # epoch 2 reshuffles and re-crops
 
 
@@ -167,8 +166,7 @@ def test_decoding_jpegs_on_the_device_gives_the_host_pipelines_batches(tmp_path)
         assert b["encoded"] and any(isinstance(item, tuple) for item in b["images"])
         b = decode_batch(b, transform, torch.device("cpu"))
         assert sorted(a["skipped"]) == sorted(b["skipped"])
-        torch.testing.assert_close(b["context_idx"], a["context_idx"], rtol=0, atol=0)
-        torch.testing.assert_close(b["target_idx"], a["target_idx"], rtol=0, atol=0)
+        assert same_masks(a, b)
         # one grey level is 1/255/0.25 = 0.016 after normalisation
         assert (b["images"] - a["images"]).abs().max() < 0.1 and (b["images"] - a["images"]).abs().mean() < 0.01
         images += len(b["images"])
@@ -198,3 +196,91 @@ def test_training_with_jpegs_decoded_on_the_device_equals_training_with_host_dec
     from openjepa.viz import sample_images
     cfg = tiny_config(run, data={"dataset": "folder", "root_path": str(tmp_path / "data"), "decode_on_device": True})
     assert sample_images(cfg, 4).shape == (4, 3, 16, 16)
+
+
+def same_masks(a: dict, b: dict) -> bool:
+    """Two batches hold the same mask groups, index for index."""
+    return (a["group_sizes"] == b["group_sizes"]
+            and all(torch.equal(x, y) for key in ("context_idx", "target_idx") for x, y in zip(a[key], b[key])))
+
+
+class CountingSampler:
+    def __init__(self, sampler):
+        self.sampler, self.images = sampler, 0
+
+    def __call__(self, batch_size, generator=None):
+        self.images += batch_size
+        return self.sampler(batch_size, generator)
+
+
+def collate(collator, n, batch=0, missing=()):
+    return collator([((None, "bad.png") if i in missing else (torch.zeros(1, 2, 2), batch)) for i in range(n)])
+
+
+def test_masks_packed_per_group_keep_the_paper_context_at_a_global_batch_of_2048():
+    """The 14x14 grid of ViT-H/14: the loader's call for a global batch of 2048 (one process of 2048,
+    or rank 5 of 16 processes of 128) gives contexts as long as a batch of 128 does, never cut to the
+    shortest of all 2048; each process draws the masks of its own group only."""
+    from openjepa.data import MaskCollator
+
+    sampler = build_mask_sampler("multiblock", (14, 14))
+    mean_len = {}
+    for batch_size in (128, 2048):
+        collator = MaskCollator(sampler, seed=0, batch_size=batch_size)
+        lengths = []
+        for b in range(4):
+            out = collate(collator, batch_size, batch=b)
+            assert sum(out["group_sizes"]) == batch_size and len(out["group_sizes"]) == batch_size // 128
+            lengths += [c.size(1) for c in out["context_idx"] for _ in range(c.size(0))]
+        mean_len[batch_size] = sum(lengths) / len(lengths)
+        assert min(lengths) >= 25, (batch_size, min(lengths))
+    assert abs(mean_len[2048] - mean_len[128]) <= 0.05 * mean_len[128], mean_len
+
+    counting = CountingSampler(sampler)
+    whole = collate(MaskCollator(sampler, 0, 2048), 2048, batch=3)
+    rank5 = collate(MaskCollator(counting, 0, 128, rank=5, world_size=16), 128, batch=3)
+    assert counting.images == 128  # its own group, not the global batch
+    assert torch.equal(rank5["context_idx"][0], whole["context_idx"][5])
+
+
+def test_n_processes_get_one_process_masks_whatever_the_group_and_skips():
+    """Groups smaller than, equal to and straddling the processes' slices: the masks of rank r of w
+    are the rows of one process's at the same global batch; an unreadable image takes its masks with
+    it instead of shifting its neighbours'."""
+    from openjepa.data import MaskCollator
+
+    sampler = build_mask_sampler("multiblock", (4, 4), min_keep=2)
+
+    def rows(out):  # (context, targets) of each image, in order
+        return [(c[i], t[i]) for c, t in zip(out["context_idx"], out["target_idx"]) for i in range(c.size(0))]
+
+    for group in (3, 4, 6, 16):
+        one = rows(collate(MaskCollator(sampler, 7, 16, group=group), 16, batch=2))
+        for world in (2, 4):
+            per = 16 // world
+            for rank in range(world):
+                part = rows(collate(MaskCollator(sampler, 7, per, rank, world, group), per, batch=2))
+                for (c, t), (c1, t1) in zip(part, one[rank * per:(rank + 1) * per], strict=True):
+                    assert torch.equal(c, c1) and torch.equal(t, t1), (group, world, rank)
+        holes = rows(collate(MaskCollator(sampler, 7, 16, group=group), 16, batch=2, missing={2, 5}))
+        kept = [r for i, r in enumerate(one) if i not in (2, 5)]
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(holes, kept, strict=True))
+
+
+def test_reference_sampler_block_sizes_follow_the_batch_number_in_any_worker_or_resume():
+    """The reference's counter is shared by its loader workers and wound forward on resume: batch b
+    draws its block sizes from seed b, whichever worker collates it and after any restart."""
+    from openjepa.data import MaskCollator
+
+    def sizes(out):
+        return out["context_idx"][0].size(1), out["target_idx"][0].size(2)
+
+    ref = build_mask_sampler("multiblock", (14, 14), reference=True)
+    straight = [sizes(collate(MaskCollator(ref, 0, 8), 8, batch=b)) for b in range(6)]
+    fresh = build_mask_sampler("multiblock", (14, 14), reference=True)  # a second worker, or a resumed run
+    assert [sizes(collate(MaskCollator(fresh, 0, 8), 8, batch=b)) for b in (5, 3, 4)] == [straight[i] for i in (5, 3, 4)]
+    # and batch b's target blocks have the size the reference's own counter gives its (b+1)-th call
+    counter = build_mask_sampler("multiblock", (14, 14), reference=True)
+    g = torch.Generator().manual_seed(0)
+    calls = [counter(8, g) for _ in range(6)]
+    assert [t.size(2) for _, t in calls] == [kt for _, kt in straight]

@@ -29,7 +29,8 @@ def assert_same_final_target(run_a, run_b, step):
 
 
 def test_two_process_ddp_matches_one_process_at_the_same_global_batch_and_resumes_on_one(tmp_path):
-    two = tiny_config(tmp_path / "two", data={"batch_size": 8}, logging={"log_every": 1})
+    """Masks packed in groups of 4 images: 2 per process, 4 in the one process's batch of 16."""
+    two = tiny_config(tmp_path / "two", data={"batch_size": 8}, logging={"log_every": 1}, mask={"pack_group": 4})
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(two.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -38,14 +39,14 @@ def test_two_process_ddp_matches_one_process_at_the_same_global_batch_and_resume
     assert done.returncode == 0, done.stderr[-2000:]
     assert "16 images (8 per process x 2 processes" in (tmp_path / "two/train.log").read_text()
 
-    one = tiny_config(tmp_path / "one", data={"batch_size": 16}, logging={"log_every": 1})
-    train(one)  # 8 steps, one process, global batch 16
+    one = tiny_config(tmp_path / "one", data={"batch_size": 16}, logging={"log_every": 1}, mask={"pack_group": 4})
+    train(one)  # 8 steps, one process, global batch 16 (4 mask groups of 4 images)
     reference = losses(tmp_path / "one")
     for step, loss in losses(tmp_path / "two").items():
         assert abs(loss - reference[step]) < 1e-4 * reference[step], (step, loss, reference[step])
 
     # the checkpoint written by 2 processes resumes in 1 at the same global batch
-    resumed = tiny_config(tmp_path / "two", data={"batch_size": 16}, logging={"log_every": 1})
+    resumed = tiny_config(tmp_path / "two", data={"batch_size": 16}, logging={"log_every": 1}, mask={"pack_group": 4})
     train(resumed)
     assert_same_final_target(tmp_path / "one", tmp_path / "two", step=8)
     for step, loss in losses(tmp_path / "two").items():
@@ -57,7 +58,9 @@ def test_two_process_fsdp_matches_one_process_and_its_checkpoint_resumes_unshard
     batch, the EMA target (sharded like the encoder) ends equal to one process's, and the checkpoint
     has the unsharded layout, so one process resumes it."""
     two = tiny_config(tmp_path / "two", data={"batch_size": 8}, logging={"log_every": 1}, meta={"fsdp": True},
-                      optimization={"ema": [0.5, 1.0]})  # a target that moves: the EMA is checked
+                      optimization={"ema": [0.5, 1.0]},  # a target that moves: the EMA is checked
+                      mask={"pack_group": 4})  # two mask groups per process: the sharded encoder runs twice
+
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(two.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for stop in (2, 4):  # the second run resumes under FSDP: the full checkpoint is sharded on load
@@ -71,7 +74,7 @@ def test_two_process_fsdp_matches_one_process_and_its_checkpoint_resumes_unshard
     assert total / 2 <= local < total / 2 + 1000  # half of every tensor, rounded up per tensor
 
     one = tiny_config(tmp_path / "one", data={"batch_size": 16}, logging={"log_every": 1},
-                      optimization={"ema": [0.5, 1.0]})
+                      optimization={"ema": [0.5, 1.0]}, mask={"pack_group": 4})
     train(one, max_steps=4)
     for step, loss in losses(tmp_path / "one").items():
         assert abs(loss - losses(tmp_path / "two")[step]) < 1e-4 * loss, step
@@ -90,6 +93,83 @@ def test_two_process_fsdp_matches_one_process_and_its_checkpoint_resumes_unshard
         torch.testing.assert_close(b["opt"]["state"][i]["exp_avg_sq"], s["exp_avg_sq"], atol=1e-9, rtol=1e-3)
 
     train(tiny_config(tmp_path / "two", data={"batch_size": 16}, logging={"log_every": 1},
-                      optimization={"ema": [0.5, 1.0]}))  # resume, unsharded
+                      optimization={"ema": [0.5, 1.0]}, mask={"pack_group": 4}))  # resume, unsharded
     train(one)
     assert_same_final_target(tmp_path / "one", tmp_path / "two", step=8)
+
+
+def torchrun(args, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_gradient_accumulation_synchronises_once_per_optimiser_step():
+    """DDP (counted by a communication hook) and FSDP (its gradient reductions counted): a step of 3
+    micro-batches communicates the gradients as often as a step of 1, and the processes still end
+    with the same gradients."""
+    import json
+
+    worker = str(Path(__file__).with_name("sync_worker.py"))
+    for mode in ("ddp", "fsdp"):
+        counts = {}
+        for accum in (1, 3):
+            done = torchrun([worker, mode, str(accum)])
+            assert done.returncode == 0, done.stderr[-2000:]
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            assert result["grads_equal"], (mode, accum)
+            counts[accum] = result["calls"]
+        assert counts[1] > 0 and counts[3] == counts[1], (mode, counts)
+
+
+def test_a_process_whose_whole_micro_batch_is_unreadable_does_not_hang_the_others(tmp_path):
+    """Rank 1's share of micro-batch 1 is all broken files: every process skips that micro-batch
+    together (before, rank 1 skipped it alone and rank 0 waited in the all-reduce until killed)."""
+    import numpy as np
+    from PIL import Image
+
+    from openjepa.data import ORDER, ImageFolder, generator_for
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(16):
+        Image.fromarray(np.full((16, 16), 10 * i, dtype=np.uint8)).save(data / f"{i:02d}.png")
+    files = ImageFolder(data).files
+    order = torch.randperm(16, generator=generator_for(0, ORDER, 0))  # epoch 0's order (meta.seed 0)
+    batch, per_process, world, rank = 1, 2, 2, 1
+    first = (batch * world + rank) * per_process
+    for i in order[first:first + per_process]:
+        files[int(i)].write_bytes(b"not a png")
+    cfg = tiny_config(tmp_path / "run", data={"dataset": "folder", "root_path": str(data), "batch_size": 2},
+                      logging={"log_every": 1})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    done = torchrun(["-m", "openjepa.cli", "train", str(tmp_path / "c.yaml"), "--max-steps", "3"], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = (tmp_path / "run/train.log").read_text()
+    assert "micro-batch 1 skipped on every process" in log
+    assert load_checkpoint(tmp_path / "run/checkpoints/latest.pt")["step"] == 3
+
+
+def test_init_distributed_follows_meta_device(monkeypatch):
+    """meta.device=cpu under torchrun joins with gloo and claims no GPU, even where CUDA is visible;
+    on CUDA each process takes its LOCAL_RANK's GPU and NCCL."""
+    import torch.distributed as dist
+
+    from openjepa import distributed
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr(dist, "get_backend", lambda: calls[-1][1])
+    monkeypatch.setattr(dist, "new_group", lambda backend: "host")
+    world = distributed.init_distributed("cpu")
+    assert calls == [("init", "gloo")] and world.rank == 1 and world.size == 2
+    calls.clear()
+    for device in ("auto", "cuda"):
+        distributed.init_distributed(device)
+    assert calls == [("set_device", 1), ("init", "nccl")] * 2

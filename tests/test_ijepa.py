@@ -115,3 +115,27 @@ def test_predictor_depth_follows_the_model_size_unless_given(tmp_path):
     cfg = tiny_config(tmp_path)
     cfg.meta.pred_depth = None
     assert len(build_ijepa(cfg).predictor.predictor_blocks) == 6
+
+
+def test_mask_groups_give_the_mean_over_images_of_each_groups_loss(tmp_path):
+    """Contexts of different lengths in one batch (the loader's pack groups): the loss is the
+    per-image mean of each group's own loss, one group alone is the plain forward bit for bit, and
+    the regulariser sees every image of the batch."""
+    torch.manual_seed(0)
+    model = build_ijepa(tiny_config(tmp_path, meta={"variance_weight": 1.0, "covariance_weight": 0.1}))
+    images, c1, t1 = batch(b=3, seed=1)
+    _, c2, t2 = batch(b=5, seed=2)
+    images = torch.cat([images, torch.randn(5, 3, 16, 16)])
+    assert c1.size(1) != c2.size(1) or t1.size(2) != t2.size(2)  # the groups really differ in shape
+
+    assert torch.equal(model(images[:3], [c1], [t1]), model(images[:3], c1, t1))
+    grouped, targets = model(images, [c1, c2], [t1, t2], return_target=True)
+    plain = IJEPA(model.encoder, model.predictor)  # the same networks, no regulariser
+    plain.target_encoder = model.target_encoder
+    per_group = [plain(images[:3], c1, t1), plain(images[3:], c2, t2)]
+    context = [model.encoder(images[:3], c1), model.encoder(images[3:], c2)]
+    expected = (3 * per_group[0] + 5 * per_group[1]) / 8 + model.regularizer(torch.cat([c.mean(1) for c in context])[:, None], 0)
+    torch.testing.assert_close(grouped, expected, rtol=1e-5, atol=1e-6)
+    assert [t.shape[:3] for t in targets] == [t1.shape, t2.shape]
+    with pytest.raises(ValueError, match="mask groups"):
+        model(images, [c1], [t1])

@@ -316,3 +316,92 @@ def test_collapse_probe_leaves_out_unreadable_images(tmp_path, caplog):
     reading = probe.check(build_ijepa(cfg).target_encoder, 0)
     assert reading["image_rankme"] > 0 and len(probe.images) == 48
     assert "16 of its 64 images are unreadable" in caplog.text
+
+
+def test_resuming_at_another_global_batch_is_refused_unless_allowed_then_keeps_the_images_seen(tmp_path):
+    """A checkpoint written at 8 images per step, resumed at 16: an error naming both numbers and how
+    to go on, nothing changed on disk; with optimization.allow_batch_change the step is converted (4
+    steps of 8 = 2 steps of 16) and the run continues there, with a warning."""
+    from openjepa.config import ConfigError
+
+    train(tiny_config(tmp_path, data={"batch_size": 8}), max_steps=4)
+    latest = tmp_path / "checkpoints/latest.pt"
+    before = latest.read_bytes()
+    assert load_checkpoint(latest)["images_per_step"] == 8
+    with pytest.raises(ConfigError, match=r"global batch of 8 images per optimiser step; this run has 16.*"
+                                          r"allow_batch_change=true"):
+        train(tiny_config(tmp_path, data={"batch_size": 8}, optimization={"accum_steps": 2}))
+    assert latest.read_bytes() == before
+    train(tiny_config(tmp_path, data={"batch_size": 16}, optimization={"allow_batch_change": True}), max_steps=3)
+    assert [int(r["step"]) for r in read_log(tmp_path)][-1] == 3
+    log = (tmp_path / "train.log").read_text()
+    assert "continue as step 2 of 16 images" in log and "resuming" in log
+
+
+def test_lr_follows_the_global_batch_only_when_asked(tmp_path):
+    """optimization.lr_scaling against optimization.reference_batch: linear doubles the LR for twice
+    the batch, sqrt multiplies it by 1.414, none keeps it and warns in the log."""
+    from openjepa.config import ConfigError
+
+    peak = {}
+    for rule in ("none", "linear", "sqrt"):
+        run = tmp_path / rule
+        train(tiny_config(run, optimization={"reference_batch": 8, "lr_scaling": rule, "warmup": 0.0,
+                                             "final_lr": 0.0}, logging={"log_every": 1}), max_steps=1)
+        peak[rule] = float(read_log(run)[0]["lr"])
+    assert peak["linear"] == pytest.approx(2 * peak["none"]) and peak["sqrt"] == pytest.approx(math.sqrt(2) * peak["none"])
+    assert "the recipe's LR 0.001 was set for 8" in (tmp_path / "none/train.log").read_text()
+    with pytest.raises(ConfigError, match="reference_batch, which is not set"):
+        tiny_config(tmp_path / "x", optimization={"lr_scaling": "linear"})
+    with pytest.raises(ConfigError, match="lr_scaling must be one of"):
+        tiny_config(tmp_path / "x", optimization={"lr_scaling": "cubic"})
+
+
+def test_sigusr2_saves_then_hands_the_signal_to_the_previous_handler(tmp_path):
+    """submitit asks SLURM for SIGUSR2 before a time-out and requeues the job from its handler: the
+    run finishes its step, saves latest.pt, and only then calls that handler."""
+    import os
+    import signal
+
+    from openjepa.data import SyntheticDataset
+    from openjepa.train import Preempted
+
+    class SignalsAt(SyntheticDataset):  # sends SIGUSR2 while the loader reads an image of the 3rd batch
+        def __getitem__(self, i):
+            reads[0] += 1
+            if reads[0] == 2 * 16 + 1:
+                os.kill(os.getpid(), signal.SIGUSR2)
+            return super().__getitem__(i)
+
+    reads, seen = [0], []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(
+        (signum, load_checkpoint(tmp_path / "checkpoints/latest.pt")["step"])))
+    try:
+        cfg = tiny_config(tmp_path, logging={"collapse_every": 0})  # only the loader reads images
+        with pytest.raises(Preempted, match="SIGUSR2 received"):
+            train(cfg, dataset=SignalsAt(64, 16, 3))
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == [(signal.SIGUSR2, 3)]  # called once, after the checkpoint of the step it arrived in
+
+
+def test_a_checkpoint_that_cannot_be_opened_is_not_called_corrupt(tmp_path, monkeypatch):
+    """An I/O or permission error names itself, and no hint to copy a periodic checkpoint over it
+    (that hint is for a truncated file); checkpoints load memory-mapped."""
+    from openjepa import checkpoint
+
+    cfg = tiny_config(tmp_path, logging={"checkpoint_every": 1})
+    train(cfg, max_steps=4)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("mmap")) or real_load(*a, **k))
+    assert load_checkpoint(tmp_path / "checkpoints/latest.pt")["step"] == 4 and loads == [True]
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(checkpoint, "open", denied, raising=False)
+    with pytest.raises(CheckpointError) as err:
+        train(cfg)
+    assert "Permission denied" in str(err.value)
+    assert "corrupt" not in str(err.value) and "copy it over" not in str(err.value)

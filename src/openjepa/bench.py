@@ -1,9 +1,10 @@
 """`openjepa bench`: time the training step on synthetic data.
 
-The timed step is the training loop's: masks sampled on the host, target forward, context
-encoder and predictor forward, backward, AdamW, EMA. The median over several timed windows is
-reported, so one noisy window does not decide. A second, synchronised pass splits the step into
-phases. Model FLOPs follow REFERENCE.md §3: per image 3·F_enc(n_ctx) + F_enc(N) + 3·M·F_pred(n_ctx +
+The timed step is the training loop's own code (``train.accumulate``, ``train.optimizer_step``,
+the loader's ``MaskCollator.masks``): masks sampled on the host, target forward, context encoder
+and predictor forward, backward, AdamW, EMA. The median over several timed windows is reported,
+so one noisy window does not decide. A second, synchronised pass splits the step into phases
+(hooks mark the end of the target encoder, of the predictor and of AdamW). Model FLOPs follow REFERENCE.md §3: per image 3·F_enc(n_ctx) + F_enc(N) + 3·M·F_pred(n_ctx +
 n_tgt) with F(n) = depth · (24·n·d² + 4·n²·d).
 """
 from __future__ import annotations
@@ -14,10 +15,11 @@ import time
 import torch
 
 from .config import Config, validate
-from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch
+from .data import DataError, MaskCollator, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch
 from .ijepa import build_ijepa, predictor_depth
 from .models.vit import resolve_size
-from .train import autocast_for, build_optimizer, mask_sampler_for, memory_mb, resolve_device
+from .train import (accumulate, autocast_for, build_optimizer, mask_sampler_for, memory_mb, optimizer_step,
+                    resolve_device)
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}  # bf16 dense
 
@@ -48,48 +50,49 @@ def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak:
     torch.manual_seed(cfg.meta.seed)
     model = build_ijepa(cfg).to(device)
     optimizer = build_optimizer(model, cfg.optimization)
-    sampler = mask_sampler_for(cfg)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     B, size = cfg.data.batch_size, cfg.data.crop_size
+    collator = MaskCollator(mask_sampler_for(cfg), cfg.meta.seed, B, group=cfg.mask.pack_group)
     images = torch.randn(B, cfg.data.in_chans, size, size, device=device)
     autocast = autocast_for(cfg.meta, device)
-    generator = torch.Generator().manual_seed(cfg.meta.seed)
-    tokens = []
-    phases = {k: [] for k in ("masks", "target", "context", "backward", "optimizer", "ema")}
+    tokens, count = [], iter(range(10 ** 9))
+    names = ("masks", "target", "context", "backward", "optimizer", "ema")
+    phases, marks, split = {k: [] for k in names}, {}, [False]
 
     def sync():
         if cuda:
             torch.cuda.synchronize(device)
 
-    def step(split: bool = False):
-        marks = [time.perf_counter()]
+    def mark(name: str):
+        if split[0]:
+            sync()
+            marks[name] = time.perf_counter()  # the last call wins: the predictor runs once per mask group
 
-        def mark():
-            if split:
-                sync()
-                marks.append(time.perf_counter())
+    # The step is the training loop's own (train.accumulate, train.optimizer_step); when split, hooks
+    # mark the end of the target forward, of the predictor (the loss and any regulariser are timed
+    # with the backward) and of AdamW.
+    model.target_encoder.register_forward_hook(lambda *_: mark("target"))
+    model.predictor.register_forward_hook(lambda *_: mark("context"))
+    optimizer.register_step_post_hook(lambda *_: mark("optimizer"))
 
-        context_idx, target_idx = sampler(B, generator)
-        context_idx, target_idx = context_idx.to(device, non_blocking=True), target_idx.to(device, non_blocking=True)
-        tokens.append((context_idx.size(1), target_idx.size(2), target_idx.size(1)))
-        mark()
-        with autocast:
-            target = model.forward_target(images, target_idx)
-            mark()
-            context = model.encoder(images, context_idx)
-            loss = model.forward_loss(model.predictor(context, context_idx, target_idx), target)
-            if model.regularizer is not None:  # timed with the context forward, as training runs it
-                loss = loss + model.regularizer(context, 0)
-        mark()
-        loss.backward()
-        mark()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        mark()
-        model.update_target(0.996)
-        mark()
-        if split:
-            for name, a, b in zip(phases, marks, marks[1:]):
-                phases[name].append(b - a)
+    def step(timed_phases: bool = False):
+        split[0] = timed_phases
+        marks.clear()
+        marks["start"] = time.perf_counter()
+        batch = {"images": images, **collator.masks(next(count), list(range(B)))}
+        tokens.append((sum(c.size(0) * c.size(1) for c in batch["context_idx"]) / B,
+                       sum(t.size(0) * t.size(2) for t in batch["target_idx"]) / B, batch["target_idx"][0].size(1)))
+        mark("masks")
+        accumulate(model, [batch], device, autocast, 1.0)
+        mark("backward")
+        optimizer_step(model, optimizer, params, cfg.optimization.clip_grad, 0.996)
+        mark("ema")
+        if timed_phases:
+            previous = marks["start"]
+            for name in names:
+                now = marks.get(name, previous)  # pixel targets: no target encoder, a 0 ms phase
+                phases[name].append(now - previous)
+                previous = now
 
     for _ in range(warmup):
         step()
@@ -104,7 +107,7 @@ def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak:
         sync()
         timed.append((time.perf_counter() - start) / steps)
     for _ in range(steps):
-        step(split=True)
+        step(timed_phases=True)
     step_s = statistics.median(timed)
     kc, kt, m = (statistics.mean(t[i] for t in tokens) for i in range(3))
     flops = flops_per_image(cfg, kc, kt, round(m))
@@ -146,7 +149,7 @@ def bench_loader(cfg: Config, batches: int = 20, workers: tuple[int, ...] = (0, 
               "crop_size": d.crop_size, "masks_us_per_img": round(masks_us, 2), "img_per_s": {}, "img_per_s_per_worker": {}}
     for n in workers:
         loader = build_pretrain_loader(dataset, transform, sampler, d.batch_size, per_epoch, 0, warmup + batches,
-                                       cfg.meta.seed, n, encoded=d.decode_on_device)
+                                       cfg.meta.seed, n, encoded=d.decode_on_device, pack_group=cfg.mask.pack_group)
         it = iter(loader)
         for _ in range(warmup):  # worker start-up and the first prefetches are not the steady state
             next(it)

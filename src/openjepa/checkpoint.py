@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -10,6 +11,11 @@ import torch
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint file that exists and can be opened but is not a readable checkpoint
+    (truncated, corrupt, or not a torch file)."""
 
 
 def atomic_save(obj, path: str | Path) -> Path:
@@ -35,19 +41,31 @@ def atomic_save(obj, path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load with ``weights_only=True``; a missing, truncated or corrupt file, or one that would
-    need to run pickled code, raises CheckpointError naming it."""
+    """Load with ``weights_only=True``, memory-mapped (``mmap=True``: the tensors are read from the
+    file as they are used, so N processes on a node share the page cache instead of each holding a
+    full copy). A missing or unreadable file, a truncated or corrupt one, or one that would need to
+    run pickled code raises CheckpointError naming it and saying which."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:  # permission, I/O error: the file may be fine, the reading is not
+        raise CheckpointError(f"checkpoint {path} cannot be opened: {e.strerror or e}") from None
+    try:
+        # mmap needs torch's zip format; an older (legacy) file is read whole
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"checkpoint {path} holds more than weights and was refused (loading it "
                               f"could run code): {str(e).splitlines()[0]}") from None
-    except Exception as e:  # zip and pickle errors of many types all mean the same to a user
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or corrupt?): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
+    except Exception as e:  # zip and pickle errors of many types: the bytes are not a whole checkpoint
+        raise CorruptCheckpoint(f"checkpoint {path} cannot be read (truncated or corrupt?): "
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} is a {type(obj).__name__}, not a dict of states")
+        raise CorruptCheckpoint(f"checkpoint {path} is a {type(obj).__name__}, not a dict of states")
     return obj

@@ -20,6 +20,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 DATASETS = ("folder", "fashion_mnist", "synthetic")
 LOSSES = ("smooth_l1", "l2")
 TARGETS = ("representations", "pixels")
+LR_SCALING = ("none", "linear", "sqrt")
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,9 @@ class MaskConfig:
     aspect_ratio: list[float] = field(default_factory=lambda: [0.75, 1.5])
     min_keep: int = 10
     allow_overlap: bool = False
+    # Masks are drawn and packed (contexts cut to the group's shortest) in groups of this many images
+    # of the global batch: the reference's 128 images per GPU, whatever the batch or process count.
+    pack_group: int = 128
 
 
 @dataclass
@@ -105,6 +109,10 @@ class OptimizationConfig:
     accum_steps: int = 1  # micro-batches per optimiser step
     fused_adamw: bool = False  # torch's fused AdamW kernel (one kernel for all parameters; CPU and CUDA)
     skip_nonfinite_steps: int = 0  # skip up to N steps whose loss is not finite (else: stop at the first)
+    # The global batch (images per optimiser step) the LRs were set for; the log compares it with the run's.
+    reference_batch: int | None = None
+    lr_scaling: str = "none"  # none | linear | sqrt: scale start_lr, lr, final_lr by global / reference batch
+    allow_batch_change: bool = False  # resume a checkpoint written at another global batch (step converted)
 
 
 @dataclass
@@ -290,6 +298,8 @@ def validate(cfg: Config) -> Config:
     _check_pair("mask.enc_mask_scale", m.enc_mask_scale, 0.0, 1.0)
     _check_pair("mask.pred_mask_scale", m.pred_mask_scale, 0.0, 1.0)
     _check_pair("mask.aspect_ratio", m.aspect_ratio, 0.0, float("inf"))
+    if m.pack_group < 1:
+        raise ConfigError(f"mask.pack_group must be at least 1 image, got {m.pack_group}")
     grid = (d.crop_size // m.patch_size) ** 2
     if not 1 <= m.min_keep < grid:
         raise ConfigError(f"mask.min_keep must be in [1, {grid}) for a {grid}-patch grid, got {m.min_keep}")
@@ -320,6 +330,13 @@ def validate(cfg: Config) -> Config:
                           "checkpoints/latest.pt; copy the checkpoint there to continue it")
     if o.epochs < 1:
         raise ConfigError(f"optimization.epochs must be at least 1, got {o.epochs}")
+    if o.lr_scaling not in LR_SCALING:
+        raise ConfigError(f"optimization.lr_scaling must be one of {', '.join(LR_SCALING)}, got {o.lr_scaling!r}")
+    if o.reference_batch is not None and o.reference_batch < 1:
+        raise ConfigError(f"optimization.reference_batch must be at least 1 image, got {o.reference_batch}")
+    if o.lr_scaling != "none" and o.reference_batch is None:
+        raise ConfigError(f"optimization.lr_scaling={o.lr_scaling} scales the LR by the global batch over "
+                          f"optimization.reference_batch, which is not set")
     if o.warmup < 0 or o.ipe_scale <= 0:
         raise ConfigError("optimization.warmup must be >= 0 and optimization.ipe_scale > 0")
     for key in ("start_lr", "lr", "final_lr", "weight_decay", "final_weight_decay", "clip_grad"):

@@ -388,14 +388,38 @@ class NumberedDataset(torch.utils.data.Dataset):
 
 
 class MaskCollator:
-    """Stacks a micro-batch and samples its masks with a generator from (seed, batch number).
-    The masks of the whole global batch (``batch_size`` x ``world_size``) are drawn on every rank
-    and each rank takes its slice: N processes see exactly the masks of one process at the same
-    global batch, and an image's masks do not depend on how many of its neighbours were skipped."""
+    """Stacks a micro-batch and samples its masks. Masks are drawn and packed (every context cut to
+    the shortest of its group, every target to the shortest target) in consecutive groups of
+    ``group`` images of the global batch (``mask.pack_group``: the paper's 128 images per GPU), each
+    group from a generator of (seed, batch number, group), so the context statistics do not depend
+    on the global batch or the number of processes. A process draws only the groups its slice of the
+    global batch overlaps; N processes see exactly the masks of one process at the same global
+    batch, and an image's masks do not depend on which of its neighbours were skipped.
 
-    def __init__(self, sampler: Callable, seed: int, batch_size: int, rank: int = 0, world_size: int = 1):
-        self.sampler, self.seed = sampler, seed
+    The batch holds one (context_idx, target_idx) pair per group present, in image order:
+    ``context_idx`` and ``target_idx`` are lists, ``group_sizes`` the images of each."""
+
+    def __init__(self, sampler: Callable, seed: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 group: int = 128):
+        if group < 1:
+            raise ValueError(f"the pack group must hold at least one image, got {group}")
+        self.sampler, self.seed, self.group = sampler, seed, group
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+
+    def masks(self, batch: int, positions: list[int]) -> dict:
+        """The masks of the images at these global positions of batch ``batch`` (ascending):
+        ``context_idx`` and ``target_idx`` (one tensor per group) and ``group_sizes``."""
+        contexts, targets, sizes = [], [], []
+        for g in sorted({p // self.group for p in positions}):
+            seek = getattr(self.sampler, "seek", None)
+            if seek is not None:  # the reference sampler: block sizes from the batch number, as its shared counter
+                seek(batch)
+            context_idx, target_idx = self.sampler(self.group, generator_for(self.seed, MASK, batch, g))
+            rows = torch.tensor([p - g * self.group for p in positions if p // self.group == g])
+            contexts.append(context_idx[rows])
+            targets.append(target_idx[rows])
+            sizes.append(len(rows))
+        return {"context_idx": contexts, "target_idx": targets, "group_sizes": sizes}
 
     def __call__(self, items: list) -> dict:
         good = [img for img, _ in items if img is not None]
@@ -403,11 +427,25 @@ class MaskCollator:
         batch = next((b for img, b in items if img is not None), -1)
         if not good:
             return {"images": None, "batch": batch, "skipped": skipped}
-        context_idx, target_idx = self.sampler(self.batch_size * self.world_size, generator_for(self.seed, MASK, batch))
-        mine = slice(self.rank * self.batch_size, self.rank * self.batch_size + len(good))
+        first = self.rank * self.batch_size  # this process's first image in the global batch
+        positions = [first + i for i, (img, _) in enumerate(items) if img is not None]
         encoded = any(isinstance(img, tuple) for img in good)
-        return {"images": good if encoded else torch.stack(good), "encoded": encoded,
-                "context_idx": context_idx[mine], "target_idx": target_idx[mine], "batch": batch, "skipped": skipped}
+        return {"images": good if encoded else torch.stack(good), "encoded": encoded, **self.masks(batch, positions),
+                "batch": batch, "skipped": skipped}
+
+
+def select_rows(batch: dict, keep: list[int]) -> dict:
+    """The batch's masks for the images at ``keep`` (ascending indices into the batch); groups
+    left empty are dropped."""
+    contexts, targets, sizes, start = [], [], [], 0
+    for c, t, n in zip(batch["context_idx"], batch["target_idx"], batch["group_sizes"]):
+        rows = torch.tensor([i - start for i in keep if start <= i < start + n], dtype=torch.long)
+        if len(rows):
+            contexts.append(c[rows])
+            targets.append(t[rows])
+            sizes.append(len(rows))
+        start += n
+    return {"context_idx": contexts, "target_idx": targets, "group_sizes": sizes}
 
 
 def decode_batch(batch: dict, transform: PretrainTransform, device: torch.device, in_chans: int = 3) -> dict:
@@ -448,15 +486,13 @@ def decode_batch(batch: dict, transform: PretrainTransform, device: torch.device
     out = {**batch, "encoded": False, "skipped": skipped}
     if not images:
         return {**out, "images": None}
-    rows = torch.tensor(keep)
-    return {**out, "images": torch.stack(images), "context_idx": batch["context_idx"][rows],
-            "target_idx": batch["target_idx"][rows]}
+    return {**out, "images": torch.stack(images), **select_rows(batch, keep)}
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers leave SIGTERM / SIGUSR1 to the main process, which saves and stops at a step
+    """Loader workers leave SIGTERM / SIGUSR1 / SIGUSR2 to the main process, which saves and stops at a step
     boundary; a worker killed first would break the batch the main process still needs."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
 
 
@@ -473,12 +509,15 @@ def build_dataset(data_cfg, split: str = "train") -> torch.utils.data.Dataset:
 
 def build_pretrain_loader(dataset, transform, sampler, batch_size: int, per_epoch: int, start: int, total: int,
                           seed: int, num_workers: int = 0, pin_memory: bool = False,
-                          rank: int = 0, world_size: int = 1, encoded: bool = False) -> torch.utils.data.DataLoader:
+                          rank: int = 0, world_size: int = 1, encoded: bool = False,
+                          pack_group: int = 128) -> torch.utils.data.DataLoader:
     """One loader for the whole run (workers start once), from micro-batch ``start`` on.
-    ``encoded`` (``data.decode_on_device``): JPEGs reach the training loop undecoded."""
+    ``encoded`` (``data.decode_on_device``): JPEGs reach the training loop undecoded.
+    ``pack_group``: images per mask group (``MaskCollator``)."""
     batches = NumberedBatches(len(dataset), batch_size, per_epoch, start, total, seed, rank, world_size)
     return torch.utils.data.DataLoader(
         NumberedDataset(dataset, transform, seed, encoded), batch_sampler=batches,
-        collate_fn=MaskCollator(sampler, seed, batch_size, rank, world_size), num_workers=num_workers, pin_memory=pin_memory,
+        collate_fn=MaskCollator(sampler, seed, batch_size, rank, world_size, pack_group),
+        num_workers=num_workers, pin_memory=pin_memory,
         persistent_workers=False, prefetch_factor=4 if num_workers else None,
         worker_init_fn=_ignore_stop_signals if num_workers else None)

@@ -48,16 +48,20 @@ class World:
             dist.destroy_process_group()
 
 
-def init_distributed() -> World:
+def init_distributed(device: str = "auto") -> World:
+    """Join the process group torchrun / submitit describe (one process: nothing to join).
+    ``device`` is ``meta.device``: on CUDA ("auto" with a GPU visible, "cuda") each process takes
+    GPU ``LOCAL_RANK`` and NCCL; on "cpu" gloo, even where GPUs are visible."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.device(device).type == "cuda" if device != "auto" else torch.cuda.is_available()
     owns = not dist.is_initialized()
     if owns:
-        if torch.cuda.is_available():
+        if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo")
     host_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     return World(rank, size, local_rank, owns, host_group)
 

@@ -44,16 +44,17 @@ class IJEPA(nn.Module):
         self.loss, self.target = loss, target
         self.regularizer = regularizer if regularizer is not None and regularizer.active else None
 
-    def forward_target(self, images: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
-        """[B, M, Kt, D]: layer_norm(target_encoder(image)) at each target block (no gradient)."""
-        B, M, Kt = target_idx.shape
+    def target_features(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, N, D]: layer_norm(target_encoder(image)), or the normalised pixels (no gradient)."""
         with torch.no_grad():
             if self.target == "pixels":
-                h = patchify_pixels(images, self.encoder.patch_size)
-            else:
-                h = self.target_encoder(images)
-                h = F.layer_norm(h, (h.size(-1),))
-            return gather_tokens(h, target_idx.reshape(B, M * Kt)).reshape(B, M, Kt, -1)
+                return patchify_pixels(images, self.encoder.patch_size)
+            h = self.target_encoder(images)
+            return F.layer_norm(h, (h.size(-1),))
+
+    def forward_target(self, images: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+        """[B, M, Kt, D]: layer_norm(target_encoder(image)) at each target block (no gradient)."""
+        return gather_targets(self.target_features(images), target_idx)
 
     def forward_context(self, images: torch.Tensor, context_idx: torch.Tensor,
                         target_idx: torch.Tensor) -> torch.Tensor:
@@ -66,16 +67,38 @@ class IJEPA(nn.Module):
             return F.mse_loss(prediction, target.float())
         return F.smooth_l1_loss(prediction, target.float(), beta=1.0)
 
-    def forward(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor,
-                return_target: bool = False, step: int = 0):
+    def forward(self, images: torch.Tensor, context_idx, target_idx, return_target: bool = False, step: int = 0):
         """The loss (plus the collapse regulariser when one is on; ``step`` draws SIGReg's
-        directions); with ``return_target`` also the targets (for statistics such as collapse)."""
-        target = self.forward_target(images, target_idx)
-        context = self.encoder(images, context_idx)
-        loss = self.forward_loss(self.predictor(context, context_idx, target_idx), target)
+        directions); with ``return_target`` also the targets (for statistics such as collapse).
+
+        ``context_idx`` / ``target_idx`` are one mask pair for the whole batch, or lists of pairs
+        for consecutive groups of images (the loader's pack groups: each group's contexts have their
+        own length). The target encoder then runs once on all images; the context encoder and the
+        predictor once per group; the loss is the mean over images, and the regulariser sees the
+        whole batch. The targets come back as a list, one per group."""
+        if isinstance(context_idx, torch.Tensor):
+            target = self.forward_target(images, target_idx)
+            context = self.encoder(images, context_idx)
+            loss = self.forward_loss(self.predictor(context, context_idx, target_idx), target)
+            if self.regularizer is not None:
+                loss = loss + self.regularizer(context, step)
+            return (loss, target) if return_target else loss
+        sizes = [c.size(0) for c in context_idx]
+        if sum(sizes) != images.size(0) or len(target_idx) != len(sizes):
+            raise ValueError(f"mask groups of {sizes} images (and {len(target_idx)} target groups) for a batch of "
+                             f"{images.size(0)}")
+        features = self.target_features(images).split(sizes)
+        losses, contexts, targets = [], [], []
+        for x, h, c, t in zip(images.split(sizes), features, context_idx, target_idx):
+            target = gather_targets(h, t)
+            context = self.encoder(x, c)
+            losses.append(self.forward_loss(self.predictor(context, c, t), target) * (x.size(0) / images.size(0)))
+            contexts.append(context)
+            targets.append(target)
+        loss = torch.stack(losses).sum()  # one group: its loss exactly (x * 1.0)
         if self.regularizer is not None:
-            loss = loss + self.regularizer(context, step)
-        return (loss, target) if return_target else loss
+            loss = loss + self.regularizer(contexts, step)
+        return (loss, targets) if return_target else loss
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
@@ -83,6 +106,12 @@ class IJEPA(nn.Module):
         online = list(self.encoder.parameters())
         target = list(self.target_encoder.parameters())
         torch._foreach_lerp_(target, online, 1.0 - momentum)
+
+
+def gather_targets(features: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+    """features [B, N, D] at target_idx [B, M, Kt] -> [B, M, Kt, D]."""
+    B, M, Kt = target_idx.shape
+    return gather_tokens(features, target_idx.reshape(B, M * Kt)).reshape(B, M, Kt, -1)
 
 
 def predictor_depth(meta) -> int:

@@ -216,6 +216,12 @@ class ReferenceMultiBlockSampler:
         self.allow_overlap = allow_overlap
         self.counter = -1
 
+    def seek(self, batch: int) -> None:
+        """The next call draws its block sizes as the reference's call for batch ``batch`` does: its
+        counter is shared by the loader's workers and wound forward on resume, so it is the batch
+        number (the collator seeks before each call, whatever worker or resume it runs in)."""
+        self.counter = int(batch) - 1
+
     def _size(self, g: torch.Generator, scale, aspect_range) -> tuple[int, int]:
         u = torch.rand(1, generator=g).item()
         keep = int(self.grid[0] * self.grid[1] * (scale[0] + u * (scale[1] - scale[0])))

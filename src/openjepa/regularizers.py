@@ -108,10 +108,13 @@ class CollapseRegularizer:
     def active(self) -> bool:
         return bool(self.variance_weight or self.covariance_weight or self.sigreg_weight)
 
-    def __call__(self, context: torch.Tensor, step: int) -> torch.Tensor:
-        """context [B, Kc, D] (the context encoder's output) -> the weighted regulariser, a scalar."""
-        with torch.autocast(context.device.type, enabled=False):  # statistics in fp32, whatever the step's autocast
-            return self._terms(gather_batch(context.float().mean(dim=1)), step)
+    def __call__(self, context, step: int) -> torch.Tensor:
+        """context [B, Kc, D] (the context encoder's output), or a list of such for groups of images
+        whose contexts differ in length -> the weighted regulariser over all of them, a scalar."""
+        groups = [context] if isinstance(context, torch.Tensor) else list(context)
+        with torch.autocast(groups[0].device.type, enabled=False):  # statistics in fp32, whatever the step's autocast
+            pooled = torch.cat([c.float().mean(dim=1) for c in groups])
+            return self._terms(gather_batch(pooled), step)
 
     def _terms(self, z: torch.Tensor, step: int) -> torch.Tensor:
         total = z.new_zeros(())

@@ -5,7 +5,9 @@ number), so a resumed run needs only the weights, the optimiser state and the st
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import logging
 import math
 import resource
@@ -20,7 +22,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, atomic_save, load_checkpoint
+from .checkpoint import CheckpointError, CorruptCheckpoint, atomic_save, load_checkpoint
 from .config import Config, ConfigError, validate
 from .distributed import World, gather_full_state, init_distributed, load_full_state, shard_ijepa
 from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch, per_channel
@@ -38,27 +40,43 @@ class TrainingError(RuntimeError):
 
 
 class Preempted(RuntimeError):
-    """SIGTERM or SIGUSR1 arrived; the run saved latest.pt at the next step boundary and stopped."""
+    """SIGTERM, SIGUSR1 or SIGUSR2 arrived; the run saved latest.pt at the next step boundary and stopped."""
 
 
 class StopSignals:
-    """Records SIGTERM / SIGUSR1 (what SLURM sends before pre-emption) instead of dying mid-step."""
+    """Records SIGTERM / SIGUSR1 (what SLURM sends before pre-emption) and SIGUSR2 (what submitit
+    asks SLURM to send before a time-out) instead of dying mid-step. ``hand_on`` then passes the
+    signal to the handler that was there before (submitit's requeues the job), once the checkpoint
+    is saved."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self):
         self.received: int | None = None
+        self.frame = None
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._record)
 
     def _record(self, signum, frame) -> None:
-        self.received = signum
+        self.received, self.frame = signum, frame
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        self.previous = {}
+
+    def hand_on(self) -> None:
+        """Restore the previous handlers and call the one for the received signal when it is a
+        Python function (submitit's checkpoint-and-requeue); a default or ignored disposition is
+        left alone: the caller stops the run."""
+        if self.received is None:
+            return
+        handler = self.previous.get(self.received)
+        self.restore()
+        if callable(handler):
+            handler(self.received, self.frame)
 
 
 @dataclass(frozen=True)
@@ -169,9 +187,11 @@ class CSVLog:
             csv.DictWriter(f, self.columns).writerow(row)
 
 
-def checkpoint_state(model: IJEPA, optimizer, step: int, epoch: int, cfg: Config, sharded: bool = False) -> dict:
+def checkpoint_state(model: IJEPA, optimizer, step: int, epoch: int, cfg: Config, sharded: bool = False,
+                     images_per_step: int | None = None) -> dict:
     """What a checkpoint holds. ``sharded`` (FSDP): collective, the full state gathered on process
-    0 and {} returned elsewhere; the layout is the same either way."""
+    0 and {} returned elsewhere; the layout is the same either way. ``images_per_step``: the global
+    batch (data.batch_size x processes x optimization.accum_steps), checked on resume."""
     if sharded:
         weights = gather_full_state(model, optimizer)
         if not weights:
@@ -179,16 +199,32 @@ def checkpoint_state(model: IJEPA, optimizer, step: int, epoch: int, cfg: Config
     else:
         weights = {"encoder": model.encoder.state_dict(), "predictor": model.predictor.state_dict(),
                    "target_encoder": model.target_encoder.state_dict(), "opt": optimizer.state_dict()}
-    return {"format": "openjepa", "version": 1, "step": step, "epoch": epoch, **weights, "config": cfg.to_dict()}
+    return {"format": "openjepa", "version": 1, "step": step, "epoch": epoch, **weights, "config": cfg.to_dict(),
+            "images_per_step": images_per_step}
 
 
 # Settings that change how a run is computed, not what: a resume may change them without a warning.
-NOT_MATHEMATICS = {"meta.fsdp", "data.num_workers", "data.pin_mem"}
+NOT_MATHEMATICS = {"meta.fsdp", "data.num_workers", "data.pin_mem", "optimization.allow_batch_change"}
 
 
-def restore_state(path: Path, model: IJEPA, optimizer, cfg: Config, sharded: bool = False) -> tuple[int, dict]:
-    """Load ``path`` into the model and optimiser; (its step, the collapse probe's state)."""
+def restore_state(path: Path, model: IJEPA, optimizer, cfg: Config, sharded: bool = False,
+                  images_per_step: int | None = None) -> tuple[int, dict]:
+    """Load ``path`` into the model and optimiser; (its step, the collapse probe's state).
+
+    ``images_per_step`` (this run's global batch per optimiser step) is compared with the one the
+    checkpoint was written at: a different one would silently change the steps per epoch, the
+    schedules and the data order, so it is an error unless ``optimization.allow_batch_change``,
+    which converts the step so that the images seen (and the schedules' position) are kept."""
     state = load_checkpoint(path)
+    saved_batch = state.get("images_per_step")
+    if images_per_step is not None and saved_batch is not None and saved_batch != images_per_step:
+        if not cfg.optimization.allow_batch_change:
+            raise ConfigError(
+                f"checkpoint {path} was written at a global batch of {saved_batch} images per optimiser step; this "
+                f"run has {images_per_step} (data.batch_size x processes x optimization.accum_steps). Resume with "
+                f"settings that give {saved_batch} images per step (e.g. fewer processes and a larger "
+                f"data.batch_size or optimization.accum_steps), or set optimization.allow_batch_change=true to "
+                f"continue at {images_per_step}: the step is then converted to keep the images seen")
     try:
         if sharded:
             load_full_state(model, optimizer, state)
@@ -200,6 +236,13 @@ def restore_state(path: Path, model: IJEPA, optimizer, cfg: Config, sharded: boo
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} does not match this config "
                               f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if images_per_step is not None and saved_batch is not None and saved_batch != images_per_step:
+        converted = step * saved_batch // images_per_step
+        log.warning("optimization.allow_batch_change: the checkpoint's %d steps of %d images continue as step %d of "
+                    "%d images (the images seen and the schedules' position kept; the data order within the "
+                    "epoch and the optimiser's state follow the old batch)", step, saved_batch, converted,
+                    images_per_step)
+        step = converted
     saved, now = state.get("config", {}), cfg.to_dict()
     changed = [f"{sec}.{key}" for sec, values in now.items() if sec != "logging"
                for key, value in values.items()
@@ -218,7 +261,7 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
     validate(cfg)
     if dataset is None:
         dataset = build_dataset(cfg.data)  # fails on a missing or empty data folder before anything is written
-    world = init_distributed()
+    world = init_distributed(cfg.meta.device)
     try:
         return _train(cfg, dataset, world, max_steps)
     finally:
@@ -251,9 +294,9 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     model = build_ijepa(cfg).to(device)
     sharded = _shard(model, world, meta.fsdp)
     optimizer = build_optimizer(model, o)
-    schedules = Schedules.from_config(o, steps_per_epoch)
+    schedules = Schedules.from_config(scaled_lrs(o, global_batch * o.accum_steps, world.main), steps_per_epoch)
     latest = ckpt_dir / "latest.pt"
-    start_step, resumed_probe = _resume(latest, model, optimizer, cfg, sharded)
+    start_step, resumed_probe = _resume(latest, model, optimizer, cfg, sharded, global_batch * o.accum_steps)
     if start_step:
         log.info("resuming %s from step %d (epoch %d)", latest, start_step, start_step // steps_per_epoch)
     if world.main:
@@ -267,15 +310,16 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     loader = build_pretrain_loader(dataset, transform, sampler, d.batch_size, micro_per_epoch,
                                    start_step * o.accum_steps, stop_step * o.accum_steps, meta.seed,
                                    d.num_workers, d.pin_mem and device.type == "cuda", world.rank, world.size,
-                                   d.decode_on_device)
+                                   d.decode_on_device, cfg.mask.pack_group)
     autocast = autocast_for(meta, device)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     csv_log = CSVLog(run_dir / "log.csv", start_step) if world.main else None
     writer = _tensorboard(run_dir, lg, start_step) if world.main else None
     bar = tqdm(total=stop_step, initial=start_step, disable=not (lg.progress_bar and world.main), unit="step",
                dynamic_ncols=True)
-    log.info("training %s on %s: %d images, %d steps/epoch of %d images (%d per process x %d processes x %d "
-             "micro-batches), steps %d..%d, run dir %s", meta.model_name, device, len(dataset), steps_per_epoch,
+    log.info("training %s on %s%s: %d images, %d steps/epoch of %d images (%d per process x %d processes x %d "
+             "micro-batches), steps %d..%d, run dir %s", meta.model_name, device,
+             " (bf16 autocast)" if bf16_autocast(meta, device) else " (fp32)", len(dataset), steps_per_epoch,
              global_batch * o.accum_steps, d.batch_size, world.size, o.accum_steps, start_step, stop_step, run_dir)
     step_model = model
     if world.size > 1 and not sharded:
@@ -303,11 +347,18 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                 group["lr"] = lr
                 if group["decay"]:
                     group["weight_decay"] = wd
-            results = []
+            micro = []
             for _ in range(o.accum_steps):
                 batch = skips.count_images(decode_batch(next(batches), transform, device, d.in_chans))
-                if batch["images"] is not None:
-                    results.append(forward_backward(step_model, batch, device, autocast, 1.0 / o.accum_steps, step))
+                # All processes skip a micro-batch together when one has no readable image in it: a process
+                # that skipped alone would leave the others waiting in the gradient all-reduce.
+                if world.any(batch["images"] is None, device):
+                    if batch["images"] is not None:
+                        log.warning("micro-batch %d skipped on every process: another process had no readable "
+                                    "image in its share of it", batch["batch"])
+                    continue
+                micro.append(batch)
+            results = accumulate(step_model, micro, device, autocast, 1.0 / o.accum_steps, step)
             # Only with skipping on is the loss read back every step (a host sync) to decide.
             if o.skip_nonfinite_steps and world.any(not all(bool(r[0].isfinite()) for r in results), device):
                 optimizer.zero_grad(set_to_none=True)
@@ -315,11 +366,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
             else:
                 for loss, std, counts in results:
                     window.add(loss, std, *counts)
-                if o.clip_grad > 0:
-                    nn.utils.clip_grad_norm_(params, o.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                model.update_target(momentum)
+                optimizer_step(model, optimizer, params, o.clip_grad, momentum)
             bar.update(1)
 
             done = step + 1
@@ -339,7 +386,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                 monitor.check(model.target_encoder, autocast, done, done // steps_per_epoch)
             if save_now and (world.main or sharded):
                 epoch = done // steps_per_epoch
-                state = checkpoint_state(model, optimizer, done, epoch, cfg, sharded)  # collective under FSDP
+                state = checkpoint_state(model, optimizer, done, epoch, cfg, sharded,  # collective under FSDP
+                                         global_batch * o.accum_steps)
                 if world.main and probe is not None:
                     state["collapse_probe"] = probe.state()
                 if world.main:
@@ -348,6 +396,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
             if stop_now:
                 name = signal.Signals(signals.received or signal.SIGTERM).name
                 log.info("%s: saved %s at step %d and stopped; start the same command again to resume", name, latest, done)
+                signals.hand_on()  # e.g. submitit's handler: requeue the job (it resumes from latest.pt)
                 raise Preempted(f"{name} received: checkpoint {latest} saved at step {done}; rerun to resume")
     finally:
         signals.restore()
@@ -356,6 +405,33 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
             writer.close()
     log.info("stopped at step %d of %d; checkpoint %s", stop_step, total_steps, latest)
     return run_dir
+
+
+def scaled_lrs(o, images_per_step: int, report: bool = True):
+    """The optimisation settings with start_lr, lr and final_lr scaled as ``optimization.lr_scaling``
+    says (by the global batch over ``optimization.reference_batch``: linearly, or by its square
+    root); logs the global batch beside the reference one, with a warning when they differ and the
+    LR is not scaled."""
+    ref = o.reference_batch
+    factor = 1.0
+    if ref is not None and o.lr_scaling != "none":
+        factor = images_per_step / ref if o.lr_scaling == "linear" else math.sqrt(images_per_step / ref)
+    if report:
+        if ref is None:
+            log.info("global batch %d images per step (optimization.reference_batch not set: the LR %g is used as "
+                     "given)", images_per_step, o.lr)
+        elif factor != 1.0:
+            log.info("global batch %d, the recipe's reference batch %d: LRs scaled %s by %.4g (lr %g -> %g)",
+                     images_per_step, ref, o.lr_scaling, factor, o.lr, o.lr * factor)
+        elif images_per_step != ref:
+            log.warning("global batch %d images per step, but the recipe's LR %g was set for %d "
+                        "(optimization.reference_batch); the LR is not scaled (optimization.lr_scaling=none)",
+                        images_per_step, o.lr, ref)
+        else:
+            log.info("global batch %d images per step, the recipe's reference batch", images_per_step)
+    if factor == 1.0:
+        return o
+    return dataclasses.replace(o, start_lr=o.start_lr * factor, lr=o.lr * factor, final_lr=o.final_lr * factor)
 
 
 def _shard(model: IJEPA, world: World, fsdp: bool) -> bool:
@@ -369,15 +445,16 @@ def _shard(model: IJEPA, world: World, fsdp: bool) -> bool:
     return False
 
 
-def _resume(latest: Path, model: IJEPA, optimizer, cfg: Config, sharded: bool) -> tuple[int, dict]:
+def _resume(latest: Path, model: IJEPA, optimizer, cfg: Config, sharded: bool,
+            images_per_step: int | None = None) -> tuple[int, dict]:
     """The step ``latest.pt`` holds (its state loaded) and its collapse-probe state, or (0, {}) when
-    there is none. A checkpoint that cannot be used is an error naming it, and the newest periodic
-    one to fall back on."""
+    there is none. A checkpoint that cannot be used is an error naming it; a corrupt one also names
+    the newest periodic one to fall back on."""
     if not latest.exists():
         return 0, {}
     try:
-        return restore_state(latest, model, optimizer, cfg, sharded)
-    except CheckpointError as e:
+        return restore_state(latest, model, optimizer, cfg, sharded, images_per_step)
+    except CorruptCheckpoint as e:
         periodic = sorted(latest.parent.glob("epoch_*.pt"))
         hint = f"; the newest periodic checkpoint is {periodic[-1]}: copy it over latest.pt to resume from it" \
             if periodic else ""
@@ -450,20 +527,72 @@ def mask_sampler_for(cfg: Config):
 def autocast_for(meta, device: torch.device):
     """bf16 autocast on CUDA (``meta.use_bfloat16``, no GradScaler: bf16 has fp32's range) and,
     when ``meta.cpu_bfloat16`` asks, on CPU; plain fp32 otherwise."""
-    enabled = meta.use_bfloat16 if device.type == "cuda" else meta.cpu_bfloat16
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_autocast(meta, device))
+
+
+def bf16_autocast(meta, device: torch.device) -> bool:
+    return meta.use_bfloat16 if device.type == "cuda" else meta.cpu_bfloat16
 
 
 def forward_backward(model: nn.Module, batch: dict, device: torch.device, autocast, scale: float, step: int = 0):
     """One micro-batch: the loss and its gradient (scaled for accumulation). Returns the loss, the
-    target spread and the (images, context tokens, target tokens) counts, all left on the device."""
+    target spread and the (images, context tokens, target tokens) counts (tokens per image, averaged
+    over the batch's mask groups), the tensors left on the device."""
     images = batch["images"].to(device, non_blocking=True)
-    context_idx = batch["context_idx"].to(device, non_blocking=True)
-    target_idx = batch["target_idx"].to(device, non_blocking=True)
+    context_idx, target_idx = batch["context_idx"], batch["target_idx"]
+    if isinstance(context_idx, torch.Tensor):
+        context_idx, target_idx = [context_idx], [target_idx]
+    context_idx = [c.to(device, non_blocking=True) for c in context_idx]
+    target_idx = [t.to(device, non_blocking=True) for t in target_idx]
     with autocast:
-        loss, target = model(images, context_idx, target_idx, return_target=True, step=step)
+        loss, targets = model(images, context_idx, target_idx, return_target=True, step=step)
     (loss * scale).backward()
-    return loss.detach(), target_std(target), (len(images), context_idx.size(1), target_idx.size(1) * target_idx.size(2))
+    n = len(images)
+    tokens = (sum(c.size(0) * c.size(1) for c in context_idx) / n,
+              sum(t.size(0) * t.size(1) * t.size(2) for t in target_idx) / n)
+    return loss.detach(), target_std(targets), (n, *tokens)
+
+
+def accumulate(step_model: nn.Module, micro: list[dict], device: torch.device, autocast, scale: float,
+               step: int = 0) -> list:
+    """Forward and backward over one optimiser step's micro-batches, the gradients summed. Across
+    processes they are synchronised once, with the last micro-batch: DDP's ``no_sync`` and FSDP's
+    ``set_requires_gradient_sync(False)`` hold back the all-reduce (or reduce-scatter) before it.
+    Returns forward_backward's result for each micro-batch."""
+    results = []
+    for i, batch in enumerate(micro):
+        with gradient_sync(step_model, i == len(micro) - 1):
+            results.append(forward_backward(step_model, batch, device, autocast, scale, step))
+    return results
+
+
+def optimizer_step(model: IJEPA, optimizer, params: list, clip_grad: float, momentum: float) -> None:
+    """After the step's gradients: clip (when ``clip_grad`` > 0), AdamW, and the EMA of the target."""
+    if clip_grad > 0:
+        nn.utils.clip_grad_norm_(params, clip_grad)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.update_target(momentum)
+
+
+@contextlib.contextmanager
+def gradient_sync(step_model: nn.Module, sync: bool):
+    """Gradients communicated across processes in this backward only when ``sync``."""
+    if sync:
+        yield
+        return
+    if hasattr(step_model, "no_sync"):  # DDP
+        with step_model.no_sync():
+            yield
+        return
+    sharded = [m for m in step_model.children() if hasattr(m, "set_requires_gradient_sync")]  # FSDP (fully_shard)
+    for module in sharded:
+        module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        for module in sharded:
+            module.set_requires_gradient_sync(True)
 
 
 class _Window:
@@ -643,11 +772,12 @@ class Monitor:
         return row
 
 
-def target_std(target: torch.Tensor) -> torch.Tensor:
+def target_std(target) -> torch.Tensor:
     """Spread of the target features across tokens and images: the per-dimension standard
     deviation, averaged over dimensions. It falls towards 0 when the representation collapses
     (every patch mapped to the same vector), even while the loss looks healthy."""
-    return target.detach().float().flatten(0, -2).std(0).mean()
+    targets = [target] if isinstance(target, torch.Tensor) else target
+    return torch.cat([t.detach().float().flatten(0, -2) for t in targets]).std(0).mean()
 
 
 def _tensorboard(run_dir: Path, lg, start_step: int):
