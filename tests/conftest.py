@@ -24,6 +24,7 @@ def tiny_config(folder, **sections) -> Config:
     cfg.meta.model_name = "vit_tiny"
     cfg.meta.pred_depth = 1
     cfg.meta.pred_emb_dim = 48
+    cfg.meta.cpu_bfloat16 = False  # the same arithmetic on every CPU (auto would follow the machine)
     cfg.optimization.epochs = 2
     cfg.optimization.warmup = 0.5
     cfg.logging.folder = str(folder)

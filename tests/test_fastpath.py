@@ -117,3 +117,24 @@ def test_compiled_blocks_match_eager_and_do_not_recompile_as_mask_lengths_vary(t
     a, b = weights(eager), weights(compiled)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=2e-6, msg=name)
+
+
+def test_cpu_bfloat16_auto_follows_the_cpus_native_bf16(tmp_path, monkeypatch):
+    """meta.cpu_bfloat16 defaults to auto: bf16 autocast where the CPU multiplies bf16 natively (AMX
+    or AVX512-BF16), fp32 elsewhere; true and false force it; anything else is refused."""
+    from openjepa.config import ConfigError, load_config
+    from openjepa.evaluate import features
+    from openjepa.train import bf16_autocast
+
+    cpu = torch.device("cpu")
+    cfg = load_config(None, ["meta.model_name=vit_tiny"])
+    assert cfg.meta.cpu_bfloat16 == "auto"
+    for native in (True, False):
+        monkeypatch.setattr(features, "cpu_has_fast_bf16", lambda native=native: native)
+        assert bf16_autocast(cfg.meta, cpu) is native
+    for value, enabled in (("true", True), ("false", False)):
+        assert bf16_autocast(load_config(None, [f"meta.cpu_bfloat16={value}"]).meta, cpu) is enabled
+    with pytest.raises(ConfigError, match="cpu_bfloat16 must be true, false or auto"):
+        load_config(None, ["meta.cpu_bfloat16=sometimes"])
+    with pytest.raises(ConfigError, match="cpu_bfloat16 must be true or false or a string"):
+        load_config(None, ["meta.cpu_bfloat16=3"])

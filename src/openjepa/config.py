@@ -75,7 +75,7 @@ class MetaConfig:
     loss: str = "smooth_l1"  # smooth_l1 (reference code) | l2 (paper text)
     target: str = "representations"  # representations | pixels (the paper's Table 7 ablation)
     use_bfloat16: bool = True  # bf16 autocast on CUDA
-    cpu_bfloat16: bool = False  # bf16 autocast on CPU too (fast where the CPU has AMX / AVX512-BF16)
+    cpu_bfloat16: bool | str = "auto"  # bf16 autocast on CPU too; auto: where the CPU has AMX / AVX512-BF16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Opt-in terms against collapse on the pooled context features (regularizers.py); 0 = off, the paper's method.
     variance_weight: float = 0.0  # C-JEPA / VICReg variance hinge
@@ -170,7 +170,15 @@ def _coerce(key: str, value, hint):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return _coerce(key, value, next(a for a in args if a is not type(None)))
+        errors = []
+        for arg in (a for a in args if a is not type(None)):  # the first type that takes the value
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{key} must be {' or '.join(_SCALARS[a][1] for a in args if a in _SCALARS)}, got {value!r}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
@@ -313,6 +321,8 @@ def validate(cfg: Config) -> Config:
     if meta.pred_depth < 1 or meta.pred_emb_dim < 1 or meta.pred_emb_dim % size.heads or meta.pred_emb_dim % 4:
         raise ConfigError(f"meta.pred_emb_dim must be a positive multiple of 4 and of the encoder's "
                           f"{size.heads} heads, and meta.pred_depth positive; got {meta.pred_emb_dim}, {meta.pred_depth}")
+    if isinstance(meta.cpu_bfloat16, str) and meta.cpu_bfloat16 != "auto":
+        raise ConfigError(f"meta.cpu_bfloat16 must be true, false or auto, got {meta.cpu_bfloat16!r}")
     if meta.loss not in LOSSES:
         raise ConfigError(f"meta.loss must be one of {', '.join(LOSSES)}, got {meta.loss!r}")
     if meta.target not in TARGETS:
