@@ -6,6 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,timm
 CONFIG ?= configs/fmnist_vit_tiny.yaml
+OVERRIDES ?=  # section.key=value settings for the demo's training, e.g. meta.cpu_bfloat16=false
 BIN := $(VENV)/bin
 
 .PHONY: demo test data install browser clean
@@ -37,7 +38,7 @@ data: install
 # Pretrain, then a quick probe (10k training labels) of the encoder beside a random one and raw pixels,
 # then the report, whose first lines say whether it learned.
 demo: data
-	$(BIN)/openjepa train $(CONFIG)
+	$(BIN)/openjepa train $(CONFIG) $(OVERRIDES)
 	run=$$($(BIN)/python -c "from openjepa.config import load_config; print(load_config('$(CONFIG)').logging.folder)") && \
 	$(BIN)/openjepa eval $$run/checkpoints/latest.pt --protocol linear,knn --baselines random,pixels \
 		--train-limit 10000 --no-progress && \

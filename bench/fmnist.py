@@ -91,18 +91,19 @@ def run_recipe(name: str, runs_dir: Path, md: Path, protocols: list[str]) -> dic
     return record
 
 
-def run_ablations(runs_dir: Path, md: Path, fraction: float) -> None:
-    base = load_config(ABLATION_BASE)
+def run_ablations(runs_dir: Path, md: Path, fraction: float, extra: list[str], train_limit: int | None = None) -> None:
+    base = load_config(ABLATION_BASE, extra)
     steps = int(fraction * (60000 // base.data.batch_size))
     for name, overrides in ABLATIONS.items():
         folder = runs_dir / ("ablation_" + name.split()[0].replace("-", ""))
-        cfg = load_config(ABLATION_BASE, [*overrides, f"logging.folder={folder}", f"optimization.ipe_scale={fraction}",
-                                          "logging.progress_bar=false"])
+        cfg = load_config(ABLATION_BASE, [*extra, *overrides, f"logging.folder={folder}",
+                                          f"optimization.ipe_scale={fraction}", "logging.progress_bar=false"])
         run_dir = train(cfg, max_steps=steps)
         record = evaluate(run_dir / "checkpoints/latest.pt", "fashion_mnist", ("linear", "knn", "lowshot"), (),
-                          progress=False)
+                          progress=False, train_limit=train_limit)
         r = record["results"]["ijepa"]
-        row = [time.strftime("%Y-%m-%d"), name, f"{steps} steps", f"{pretrain_seconds(run_dir) / 60:.1f}", machine(),
+        label = name + (f" ({' '.join(extra)})" if extra else "") + (f", probes on {train_limit} labels" if train_limit else "")
+        row = [time.strftime("%Y-%m-%d"), label, f"{steps} steps", f"{pretrain_seconds(run_dir) / 60:.1f}", machine(),
                pct(r["linear"]["test_acc"]), pct(r["knn"]["k=20"]), pct(r["lowshot"]["0.01"]["mean"]),
                f"{r['rankme']:.1f}", str(PAPER[name])]
         print(" | ".join(row))
@@ -119,12 +120,17 @@ def main() -> None:
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--ablation-fraction", type=float, default=0.5,
                         help="epochs of each ablation run (of configs/fmnist_vit_tiny.yaml's one-epoch schedule)")
+    parser.add_argument("--ablation-override", action="append", default=[],
+                        help="section.key=value applied to every ablation run, e.g. meta.cpu_bfloat16=true")
+    parser.add_argument("--ablation-train-limit", type=int, default=None,
+                        help="probe the ablations on a seeded subset of this many training images (faster)")
     args = parser.parse_args()
     if not args.skip_recipe:
         record = run_recipe(args.recipe, args.runs_dir, args.md, args.protocols.split(","))
         print(json.dumps({"result": record["path"]}))
     if args.ablations:
-        run_ablations(args.runs_dir, args.md, args.ablation_fraction)
+        run_ablations(args.runs_dir, args.md, args.ablation_fraction, args.ablation_override,
+                      args.ablation_train_limit)
 
 
 if __name__ == "__main__":
