@@ -138,6 +138,8 @@ def test_target_std_measures_spread_and_the_watch_flags_collapse_once():
 
 
 def test_sigterm_saves_a_complete_checkpoint_and_exits_75_then_resumes_exactly(tmp_path):
+    """With a loader worker, which ignores SIGTERM: the run still exits (it used to save, then hang
+    at exit waiting for the worker)."""
     import signal
     import subprocess
     import sys
@@ -145,7 +147,8 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits_75_then_resumes_exactly(t
 
     import yaml
 
-    cfg = tiny_config(tmp_path / "run", optimization={"epochs": 200}, logging={"log_every": 1, "progress_bar": False})
+    cfg = tiny_config(tmp_path / "run", optimization={"epochs": 200}, logging={"log_every": 1, "progress_bar": False},
+                      data={"num_workers": 1})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     proc = subprocess.Popen([sys.executable, "-m", "openjepa.cli", "train", str(tmp_path / "c.yaml")],
                             stderr=subprocess.PIPE, text=True)

@@ -400,6 +400,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                 raise Preempted(f"{name} received: checkpoint {latest} saved at step {done}; rerun to resume")
     finally:
         signals.restore()
+        _close_loader(batches)
         bar.close()
         if writer is not None:
             writer.close()
@@ -432,6 +433,15 @@ def scaled_lrs(o, images_per_step: int, report: bool = True):
     if factor == 1.0:
         return o
     return dataclasses.replace(o, start_lr=o.start_lr * factor, lr=o.lr * factor, final_lr=o.final_lr * factor)
+
+
+def _close_loader(batches) -> None:
+    """Stop the loader's worker processes now. They ignore SIGTERM (the main process acts on it at a
+    step boundary), so left to the interpreter's exit, multiprocessing would send them a SIGTERM
+    they ignore and wait for them forever: a pre-empted run saved its checkpoint, then hung."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process loader iterator
+    if shutdown is not None:
+        shutdown()
 
 
 def _shard(model: IJEPA, world: World, fsdp: bool) -> bool:
