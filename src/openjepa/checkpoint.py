@@ -51,17 +51,12 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
     try:
-        with open(path, "rb") as f:
-            f.read(1)
-    except OSError as e:  # permission, I/O error: the file may be fine, the reading is not
-        raise CheckpointError(f"checkpoint {path} cannot be opened: {e.strerror or e}") from None
-    try:
         # mmap needs torch's zip format; an older (legacy) file is read whole
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"checkpoint {path} holds more than weights and was refused (loading it "
                               f"could run code): {str(e).splitlines()[0]}") from None
-    except OSError as e:
+    except OSError as e:  # permission, I/O error: the file may be fine, the reading is not
         raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
     except Exception as e:  # zip and pickle errors of many types: the bytes are not a whole checkpoint
         raise CorruptCheckpoint(f"checkpoint {path} cannot be read (truncated or corrupt?): "

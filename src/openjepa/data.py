@@ -410,9 +410,9 @@ class MaskCollator:
         """The masks of the images at these global positions of batch ``batch`` (ascending):
         ``context_idx`` and ``target_idx`` (one tensor per group) and ``group_sizes``."""
         contexts, targets, sizes = [], [], []
+        seek = getattr(self.sampler, "seek", None)  # the reference sampler: block sizes from the batch number
         for g in sorted({p // self.group for p in positions}):
-            seek = getattr(self.sampler, "seek", None)
-            if seek is not None:  # the reference sampler: block sizes from the batch number, as its shared counter
+            if seek is not None:  # before every group, as the reference's counter before every GPU's batch
                 seek(batch)
             context_idx, target_idx = self.sampler(self.group, generator_for(self.seed, MASK, batch, g))
             rows = torch.tensor([p - g * self.group for p in positions if p // self.group == g])

@@ -76,13 +76,9 @@ class IJEPA(nn.Module):
         own length). The target encoder then runs once on all images; the context encoder and the
         predictor once per group; the loss is the mean over images, and the regulariser sees the
         whole batch. The targets come back as a list, one per group."""
-        if isinstance(context_idx, torch.Tensor):
-            target = self.forward_target(images, target_idx)
-            context = self.encoder(images, context_idx)
-            loss = self.forward_loss(self.predictor(context, context_idx, target_idx), target)
-            if self.regularizer is not None:
-                loss = loss + self.regularizer(context, step)
-            return (loss, target) if return_target else loss
+        if isinstance(context_idx, torch.Tensor):  # one group: the same arithmetic, the target as one tensor
+            loss, targets = self(images, [context_idx], [target_idx], return_target=True, step=step)
+            return (loss, targets[0]) if return_target else loss
         sizes = [c.size(0) for c in context_idx]
         if sum(sizes) != images.size(0) or len(target_idx) != len(sizes):
             raise ValueError(f"mask groups of {sizes} images (and {len(target_idx)} target groups) for a batch of "

@@ -217,7 +217,8 @@ def restore_state(path: Path, model: IJEPA, optimizer, cfg: Config, sharded: boo
     which converts the step so that the images seen (and the schedules' position) are kept."""
     state = load_checkpoint(path)
     saved_batch = state.get("images_per_step")
-    if images_per_step is not None and saved_batch is not None and saved_batch != images_per_step:
+    batch_changed = images_per_step is not None and saved_batch is not None and saved_batch != images_per_step
+    if batch_changed:
         if not cfg.optimization.allow_batch_change:
             raise ConfigError(
                 f"checkpoint {path} was written at a global batch of {saved_batch} images per optimiser step; this "
@@ -236,7 +237,7 @@ def restore_state(path: Path, model: IJEPA, optimizer, cfg: Config, sharded: boo
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} does not match this config "
                               f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if images_per_step is not None and saved_batch is not None and saved_batch != images_per_step:
+    if batch_changed:
         converted = step * saved_batch // images_per_step
         log.warning("optimization.allow_batch_change: the checkpoint's %d steps of %d images continue as step %d of "
                     "%d images (the images seen and the schedules' position kept; the data order within the "
@@ -274,10 +275,11 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     if device.type == "cuda" and world.size > 1:
         device = torch.device("cuda", world.local_rank)
     global_batch = d.batch_size * world.size
+    images_per_step = global_batch * o.accum_steps
     micro_per_epoch = len(dataset) // global_batch // o.accum_steps * o.accum_steps
     if micro_per_epoch == 0:
         raise DataError(f"the dataset has {len(dataset)} images, fewer than one optimiser step of "
-                        f"{global_batch * o.accum_steps} (data.batch_size x processes x optimization.accum_steps)")
+                        f"{images_per_step} (data.batch_size x processes x optimization.accum_steps)")
     steps_per_epoch = micro_per_epoch // o.accum_steps
     total_steps = o.epochs * steps_per_epoch
     try:
@@ -294,9 +296,9 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     model = build_ijepa(cfg).to(device)
     sharded = _shard(model, world, meta.fsdp)
     optimizer = build_optimizer(model, o)
-    schedules = Schedules.from_config(scaled_lrs(o, global_batch * o.accum_steps, world.main), steps_per_epoch)
+    schedules = Schedules.from_config(scaled_lrs(o, images_per_step, world.main), steps_per_epoch)
     latest = ckpt_dir / "latest.pt"
-    start_step, resumed_probe = _resume(latest, model, optimizer, cfg, sharded, global_batch * o.accum_steps)
+    start_step, resumed_probe = _resume(latest, model, optimizer, cfg, sharded, images_per_step)
     if start_step:
         log.info("resuming %s from step %d (epoch %d)", latest, start_step, start_step // steps_per_epoch)
     if world.main:
@@ -320,7 +322,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     log.info("training %s on %s%s: %d images, %d steps/epoch of %d images (%d per process x %d processes x %d "
              "micro-batches), steps %d..%d, run dir %s", meta.model_name, device,
              " (bf16 autocast)" if bf16_autocast(meta, device) else " (fp32)", len(dataset), steps_per_epoch,
-             global_batch * o.accum_steps, d.batch_size, world.size, o.accum_steps, start_step, stop_step, run_dir)
+             images_per_step, d.batch_size, world.size, o.accum_steps, start_step, stop_step, run_dir)
     step_model = model
     if world.size > 1 and not sharded:
         from torch.nn.parallel import DistributedDataParallel
@@ -387,7 +389,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
             if save_now and (world.main or sharded):
                 epoch = done // steps_per_epoch
                 state = checkpoint_state(model, optimizer, done, epoch, cfg, sharded,  # collective under FSDP
-                                         global_batch * o.accum_steps)
+                                         images_per_step)
                 if world.main and probe is not None:
                     state["collapse_probe"] = probe.state()
                 if world.main:
@@ -542,13 +544,11 @@ def autocast_for(meta, device: torch.device):
 
 
 def bf16_autocast(meta, device: torch.device) -> bool:
-    return meta.use_bfloat16 if device.type == "cuda" else cpu_bfloat16(meta)
-
-
-def cpu_bfloat16(meta) -> bool:
-    """Whether a CPU run trains under bf16 autocast: ``meta.cpu_bfloat16``, with ``auto`` resolved
-    to this CPU's capability (BENCHMARKS.md: about 1.9x the fp32 step on an AMX Xeon, accuracy
-    within 0.2 linear points at equal steps)."""
+    """Whether a run on ``device`` trains under bf16 autocast: ``meta.use_bfloat16`` on CUDA;
+    ``meta.cpu_bfloat16`` on CPU, ``auto`` resolved to this CPU's capability (BENCHMARKS.md: about
+    1.9x the fp32 step on an AMX Xeon, accuracy within 0.2 linear points at equal steps)."""
+    if device.type == "cuda":
+        return meta.use_bfloat16
     if meta.cpu_bfloat16 == "auto":
         from .evaluate.features import cpu_has_fast_bf16
 
