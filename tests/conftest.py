@@ -49,3 +49,26 @@ def labelled_folder(root, n_per_class=12, size=16, channels=1, vary=False):
                 img[(0 if c == 0 else size // 2):(size // 2 if c == 0 else size)] += 150
                 Image.fromarray(np.stack([img] * 3, -1) if channels == 3 else img).save(root / split / name / f"{i}.png")
     return root
+
+
+def signal_a_training_run(tmp_path, signum):
+    """Train ``tmp_path/run`` in a subprocess (one loader worker) until log.csv has two rows, then
+    send ``signum``; returns (exit code, stderr, the config)."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    cfg = tiny_config(tmp_path / "run", optimization={"epochs": 200}, logging={"log_every": 1, "progress_bar": False},
+                      data={"num_workers": 1})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    proc = subprocess.Popen([sys.executable, "-m", "openjepa.cli", "train", str(tmp_path / "c.yaml")],
+                            stderr=subprocess.PIPE, text=True)
+    log_csv = tmp_path / "run/log.csv"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not log_csv.exists() or len(log_csv.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err, cfg

@@ -9,7 +9,7 @@ from openjepa.config import OptimizationConfig, load_config
 from openjepa.ijepa import build_ijepa
 from openjepa.train import Schedules, param_groups, train
 
-from conftest import tiny_config
+from conftest import signal_a_training_run, tiny_config
 
 
 def read_log(run_dir):
@@ -141,24 +141,9 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits_75_then_resumes_exactly(t
     """With a loader worker, which ignores SIGTERM: the run still exits (it used to save, then hang
     at exit waiting for the worker)."""
     import signal
-    import subprocess
-    import sys
-    import time
 
-    import yaml
-
-    cfg = tiny_config(tmp_path / "run", optimization={"epochs": 200}, logging={"log_every": 1, "progress_bar": False},
-                      data={"num_workers": 1})
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    proc = subprocess.Popen([sys.executable, "-m", "openjepa.cli", "train", str(tmp_path / "c.yaml")],
-                            stderr=subprocess.PIPE, text=True)
-    log_csv = tmp_path / "run/log.csv"
-    deadline = time.time() + 60
-    while time.time() < deadline and (not log_csv.exists() or len(log_csv.read_text().splitlines()) < 3):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 75, err
+    code, err, cfg = signal_a_training_run(tmp_path, signal.SIGTERM)
+    assert code == 75, err
     assert "SIGTERM received" in err.splitlines()[-1]
     stopped = load_checkpoint(tmp_path / "run/checkpoints/latest.pt")
     step = stopped["step"]

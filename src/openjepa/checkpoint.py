@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
+from .errors import BadInput
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(BadInput):
     """A checkpoint that cannot be used; the message names the file."""
 
 
@@ -40,6 +42,13 @@ def atomic_save(obj, path: str | Path) -> Path:
     return path
 
 
+def _what_was_refused(message: str) -> str:
+    """The line of torch's refusal that names the object (a GLOBAL), without its advice to load
+    with ``weights_only=False``: never the thing to do with a file of unknown origin."""
+    named = [line.strip() for line in message.splitlines() if "GLOBAL" in line or "Unsupported" in line]
+    return f": {named[0]}" if named else ""
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load with ``weights_only=True``, memory-mapped (``mmap=True``: the tensors are read from the
     file as they are used, so N processes on a node share the page cache instead of each holding a
@@ -55,7 +64,7 @@ def load_checkpoint(path: str | Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"checkpoint {path} holds more than weights and was refused (loading it "
-                              f"could run code): {str(e).splitlines()[0]}") from None
+                              f"could run code){_what_was_refused(str(e))}") from None
     except OSError as e:  # permission, I/O error: the file may be fine, the reading is not
         raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
     except Exception as e:  # zip and pickle errors of many types: the bytes are not a whole checkpoint

@@ -2,15 +2,58 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import signal
 import sys
+from pathlib import Path
 
-from .checkpoint import CheckpointError
 from .config import load_config
+from .errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, BadInput, check_output_file,
+                     check_writable_folder)
 from .train import Preempted, TrainingError, train
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving; rerun to resume
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"worker counts must be >= 0, got {text}")
+    return values
+
+
+POSITIVE, NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -23,6 +66,7 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .interop import export_encoder
 
+    check_writable_folder(args.out, "--out")
     out = export_encoder(args.checkpoint, args.format, args.out, args.which)
     print(f"exported the {args.which} encoder of {args.checkpoint} as {args.format} to {out}")
     return 0
@@ -31,6 +75,8 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table
 
+    if args.out is not None:
+        check_output_file(args.out, "--out")
     split = lambda text: [t for t in text.split(",") if t]  # noqa: E731
     record = evaluate(args.checkpoint, args.data, split(args.protocol), split(args.baselines), args.which, args.layers,
                       args.data_root, args.cache_dir, args.out, args.seed, args.batch_size, args.num_workers,
@@ -38,6 +84,8 @@ def _eval(args: argparse.Namespace) -> int:
                       linear_steps=args.linear_steps, attentive_epochs=args.attentive_epochs,
                       train_limit=args.train_limit)
     print(format_table(record["results"]))
+    for note in record.get("notes", []):
+        print(f"note: {note}")
     print(f"result: {record['path']} ({record['wall_s']} s)")
     return 0
 
@@ -45,6 +93,9 @@ def _eval(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from .launch import submit
 
+    if not args.local and shutil.which("sbatch") is None:
+        raise BadInput("openjepa submit queues on SLURM, and this machine has no SLURM (sbatch not found): "
+                       "use openjepa train here, or --local to test the launch path")
     cfg = load_config(args.config, args.overrides)
     job = submit(cfg, args.log_dir, args.nodes, args.gpus_per_node, args.partition, args.timeout_min,
                  cluster="local" if args.local else None)
@@ -55,11 +106,11 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _viz(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from . import viz
 
-    out = Path(args.out)
+    out = check_output_file(args.out, "--out")
+    if out.suffix.lower() != ".png":
+        raise BadInput(f"--out {out}: the picture is a PNG; give a file name ending in .png")
     if args.what == "masks":
         cfg = load_config(args.target, args.overrides)
         viz.mask_grid(viz.sample_images(cfg, args.n, args.seed), cfg, seed=args.seed).save(out)
@@ -74,6 +125,8 @@ def _viz(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .viz import write_report
 
+    if args.out is not None:
+        check_output_file(args.out, "--out")
     print(f"report: {write_report(args.run_dir, args.out, n_images=args.n, seed=args.seed)}")
     return 0
 
@@ -87,8 +140,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.loader:
         from .bench import bench_loader
 
-        workers = tuple(int(n) for n in args.workers.split(","))
-        result = bench_loader(cfg, batches=args.steps, workers=workers, warmup=args.warmup)
+        result = bench_loader(cfg, batches=args.steps, workers=args.workers, warmup=args.warmup)
         print(f"loader, {result['dataset']} ({result['images']} images, decoded on {result['decode_on']}), "
               f"batch {result['batch']} at "
               f"{result['crop_size']} px; masks {result['masks_us_per_img']} us/image")
@@ -103,12 +155,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="openjepa", description="I-JEPA pretraining and reuse")
+    parser = _Parser(prog="openjepa", description="I-JEPA pretraining and reuse")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("train", help="pretrain (resumes from RUN/checkpoints/latest.pt if present)")
     p.add_argument("config", help="YAML config (ours or a reference one)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. optimization.epochs=10")
-    p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
+    p.add_argument("--max-steps", type=POSITIVE, default=None, help="stop (with a checkpoint) after this many steps")
     p.set_defaults(func=_train)
     p = commands.add_parser("eval", help="linear / kNN / low-shot / attentive probes of a frozen encoder, with baselines")
     p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")
@@ -124,25 +176,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="result JSON (default: RUN/eval/<checkpoint>_<which>.json)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: beside the result)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--batch-size", type=POSITIVE, default=256)
+    p.add_argument("--num-workers", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="feature extraction; auto: bf16 on CUDA and on CPUs with native bf16")
-    p.add_argument("--linear-steps", type=int, default=None,
+    p.add_argument("--linear-steps", type=POSITIVE, default=None,
                    help="optimiser steps of each linear probe (default: 100 epochs of its training split, at least 2000)")
-    p.add_argument("--attentive-epochs", type=int, default=4)
-    p.add_argument("--train-limit", type=int, default=None,
+    p.add_argument("--attentive-epochs", type=POSITIVE, default=4)
+    p.add_argument("--train-limit", type=_int_at_least(10), default=None,
                    help="use this many training images (a seeded random subset) for a quick evaluation")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
     p = commands.add_parser("submit", help="queue training on SLURM with submitit (requeued on pre-emption)")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--nodes", type=POSITIVE, default=1)
+    p.add_argument("--gpus-per-node", type=POSITIVE, default=8)
     p.add_argument("--partition", default=None)
-    p.add_argument("--timeout-min", type=int, default=4320)
+    p.add_argument("--timeout-min", type=POSITIVE, default=4320)
     p.add_argument("--log-dir", default="runs/slurm", help="submitit's folder for job logs and pickles")
     p.add_argument("--local", action="store_true", help="run as a local process instead (tests the launch path)")
     p.add_argument("--wait", action="store_true", help="wait for the job and print its run directory")
@@ -152,25 +204,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("target", help="masks: a config; curves: a run directory; features: a training checkpoint")
     p.add_argument("overrides", nargs="*", help="section.key=value (masks, features: e.g. data.root_path=...)")
     p.add_argument("--out", required=True, help="the PNG to write")
-    p.add_argument("--n", type=int, default=8, help="images shown")
+    p.add_argument("--n", type=POSITIVE, default=8, help="images shown")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_viz)
     p = commands.add_parser("report", help="write RUN_DIR/report.html: config, curves, masks, features, evaluations")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None)
-    p.add_argument("--n", type=int, default=8, help="images shown")
+    p.add_argument("--n", type=POSITIVE, default=8, help="images shown")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_report)
     p = commands.add_parser("bench", help="time the training step on synthetic data; last line is JSON")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--steps", type=int, default=10, help="steps per timed window")
-    p.add_argument("--windows", type=int, default=3, help="timed windows; the median is reported")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: from the GPU's name)")
+    p.add_argument("--steps", type=POSITIVE, default=10, help="steps per timed window")
+    p.add_argument("--windows", type=POSITIVE, default=3, help="timed windows; the median is reported")
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=3)
+    p.add_argument("--peak-tflops", type=_positive_float, default=None, help="peak for MFU (default: from the GPU's name)")
     p.add_argument("--loader", action="store_true",
                    help="time the input pipeline alone on the config's data (read, decode, crop, masks); --steps batches")
-    p.add_argument("--workers", default="0,1,2", help="with --loader: the worker counts to time")
+    p.add_argument("--workers", type=_int_list, default=(0, 1, 2), help="with --loader: the worker counts to time")
     p.set_defaults(func=_bench)
     p = commands.add_parser("export", help="write a checkpoint's encoder for Hugging Face, timm or safetensors")
     p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")
@@ -182,15 +234,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, CheckpointError, FileNotFoundError) as e:  # ConfigError and DataError are ValueErrors
-        print(f"openjepa: error: {e}", file=sys.stderr)
+    except BadInput as e:  # ConfigError, DataError, CheckpointError: the user's input, said in one line
+        print(f"openjepa: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Preempted as e:
         print(f"openjepa: {e}", file=sys.stderr)
-        return EXIT_PREEMPTED
+        return EXIT_INTERRUPTED if e.signum == signal.SIGINT else EXIT_PREEMPTED
     except TrainingError as e:
         print(f"openjepa: training stopped: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("openjepa: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    # Anything else (an error inside torch, numpy, a loader worker, ...) is a bug or a machine failure:
+    # its traceback is what a report needs, so it is not caught here.
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from .errors import BadInput
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -23,7 +26,7 @@ TARGETS = ("representations", "pixels")
 LR_SCALING = ("none", "linear", "sqrt")
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """A configuration that cannot run; the message names the key and the problem."""
 
 
@@ -193,6 +196,8 @@ def _coerce(key: str, value, hint):
             pass
     if not isinstance(value, accepted) or (hint is not bool and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {what}, got {value!r}")
+    if hint is float and not math.isfinite(value):  # YAML reads .nan and .inf as numbers
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
     return float(value) if hint is float else value
 
 
@@ -219,6 +224,52 @@ def from_dict(raw: dict, cfg: Config | None = None) -> Config:
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last,
+    so a second ``data:`` section would silently replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                                  f"keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def _count_hashes(value) -> int:
+    if isinstance(value, str):
+        return value.count("#")
+    if isinstance(value, dict):
+        return sum(_count_hashes(k) + _count_hashes(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(_count_hashes(v) for v in value)
+    return 0
+
+
+def _override_value(item: str, text: str, hint):
+    """An override's value, parsed as YAML. A `` #`` would start a YAML comment and silently cut
+    the value: a string key keeps the text whole (``logging.folder=/data/run #1``); for any other
+    key it is an error."""
+    if not text.strip():
+        return ""  # `key=` sets an empty string
+    try:
+        value = parse_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
+    if text.count("#") > _count_hashes(value):  # a '#' the value lost: YAML took it for a comment
+        if hint is str or str in typing.get_args(hint):
+            return text
+        raise ConfigError(f"override {item!r}: '#' starts a YAML comment, which would cut the value; remove it")
+    return value
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``section.key=value`` strings; values are parsed as YAML (``lr=1e-3``, ``ema=[0.99,1]``)."""
     for item in overrides:
@@ -226,11 +277,12 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         section, dot, key = name.strip().partition(".")
         if not sep or not dot or not key:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""  # `key=` sets an empty string
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
-        _set(cfg, section, key, value)
+        if section not in SECTIONS:
+            raise _unknown("config section", section, list(SECTIONS))
+        hints = _section_types(section)
+        if key not in hints:
+            raise _unknown(f"key in section {section!r}", key, list(hints))
+        _set(cfg, section, key, _override_value(item, text, hints[key]))
     return cfg
 
 
@@ -239,10 +291,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = Config()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config {path} is a directory, not a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}): is it a YAML file?") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import logging
 import os
 import signal
@@ -23,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import BadInput
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -34,7 +37,7 @@ FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
                   "Bag", "Ankle boot")
 
 
-class DataError(ValueError):
+class DataError(BadInput):
     """A dataset that cannot be used; the message names the path and the problem."""
 
 
@@ -141,6 +144,15 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def fingerprint(self) -> str:
+        """A digest of every file's name, size and modification time: what a cache of features
+        computed from this folder must match (a file added, removed or rewritten changes it)."""
+        digest = hashlib.sha1()
+        for path in self.files:
+            st = path.stat()
+            digest.update(f"{path.relative_to(self.root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return load_image(self.files[i], self.in_chans), self.labels[i]
@@ -402,7 +414,7 @@ class MaskCollator:
     def __init__(self, sampler: Callable, seed: int, batch_size: int, rank: int = 0, world_size: int = 1,
                  group: int = 128):
         if group < 1:
-            raise ValueError(f"the pack group must hold at least one image, got {group}")
+            raise DataError(f"the pack group must hold at least one image, got {group}")
         self.sampler, self.seed, self.group = sampler, seed, group
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
 
@@ -490,9 +502,10 @@ def decode_batch(batch: dict, transform: PretrainTransform, device: torch.device
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers leave SIGTERM / SIGUSR1 / SIGUSR2 to the main process, which saves and stops at a step
-    boundary; a worker killed first would break the batch the main process still needs."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+    """Loader workers leave SIGTERM / SIGUSR1 / SIGUSR2 and SIGINT (Ctrl-C reaches the whole process
+    group) to the main process, which saves and stops at a step boundary; a worker killed first
+    would break the batch the main process still needs."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
 
 

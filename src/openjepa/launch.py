@@ -48,6 +48,9 @@ def submit(cfg: Config, folder: str | Path, nodes: int = 1, gpus_per_node: int =
            timeout_min: int = 4320, cpus_per_task: int = 10, cluster: str | None = None, **slurm):
     """Queue ``cfg``'s training; returns the submitit job. ``cluster`` None picks SLURM where it
     exists; 'local' runs it as a local process (for testing the launch path)."""
+    if nodes < 1 or gpus_per_node < 1 or timeout_min < 1:
+        raise ConfigError(f"nodes, gpus_per_node and timeout_min must be at least 1, got {nodes}, {gpus_per_node}, "
+                          f"{timeout_min}")
     submitit = _submitit()
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     params = {"nodes": nodes, "tasks_per_node": gpus_per_node, "timeout_min": timeout_min, "name": "openjepa"}

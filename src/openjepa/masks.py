@@ -26,6 +26,13 @@ from typing import Callable
 
 import torch
 
+from .errors import BadInput
+
+
+class MaskError(BadInput):
+    """Mask settings that cannot be sampled on the grid; the message names the setting."""
+
+
 Grid = tuple[int, int]
 MaskSampler = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 _MAX_CONTEXT_TRIES = 20
@@ -36,9 +43,9 @@ def _check_range(name: str, value, low: float, high: float) -> tuple[float, floa
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair [min, max], got {value!r}") from None
+        raise MaskError(f"{name} must be a pair [min, max], got {value!r}") from None
     if not (low < lo <= hi <= high):
-        raise ValueError(f"{name} must satisfy {low} < min <= max <= {high}, got [{lo}, {hi}]")
+        raise MaskError(f"{name} must satisfy {low} < min <= max <= {high}, got [{lo}, {hi}]")
     return lo, hi
 
 
@@ -75,7 +82,7 @@ def pack(masks: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     counts = masks.sum(-1)
     length = int(counts.min())
     if length == 0:
-        raise ValueError("a mask is empty; the mask settings leave no patch to keep")
+        raise MaskError("a mask is empty; the mask settings leave no patch to keep")
     if bool((counts == length).all()):
         return masks.nonzero()[:, -1].reshape(*masks.shape[:-1], length)
     keys = torch.rand(masks.shape, generator=generator).masked_fill_(~masks, 2.0)
@@ -93,14 +100,14 @@ class MultiBlockSampler:
         self.grid = (int(grid[0]), int(grid[1]))
         self.num_patches = self.grid[0] * self.grid[1]
         if num_targets < 1:
-            raise ValueError(f"num_targets must be at least 1, got {num_targets}")
+            raise MaskError(f"num_targets must be at least 1, got {num_targets}")
         self.num_targets = int(num_targets)
         self.target_scale = _check_range("target_scale", target_scale, 0.0, 1.0)
         self.target_aspect = _check_range("target_aspect", target_aspect, 0.0, math.inf)
         self.context_scale = _check_range("context_scale", context_scale, 0.0, 1.0)
         self.context_aspect = _check_range("context_aspect", context_aspect, 0.0, math.inf)
         if not 1 <= min_keep < self.num_patches:
-            raise ValueError(f"min_keep must be in [1, {self.num_patches}) for a {self.grid} grid, got {min_keep}")
+            raise MaskError(f"min_keep must be in [1, {self.num_patches}) for a {self.grid} grid, got {min_keep}")
         self.min_keep = int(min_keep)
         self.allow_overlap = bool(allow_overlap)
 
@@ -118,7 +125,7 @@ class MultiBlockSampler:
             targets[bad] = place_blocks(n, self.num_targets, t_size, grid, g)
             context[bad] = self._context(targets[bad], c_size, g)
         else:
-            raise ValueError(f"could not place a context of min_keep={self.min_keep} patches beside "
+            raise MaskError(f"could not place a context of min_keep={self.min_keep} patches beside "
                              f"{self.num_targets} targets of {t_size} on a {grid} grid; "
                              f"lower min_keep or the target scale")
         target_idx = pack(targets.flatten(2), g)
@@ -152,7 +159,7 @@ class BlockSampler:
         size = block_size(self.grid, _uniform(self.target_scale, g), _uniform(self.target_aspect, g))
         target = place_blocks(batch_size, 1, size, self.grid, g)
         if (~target[0, 0]).sum() < self.min_keep:
-            raise ValueError(f"a target block of {size} on a {self.grid} grid leaves fewer than "
+            raise MaskError(f"a target block of {size} on a {self.grid} grid leaves fewer than "
                              f"min_keep={self.min_keep} context patches; lower target_scale")
         return pack((~target).flatten(2), g).squeeze(1), pack(target.flatten(2), g)
 
@@ -164,7 +171,7 @@ class RasterizedSampler:
     def __init__(self, grid: Grid):
         self.grid = (int(grid[0]), int(grid[1]))
         if min(self.grid) < 2:
-            raise ValueError(f"rasterized masking needs a grid of at least 2x2, got {self.grid}")
+            raise MaskError(f"rasterized masking needs a grid of at least 2x2, got {self.grid}")
         self.num_targets = 3
         H, W = self.grid
         rows, cols = torch.arange(H).unsqueeze(1), torch.arange(W).unsqueeze(0)
@@ -188,7 +195,7 @@ class RandomSampler:
         n = self.grid[0] * self.grid[1]
         self.num_target_patches = int(round(target_ratio * n))
         if not 0 < self.num_target_patches < n:
-            raise ValueError(f"target_ratio must leave at least one target and one context patch, got {target_ratio}")
+            raise MaskError(f"target_ratio must leave at least one target and one context patch, got {target_ratio}")
 
     def __call__(self, batch_size: int, generator: torch.Generator | None = None):
         n = self.grid[0] * self.grid[1]
@@ -272,13 +279,13 @@ SAMPLERS = {"multiblock": MultiBlockSampler, "block": BlockSampler,
 
 def build_mask_sampler(name: str, grid: Grid, reference: bool = False, **options) -> MaskSampler:
     """A sampler by strategy name; ``reference=True`` (multiblock only) gives the reference
-    repository's sampler. Unknown names or options raise ValueError naming them."""
+    repository's sampler. Unknown names or options raise MaskError (a ValueError) naming them."""
     if name not in SAMPLERS:
-        raise ValueError(f"unknown mask strategy {name!r}; choose one of {', '.join(SAMPLERS)}")
+        raise MaskError(f"unknown mask strategy {name!r}; choose one of {', '.join(SAMPLERS)}")
     if reference and name != "multiblock":
-        raise ValueError("reference=True reproduces the reference multiblock sampler only")
+        raise MaskError("reference=True reproduces the reference multiblock sampler only")
     cls = ReferenceMultiBlockSampler if reference else SAMPLERS[name]
     try:
         return cls(tuple(grid), **options)
     except TypeError as e:
-        raise ValueError(f"mask strategy {name!r}: {e}") from None
+        raise MaskError(f"mask strategy {name!r}: {e}") from None

@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import logging
 import math
+import os
 import resource
 import signal
 import sys
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, CorruptCheckpoint, atomic_save, load_checkpoint
 from .config import Config, ConfigError, validate
 from .distributed import World, gather_full_state, init_distributed, load_full_state, shard_ijepa
+from .errors import check_writable_folder
 from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch, per_channel
 from .ijepa import IJEPA, build_ijepa
 from .masks import build_mask_sampler
@@ -40,16 +42,21 @@ class TrainingError(RuntimeError):
 
 
 class Preempted(RuntimeError):
-    """SIGTERM, SIGUSR1 or SIGUSR2 arrived; the run saved latest.pt at the next step boundary and stopped."""
+    """SIGTERM, SIGUSR1, SIGUSR2 or SIGINT (Ctrl-C) arrived; the run saved latest.pt at the next step
+    boundary and stopped. ``signum`` says which."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = signum
 
 
 class StopSignals:
     """Records SIGTERM / SIGUSR1 (what SLURM sends before pre-emption) and SIGUSR2 (what submitit
     asks SLURM to send before a time-out) instead of dying mid-step. ``hand_on`` then passes the
     signal to the handler that was there before (submitit's requeues the job), once the checkpoint
-    is saved."""
+    is saved. SIGINT (Ctrl-C) is treated the same way; a second one aborts at once."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
     def __init__(self):
         self.received: int | None = None
@@ -60,6 +67,11 @@ class StopSignals:
                 self.previous[sig] = signal.signal(sig, self._record)
 
     def _record(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            if self.received == signal.SIGINT:  # Ctrl-C twice: do not wait for the step to end
+                raise KeyboardInterrupt
+            log.warning("Ctrl-C: saving a checkpoint at the end of this step, then stopping (Ctrl-C again to abort "
+                        "without saving)")
         self.received, self.frame = signum, frame
 
     def restore(self) -> None:
@@ -71,7 +83,7 @@ class StopSignals:
         """Restore the previous handlers and call the one for the received signal when it is a
         Python function (submitit's checkpoint-and-requeue); a default or ignored disposition is
         left alone: the caller stops the run."""
-        if self.received is None:
+        if self.received in (None, signal.SIGINT):  # Python's own SIGINT handler would raise KeyboardInterrupt
             return
         handler = self.previous.get(self.received)
         self.restore()
@@ -135,12 +147,21 @@ def build_optimizer(model: IJEPA, o) -> torch.optim.AdamW:
                              **({"fused": True} if o.fused_adamw else {}))
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, what: str = "meta.device") -> torch.device:
+    """'auto' (CUDA where present, else the CPU), 'cpu', 'cuda' or 'cuda:N'; anything else, or a GPU
+    that is not there, is a ConfigError naming ``what``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{what} {name!r} is not a device openjepa runs on: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"meta.device is {name!r} but CUDA is not available")
+        raise ConfigError(f"{what} is {name!r} but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{what} is {name!r} but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -260,6 +281,9 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
     and interrupted runs. ``dataset`` (any dataset of (image [C, H, W] in [0, 1], label), e.g.
     ``openjepa.data.ArrayDataset``) replaces the one the config names. Returns the run directory."""
     validate(cfg)
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
+    check_run_dir(Path(cfg.logging.folder))
     if dataset is None:
         dataset = build_dataset(cfg.data)  # fails on a missing or empty data folder before anything is written
     world = init_distributed(cfg.meta.device)
@@ -290,7 +314,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     run_dir = Path(lg.folder)
     ckpt_dir = run_dir / "checkpoints"
     if world.main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
     _setup_logging(run_dir if world.main else None)
     torch.manual_seed(meta.seed)
     model = build_ijepa(cfg).to(device)
@@ -399,7 +423,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
                 name = signal.Signals(signals.received or signal.SIGTERM).name
                 log.info("%s: saved %s at step %d and stopped; start the same command again to resume", name, latest, done)
                 signals.hand_on()  # e.g. submitit's handler: requeue the job (it resumes from latest.pt)
-                raise Preempted(f"{name} received: checkpoint {latest} saved at step {done}; rerun to resume")
+                raise Preempted(f"{name} received: checkpoint {latest} saved at step {done}; rerun to resume",
+                                signals.received or signal.SIGTERM)
     finally:
         signals.restore()
         _close_loader(batches)
@@ -408,6 +433,49 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
             writer.close()
     log.info("stopped at step %d of %d; checkpoint %s", stop_step, total_steps, latest)
     return run_dir
+
+
+RUN_MARKER = ".openjepa-run"  # written into every run directory: what makes a folder one of ours
+
+
+def is_run_dir(folder: Path) -> bool:
+    """One of our run directories: the marker, or (runs from before the marker) a checkpoints/ folder."""
+    return (folder / RUN_MARKER).is_file() or (folder / "checkpoints").is_dir()
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """``logging.folder`` must be a folder that does not exist yet, an empty one, or one of our runs
+    (which is resumed). A folder holding anything else is the user's and is never written into."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"logging.folder {run_dir} is a file, not a folder")
+    if not run_dir.is_dir():
+        check_writable_folder(run_dir, "logging.folder")
+        return
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"logging.folder {run_dir} cannot be written (no permission)")
+    if is_run_dir(run_dir):
+        return
+    found = sorted(p.name for p in run_dir.iterdir())
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ConfigError(f"logging.folder {run_dir} holds files that are not an openjepa run ({shown}); "
+                          f"give a new or empty folder (a run never writes into a folder it did not make)")
+
+
+def make_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        marker = run_dir / RUN_MARKER
+        if not marker.exists():
+            marker.write_text(f"openjepa run directory (openjepa {_version()})\n")
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"logging.folder {run_dir} cannot be written: {e.strerror or e}") from None
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
 
 
 def scaled_lrs(o, images_per_step: int, report: bool = True):

@@ -48,6 +48,8 @@ def load_eval_data(data: str, in_chans: int, root: str | None = None):
             raise DataError(f"{split.root} has no class sub-folders: labels are needed for evaluation")
     if train.classes != test.classes:
         raise DataError(f"{folder}: train/ and {test_dir.name}/ have different class folders")
+    if len(train.classes) < 2:
+        raise DataError(f"{folder} has one class ({train.classes[0]}): a classifier needs at least two")
     return train, test
 
 
@@ -139,31 +141,40 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
     ``out`` (default: ``RUN/eval/<checkpoint>_<which>.json`` beside a run's checkpoints folder).
     ``train_limit`` keeps that many training images (a seeded random subset: a quick evaluation);
     the test set is always whole."""
+    from ..errors import BadInput, check_output_file
     from ..interop import load_encoder
     from ..train import resolve_device
 
     unknown = [p for p in protocols if p not in PROTOCOLS] + [b for b in baselines if b not in BASELINES]
     if unknown:
-        raise ValueError(f"unknown protocol or baseline {', '.join(unknown)}: choose from "
-                         f"{', '.join(PROTOCOLS)} / baselines {', '.join(BASELINES)}")
+        raise BadInput(f"unknown protocol or baseline {', '.join(unknown)}: choose from "
+                       f"{', '.join(PROTOCOLS)} / baselines {', '.join(BASELINES)}")
+    if not protocols:
+        raise BadInput(f"no protocol chosen: choose from {', '.join(PROTOCOLS)}")
     if layers not in ("last", "last4"):
-        raise ValueError(f"layers must be 'last' or 'last4', got {layers!r}")
+        raise BadInput(f"layers must be 'last' or 'last4', got {layers!r}")
+    for name, value, low in (("linear_steps", linear_steps, 1), ("attentive_epochs", attentive_epochs, 1),
+                             ("batch_size", batch_size, 1), ("train_limit", train_limit, 10)):
+        if value is not None and value < low:
+            raise BadInput(f"{name} must be at least {low}, got {value}")
     checkpoint = Path(checkpoint)
-    out = Path(out) if out else default_result_path(checkpoint, which)
+    out = check_output_file(Path(out) if out else default_result_path(checkpoint, which), "the result")
+    dev = resolve_device(device, "device")  # before the work: a device that is not there is the user's mistake
     t_start = time.perf_counter()
     encoder = load_encoder(checkpoint, which)
     train_set, test_set = load_eval_data(data, encoder.in_chans, data_root)
+    # What the features were computed from: a folder's files (names, sizes, times), not only its path.
+    files = {split: ds.fingerprint() for split, ds in (("train", train_set), ("test", test_set))
+             if isinstance(ds, ImageFolder)}
     if train_limit is not None:
-        if train_limit < 10:
-            raise ValueError(f"train_limit must be at least 10 images, got {train_limit}")
         keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:train_limit]
         train_set = torch.utils.data.Subset(train_set, keep.sort().values.tolist())
-    dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     cache_dir = Path(cache_dir) if cache_dir else out.parent / "cache"
     data_key = {"data": str(Path(data).resolve()) if data != "fashion_mnist" else data, "root": data_root,
                 "size": list(encoder.img_size), "mean": encoder.mean, "std": encoder.std,
-                "precision": precision, **({"train_limit": train_limit, "subset_seed": seed} if train_limit else {})}
+                "precision": precision,
+                **({"train_limit": train_limit, "subset_seed": seed} if train_limit else {})}
     patches = "attentive" in protocols
     encoders = {"ijepa": (encoder, {"checkpoint": file_key(checkpoint), "which": which})}
     if "random" in baselines:
@@ -172,9 +183,10 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
     results, monitor = {}, {}
     for name, (enc, key) in encoders.items():
         enc.to(dev)
-        feats = {split: cached_extract(enc, ds, cache_path(cache_dir, **key, **data_key, split=split), patches=patches,
-                                       batch_size=batch_size, num_workers=num_workers, progress=progress,
-                                       desc=f"{name} {split} features", precision=precision)
+        feats = {split: cached_extract(enc, ds, cache_path(cache_dir, **key, **data_key, split=split,
+                                                           files=files.get(split)),
+                                       patches=patches, batch_size=batch_size, num_workers=num_workers,
+                                       progress=progress, desc=f"{name} {split} features", precision=precision)
                  for split, ds in (("train", train_set), ("test", test_set))}
         results[name] = run_protocols(feats["train"], feats["test"], protocols, seed, layers, linear_steps,
                                       attentive_epochs, dev)
@@ -187,7 +199,8 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
         results["pixels"] = run_protocols(pix_train, pix_test, [p for p in protocols if p in PIXEL_PROTOCOLS], seed,
                                           linear_steps=linear_steps, device=dev)
 
-    record = {"protocols": list(protocols), "results": results, "features": monitor, "layers": layers,
+    record = {"protocols": list(protocols), "results": results, "notes": protocol_notes(results, len(train_set)),
+              "features": monitor, "layers": layers,
               "precision": precision, "linear_steps": linear_steps, "attentive_epochs": attentive_epochs,
               "checkpoint": str(checkpoint), "which": which, "dataset": data,
               "train_size": len(train_set), "test_size": len(test_set), "train_limit": train_limit, "seed": seed,
@@ -199,6 +212,22 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
     tmp.replace(out)
     record["path"] = str(out)
     return record
+
+
+def protocol_notes(results: dict, train_size: int) -> list[str]:
+    """What a reader of the numbers must know: neighbour counts that a small training set could not
+    give, low-shot subsets larger than their nominal fraction (at least two labels per class)."""
+    notes = []
+    knn = next((r["knn"] for r in results.values() if "knn" in r), None)
+    if knn and knn.get("skipped_k"):
+        notes.append(f"kNN at k={', '.join(map(str, knn['skipped_k']))} not reported: the training set has "
+                     f"{train_size} images")
+    lowshot = next((r["lowshot"] for r in results.values() if "lowshot" in r), None)
+    for fraction, r in (lowshot or {}).items():
+        if isinstance(r, dict) and r["labels_per_subset"] > 1.5 * float(fraction) * train_size:
+            notes.append(f"'{float(fraction):.0%} labels' used {r['labels_per_subset']} of {train_size} labels "
+                         f"({r['labels_per_subset'] / train_size:.0%}): at least two per class")
+    return notes
 
 
 def default_result_path(checkpoint: Path, which: str) -> Path:

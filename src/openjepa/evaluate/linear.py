@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..data import DataError
+
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 WDS = (0.0, 1e-2, 1e-1, 5e-1)
 # 2000 steps of 512 (19 epochs of Fashion-MNIST) left the probe of a 192-d encoder 1.8 points short
@@ -89,7 +91,7 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     fit, val = stratified_split(train_y, val_fraction, seed)
     if len(val) == 0:
-        raise ValueError("the training set is too small to carve a validation split")
+        raise DataError(f"the training set ({len(train_y)} images) is too small to carve a validation split")
     x_fit, x_val, x_test = standardize(train_x[fit].float(), train_x[val].float(), test_x.float())
     steps = kwargs.pop("steps", None) or probe_steps(len(fit), kwargs.get("batch_size", 512))
     w, b, grid = train_heads(x_fit, train_y[fit], num_classes, seed=seed, steps=steps, **kwargs)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint
+from ..errors import check_writable_folder, set_default_mode
 from ..config import IMAGENET_MEAN, IMAGENET_STD, Config, from_dict
 from ..data import to_channels
 from ..evaluate.features import normalize, resize_center_crop
@@ -26,7 +27,7 @@ from ..models.predictor import Predictor
 from ..models.vit import VisionTransformer, build_encoder
 from .hf import load_hf, save_hf
 from .official import build_encoder_from_state, build_predictor_from_state, is_reference, strip_prefix
-from .timm import save_timm
+from .timm import load_timm, save_timm
 
 ENTRY = {"target": "target_encoder", "context": "encoder"}
 FORMATS = ("hf", "timm", "safetensors")
@@ -37,10 +38,12 @@ def _read(path: Path) -> tuple[str, object]:
     if path.is_dir():
         if (path / "encoder.json").exists():
             return "safetensors", path
+        if (path / "timm.json").exists():
+            return "timm", path
         if (path / "config.json").exists():
             return "hf", path
         raise CheckpointError(f"{path} is neither a Hugging Face folder (config.json) nor an openjepa "
-                              f"safetensors export (encoder.json)")
+                              f"safetensors or timm export (encoder.json, timm.json)")
     obj = load_checkpoint(path)
     if obj.get("format") == "openjepa":
         return "openjepa", obj
@@ -81,13 +84,16 @@ def load_encoder(path: str | Path, which: str = "target") -> VisionTransformer:
             encoder = load_hf(path)
             info = json.loads((path / "config.json").read_text()).get("openjepa", {})
             mean, std = info.get("mean", mean), info.get("std", std)
+        elif fmt == "timm":
+            encoder, info = load_timm(path)
+            mean, std = info.get("mean", mean), info.get("std", std)
         else:
             from safetensors.torch import load_file
             info = json.loads((path / "encoder.json").read_text())
             encoder = VisionTransformer(**info["encoder"])
             encoder.load_state_dict(load_file(str(path / "encoder.safetensors")))
             mean, std = info.get("mean", mean), info.get("std", std)
-    except (KeyError, RuntimeError, ValueError) as e:
+    except (KeyError, RuntimeError, ValueError, OSError) as e:
         raise CheckpointError(f"{path}: cannot build an encoder ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     encoder.mean, encoder.std = list(mean), list(std)
     return encoder.eval()
@@ -145,17 +151,20 @@ def export_encoder(path: str | Path, fmt: str, out: str | Path, which: str = "ta
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"export folder {out} already exists and is not empty; choose a new one")
+    check_writable_folder(out, "export folder")
     encoder = load_encoder(path, which)
     info = {"source": str(path), "which": which, "mean": encoder.mean, "std": encoder.std}
     if fmt == "hf":
-        return save_hf(encoder, out, {"openjepa": info})
-    if fmt == "timm":
-        return save_timm(encoder, out, {"openjepa": info})
-    from safetensors.torch import save_file
+        save_hf(encoder, out, {"openjepa": info})
+    elif fmt == "timm":
+        save_timm(encoder, out, {"openjepa": info})
+    else:
+        from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(out / "encoder.safetensors"))
-    (out / "encoder.json").write_text(json.dumps({"encoder": encoder.config(), **info}, indent=2) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(out / "encoder.safetensors"))
+        (out / "encoder.json").write_text(json.dumps({"encoder": encoder.config(), **info}, indent=2) + "\n")
+    set_default_mode(*(p for p in out.iterdir() if p.is_file()))  # safetensors writes 0600: others could not read
     return out
 
 

@@ -15,6 +15,20 @@ def timm_kwargs(encoder: VisionTransformer) -> dict:
             "num_classes": 0}
 
 
+TIMM_ONLY = ("qkv_bias", "class_token", "global_pool", "fc_norm", "num_classes")
+
+
+def load_timm(folder: Path) -> tuple[VisionTransformer, dict]:
+    """Our encoder from a folder ``save_timm`` wrote (``timm.json`` + ``model.safetensors``), and the
+    ``openjepa`` entry of its JSON (normalisation, source)."""
+    from safetensors.torch import load_file
+
+    info = json.loads((folder / "timm.json").read_text())
+    encoder = VisionTransformer(**{k: v for k, v in info["kwargs"].items() if k not in TIMM_ONLY})
+    encoder.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return encoder, info.get("openjepa", {})
+
+
 def save_timm(encoder: VisionTransformer, out: Path, extra: dict | None = None) -> Path:
     from safetensors.torch import save_file
 

@@ -5,16 +5,22 @@ import csv
 import io
 from pathlib import Path
 
+from ..errors import BadInput
+
 CURVES = (("loss", "log.csv"), ("target_std", "log.csv"), ("image_rankme", "log.csv"), ("image_spread", "log.csv"),
           ("lr", "log.csv"), ("wd", "log.csv"),
           ("momentum", "log.csv"), ("knn_acc", "monitor.csv"), ("rankme", "monitor.csv"))
 
 
 def read_columns(path: Path) -> dict[str, list[float]]:
-    if not path.exists():
+    """The numeric columns of a CSV log; {} for a missing, empty or unreadable (not CSV text) file."""
+    if not path.is_file():
         return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error, OSError):
+        return {}
     cols = {}
     for key in rows[0].keys() if rows else ():
         try:
@@ -26,7 +32,7 @@ def read_columns(path: Path) -> dict[str, list[float]]:
 
 def curves_png(run_dir: str | Path) -> bytes:
     """A PNG of every curve the run has (loss, target spread, LR, WD, EMA momentum, kNN, RankMe)
-    against the optimiser step. Raises FileNotFoundError without a log.csv."""
+    against the optimiser step. Raises BadInput without a readable log.csv."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,9 +40,12 @@ def curves_png(run_dir: str | Path) -> bytes:
 
     run_dir = Path(run_dir)
     if not (run_dir / "log.csv").exists():
-        raise FileNotFoundError(f"{run_dir / 'log.csv'} not found: is {run_dir} a run directory?")
+        raise BadInput(f"{run_dir / 'log.csv'} not found: is {run_dir} a run directory?")
     tables = {name: read_columns(run_dir / name) for name in ("log.csv", "monitor.csv")}
-    panels = [(key, tables[src]) for key, src in CURVES if key in tables[src] and tables[src][key]]
+    panels = [(key, tables[src]) for key, src in CURVES if "step" in tables[src] and tables[src].get(key)]
+    if not panels:
+        raise BadInput(f"{run_dir / 'log.csv'} holds no rows of a training log (empty, or not written by "
+                       f"openjepa train)")
     cols = 4
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)

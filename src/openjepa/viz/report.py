@@ -16,6 +16,7 @@ import torch
 
 from ..config import ConfigError
 from ..data import DataError
+from ..errors import BadInput
 from ..interop import load_ijepa
 
 log = logging.getLogger("openjepa")
@@ -106,7 +107,7 @@ def summary(run_dir: Path) -> str:
         names = {"ijepa": "this encoder", "random": "the same ViT at random init", "pixels": "raw pixels"}
         for protocol, key, label in (("linear", "test_acc", "linear probe"), ("knn", "k=20", "kNN@20")):
             cells = [f"{shown} {100 * results[name][protocol][key]:.1f}%"
-                     for name, shown in names.items() if protocol in results.get(name, {})]
+                     for name, shown in names.items() if key in results.get(name, {}).get(protocol, {})]
             if cells:
                 parts.append(f"{label}: " + ", ".join(cells))
         if parts:
@@ -130,13 +131,15 @@ def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) ->
 
     sections = {}
     cfg_path = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise BadInput(f"run directory {run_dir} not found")
     if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path} not found: is {run_dir} a run directory?")
+        raise BadInput(f"{cfg_path} not found: is {run_dir} a run directory?")
     cfg = load_config(cfg_path)
     sections["config"] = f"<pre>{html.escape(cfg_path.read_text())}</pre>"
     try:
         sections["curves"] = img(png_data_uri(curves_png(run_dir)), "training curves")
-    except FileNotFoundError as e:
+    except BadInput as e:
         sections["curves"] = missing(str(e))
     try:
         raw = sample_images(cfg, n_images + bank_images, seed)

@@ -1,0 +1,225 @@
+"""Bad input through the real command line (issue 16): each case exits non-zero with one line
+that names the problem, no traceback, and leaves every file that was there unchanged (and adds
+none). Then the cases whose right answer is a behaviour, not an error."""
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from openjepa.checkpoint import load_checkpoint
+from openjepa.cli import main
+from openjepa.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from openjepa.interop import export_encoder, load_encoder
+from openjepa.train import train
+
+from conftest import labelled_folder, signal_a_training_run, tiny_config
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A workspace: a trained run, a config file, a user's own folder, a labelled folder, odd files."""
+    root = tmp_path_factory.mktemp("ws")
+    cfg = tiny_config(root / "run")
+    train(cfg, max_steps=2)
+    (root / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    raw = cfg.to_dict()
+    raw["logging"]["folder"] = str(root / "new_run")
+    (root / "new.yaml").write_text(yaml.safe_dump(raw))
+    (root / "dup.yaml").write_text("data:\n  batch_size: 4\nmeta:\n  seed: 1\ndata:\n  batch_size: 8\n")
+    (root / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    mine = root / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own notes\n")
+    (mine / "log.csv").write_text("a,b\n1,2\n")
+    (root / "a_file").write_text("not a folder\n")
+    labelled_folder(root / "two")
+    one = root / "one"
+    for split in ("train", "val"):
+        (one / split / "only").mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(one / split / "only" / f"{i}.png")
+    garbage = root / "garbage_run"
+    (garbage / "checkpoints").mkdir(parents=True)
+    (garbage / "log.csv").write_bytes(b"\x00\xff\xfe garbage \x89PNG")
+    (garbage / "config.yaml").write_text((root / "c.yaml").read_text())
+    (root / "an_out_dir").mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"encoder": Evil()}, root / "evil.pt")
+    return root
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# (id, arguments with {ws} for the workspace, words the one-line message must hold)
+CASES = [
+    # 1. a folder that is not a run is never written into
+    ("train-into-users-folder", ["train", "{ws}/c.yaml", "logging.folder={ws}/mine"], "not an openjepa run"),
+    ("train-folder-is-a-file", ["train", "{ws}/c.yaml", "logging.folder={ws}/a_file"], "is a file"),
+    ("train-folder-under-a-file", ["train", "{ws}/c.yaml", "logging.folder={ws}/a_file/run"], "is a file"),
+    # 2. submit
+    ("submit-nodes-0", ["submit", "{ws}/c.yaml", "--nodes", "0"], "--nodes"),
+    ("submit-nodes-negative", ["submit", "{ws}/c.yaml", "--nodes", "-1"], "--nodes"),
+    ("submit-without-slurm", ["submit", "{ws}/new.yaml"], "no SLURM"),
+    # 4, 5. configs
+    ("lr-nan", ["train", "{ws}/new.yaml", "optimization.lr=.nan"], "optimization.lr must be a finite number"),
+    ("lr-inf", ["train", "{ws}/new.yaml", "optimization.lr=.inf"], "optimization.lr must be a finite number"),
+    ("ema-inf", ["train", "{ws}/new.yaml", "optimization.ema=[0.99, .inf]"], "finite"),
+    ("comment-in-number", ["train", "{ws}/new.yaml", "optimization.lr=1e-3 #fast"], "comment"),
+    ("duplicate-section", ["train", "{ws}/dup.yaml"], "'data' appears twice"),
+    # 6. silent wrong results
+    ("eval-one-class", ["eval", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/one", "--no-progress"], "one class"),
+    ("eval-linear-steps-negative", ["eval", "{ws}/run/checkpoints/latest.pt", "--linear-steps", "-5"], "--linear-steps"),
+    ("viz-masks-n-negative", ["viz", "masks", "{ws}/c.yaml", "--n", "-3", "--out", "{ws}/m.png"], "--n"),
+    ("train-max-steps-negative", ["train", "{ws}/new.yaml", "--max-steps", "-1"], "--max-steps"),
+    # 8. tracebacks before
+    ("viz-n-0", ["viz", "features", "{ws}/run/checkpoints/latest.pt", "--n", "0", "--out", "{ws}/f.png"], "--n"),
+    ("report-n-0", ["report", "{ws}/run", "--n", "0"], "--n"),
+    ("bench-steps-0", ["bench", "{ws}/c.yaml", "--steps", "0"], "--steps"),
+    ("bench-loader-steps-0", ["bench", "{ws}/c.yaml", "--loader", "--steps", "0"], "--steps"),
+    ("bench-workers-garbage", ["bench", "{ws}/c.yaml", "--loader", "--workers", "one"], "--workers"),
+    ("eval-attentive-epochs-0", ["eval", "{ws}/run/checkpoints/latest.pt", "--attentive-epochs", "0"],
+     "--attentive-epochs"),
+    ("eval-device-tpu", ["eval", "{ws}/run/checkpoints/latest.pt", "--device", "tpu"], "'tpu' is not a device"),
+    ("eval-out-a-directory", ["eval", "{ws}/run/checkpoints/latest.pt", "--out", "{ws}/an_out_dir"], "is a directory"),
+    ("eval-out-under-a-file", ["eval", "{ws}/run/checkpoints/latest.pt", "--out", "{ws}/a_file/r.json"], "is a file"),
+    ("viz-curves-garbage-log", ["viz", "curves", "{ws}/garbage_run", "--out", "{ws}/c.png"], "no rows of a training log"),
+    ("viz-curves-not-a-run", ["viz", "curves", "{ws}/mine/nothing", "--out", "{ws}/c.png"], "not found"),
+    ("report-not-a-run", ["report", "{ws}/mine"], "a config must be a mapping"),
+    ("report-no-folder", ["report", "{ws}/nowhere"], "run directory {ws}/nowhere not found"),
+    # 10. messages that name the thing
+    ("config-is-a-directory", ["train", "{ws}/mine"], "is a directory, not a YAML file"),
+    ("config-is-binary", ["train", "{ws}/binary.yaml"], "binary.yaml is not UTF-8 text"),
+    ("viz-out-a-directory", ["viz", "masks", "{ws}/c.yaml", "--out", "{ws}/an_out_dir"], "is a directory"),
+    ("viz-out-not-png", ["viz", "masks", "{ws}/c.yaml", "--out", "{ws}/masks.jpg"], "ending in .png"),
+    ("checkpoint-with-code", ["eval", "{ws}/evil.pt"], "could run code"),
+    ("export-under-a-file", ["export", "{ws}/run/checkpoints/latest.pt", "--format", "safetensors",
+                             "--out", "{ws}/a_file/x"], "is a file"),
+]
+
+
+@pytest.mark.parametrize("case,argv,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(ws, case, argv, message, capsys, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name, *a, **k: None)  # no SLURM here, whatever the machine
+    before = snapshot(ws)
+    argv = [a.replace("{ws}", str(ws)) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == EXIT_BAD_INPUT, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert message.replace("{ws}", str(ws)) in lines[0], lines[0]
+    assert "weights_only" not in err  # never advise loading a refused file with code execution on
+    assert snapshot(ws) == before
+    assert not (ws / "new_run").exists()
+
+
+def test_an_internal_error_keeps_its_traceback(ws, monkeypatch):
+    """A ValueError from inside torch or numpy is a bug to report, not the user's mistake."""
+    def broken(*args, **kwargs):
+        raise ValueError("something inside torch went wrong")
+
+    monkeypatch.setattr("openjepa.bench.bench", broken)
+    with pytest.raises(ValueError, match="inside torch"):
+        main(["bench", str(ws / "c.yaml"), "--steps", "1"])
+
+
+def test_a_run_directory_is_resumed_and_an_empty_folder_is_used(tmp_path):
+    cfg = tiny_config(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    run = train(cfg, max_steps=1)
+    assert (run / ".openjepa-run").is_file()
+    train(cfg, max_steps=2)  # its own run: resumed
+    assert load_checkpoint(run / "checkpoints/latest.pt")["step"] == 2
+    old = tiny_config(tmp_path / "old")  # a run from before the marker: recognised by its checkpoints/
+    (tmp_path / "old/checkpoints").mkdir(parents=True)
+    (tmp_path / "old/log.csv").write_text("step\n")
+    train(old, max_steps=1)
+
+
+def test_a_hash_in_a_string_override_is_kept():
+    from openjepa.config import load_config
+
+    cfg = load_config(None, ["logging.folder=/data/run #1", "mask.options={tag: '#x'}"])
+    assert cfg.logging.folder == "/data/run #1" and cfg.mask.options == {"tag": "#x"}
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_so_in_one_line(tmp_path):
+    code, err, _ = signal_a_training_run(tmp_path, signal.SIGINT)
+    assert code == EXIT_INTERRUPTED, err
+    assert "Traceback" not in err and "SIGINT received" in err.splitlines()[-1], err
+    step = load_checkpoint(tmp_path / "run/checkpoints/latest.pt")["step"]
+    assert 2 <= step < 800
+    assert f"saved at step {step}" in err.splitlines()[-1]
+
+
+def test_eval_cache_follows_the_folders_contents(ws, tmp_path):
+    """Rewriting the images of a folder (same names) gives new features, not the cached ones."""
+    data = tmp_path / "data"
+    labelled_folder(data)
+    args = dict(protocols=["knn"], baselines=[], cache_dir=tmp_path / "cache", progress=False)
+    from openjepa.evaluate import evaluate
+
+    first = evaluate(ws / "run/checkpoints/latest.pt", str(data), out=tmp_path / "a.json", **args)
+    for path in sorted((data / "train").rglob("*.png"))[::2]:  # half the training images become noise
+        Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16), dtype=np.uint8)).save(path)
+    second = evaluate(ws / "run/checkpoints/latest.pt", str(data), out=tmp_path / "b.json", **args)
+    caches = sorted((tmp_path / "cache").glob("*.pt"), key=lambda p: p.stat().st_mtime_ns)
+    assert len(caches) == 3  # train twice (its contents changed), test once
+    assert first["train_size"] == second["train_size"] == 24
+
+
+def test_small_training_sets_are_noted_not_silent(ws, tmp_path, capsys):
+    data = tmp_path / "data"
+    labelled_folder(data, n_per_class=6)
+    out = tmp_path / "r.json"
+    assert main(["eval", str(ws / "run/checkpoints/latest.pt"), "--data", str(data), "--protocol", "knn,lowshot",
+                 "--baselines", "", "--linear-steps", "20", "--no-progress", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    knn = record["results"]["ijepa"]["knn"]
+    assert "k=10" in knn and "k=20" not in knn and knn["skipped_k"] == [20, 100, 200]
+    printed = capsys.readouterr().out
+    assert "k=20, 100, 200 not reported: the training set has 12 images" in printed
+    assert any("'1% labels' used 4 of 12 labels" in n for n in record["notes"])
+
+
+def test_exported_files_are_readable_by_others_and_a_timm_folder_reads_back(ws, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        for fmt in ("hf", "timm", "safetensors"):
+            out = export_encoder(ws / "run/checkpoints/latest.pt", fmt, tmp_path / fmt)
+            modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+            assert set(modes.values()) == {0o644}, (fmt, modes)
+    finally:
+        os.umask(umask)
+    ours, back = load_encoder(ws / "run/checkpoints/latest.pt"), load_encoder(tmp_path / "timm")
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(ours(x), back(x)) and back.mean == ours.mean
+
+
+def test_report_on_an_empty_or_garbage_log_says_so_and_still_writes(ws, tmp_path):
+    from openjepa.viz import write_report
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text((ws / "c.yaml").read_text())
+    for content in (b"", b"\x00\xff garbage"):
+        (run / "log.csv").write_bytes(content)
+        page = write_report(run, n_images=2, bank_images=16).read_text()
+        assert "no rows of a training log" in page
