@@ -123,14 +123,14 @@ def test_cpu_bfloat16_auto_follows_the_cpus_native_bf16(tmp_path, monkeypatch):
     """meta.cpu_bfloat16 defaults to auto: bf16 autocast where the CPU multiplies bf16 natively (AMX
     or AVX512-BF16), fp32 elsewhere; true and false force it; anything else is refused."""
     from openjepa.config import ConfigError, load_config
-    from openjepa.evaluate import features
+    from openjepa import device as machine
     from openjepa.train import bf16_autocast
 
     cpu = torch.device("cpu")
     cfg = load_config(None, ["meta.model_name=vit_tiny"])
     assert cfg.meta.cpu_bfloat16 == "auto"
     for native in (True, False):
-        monkeypatch.setattr(features, "cpu_has_fast_bf16", lambda native=native: native)
+        monkeypatch.setattr(machine, "cpu_has_fast_bf16", lambda native=native: native)
         assert bf16_autocast(cfg.meta, cpu) is native
     for value, enabled in (("true", True), ("false", False)):
         assert bf16_autocast(load_config(None, [f"meta.cpu_bfloat16={value}"]).meta, cpu) is enabled

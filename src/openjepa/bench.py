@@ -18,8 +18,8 @@ from .config import Config, validate
 from .data import DataError, MaskCollator, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch
 from .ijepa import build_ijepa, predictor_depth
 from .models.vit import resolve_size
-from .train import (accumulate, autocast_for, build_optimizer, mask_sampler_for, memory_mb, optimizer_step,
-                    resolve_device)
+from .device import resolve_device
+from .train import accumulate, autocast_for, build_optimizer, mask_sampler_for, memory_mb, optimizer_step
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}  # bf16 dense
 

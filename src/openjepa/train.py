@@ -27,6 +27,7 @@ from .checkpoint import CheckpointError, CorruptCheckpoint, atomic_save, load_ch
 from .config import Config, ConfigError, validate
 from .distributed import World, gather_full_state, init_distributed, load_full_state, shard_ijepa
 from .errors import check_writable_folder
+from .device import resolve_device
 from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch, per_channel
 from .ijepa import IJEPA, build_ijepa
 from .masks import build_mask_sampler
@@ -145,24 +146,6 @@ def build_optimizer(model: IJEPA, o) -> torch.optim.AdamW:
     (the same update, computed in one kernel per device instead of one loop per tensor list)."""
     return torch.optim.AdamW(param_groups(model), lr=o.start_lr, weight_decay=o.weight_decay,
                              **({"fused": True} if o.fused_adamw else {}))
-
-
-def resolve_device(name: str, what: str = "meta.device") -> torch.device:
-    """'auto' (CUDA where present, else the CPU), 'cpu', 'cuda' or 'cuda:N'; anything else, or a GPU
-    that is not there, is a ConfigError naming ``what``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"{what} {name!r} is not a device openjepa runs on: use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{what} is {name!r} but CUDA is not available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"{what} is {name!r} but this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
 
 
 def memory_mb(device: torch.device) -> float:
@@ -618,9 +601,8 @@ def bf16_autocast(meta, device: torch.device) -> bool:
     if device.type == "cuda":
         return meta.use_bfloat16
     if meta.cpu_bfloat16 == "auto":
-        from .evaluate.features import cpu_has_fast_bf16
-
-        return cpu_has_fast_bf16()
+        from . import device as machine  # looked up per call: tests replace it
+        return machine.cpu_has_fast_bf16()
     return bool(meta.cpu_bfloat16)
 
 

@@ -143,7 +143,7 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
     the test set is always whole."""
     from ..errors import BadInput, check_output_file
     from ..interop import load_encoder
-    from ..train import resolve_device
+    from ..device import resolve_device
 
     unknown = [p for p in protocols if p not in PROTOCOLS] + [b for b in baselines if b not in BASELINES]
     if unknown:

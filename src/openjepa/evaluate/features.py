@@ -11,24 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checkpoint import CheckpointError, atomic_save, load_checkpoint
+from ..data.transforms import Resized, prepare
+from ..device import cpu_has_fast_bf16
 from ..models.vit import VisionTransformer
 
 CACHE_VERSION = 1
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (AMX or AVX512-BF16): there bf16 inference is
-    ~3x faster than fp32; elsewhere it is emulated and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -51,48 +42,6 @@ class Features:
 
     def to_dict(self) -> dict:
         return {k: v for k, v in vars(self).items() if v is not None}
-
-
-def resize_center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C, *size]: shorter side resized (antialiased bilinear), centre crop; as is when it fits."""
-    h, w = images.shape[-2:]
-    if (h, w) == tuple(size):
-        return images
-    scale = max(size[0] / h, size[1] / w)
-    images = F.interpolate(images, size=(max(size[0], round(h * scale)), max(size[1], round(w * scale))),
-                           mode="bilinear", align_corners=False, antialias=True)
-    top, left = (images.size(-2) - size[0]) // 2, (images.size(-1) - size[1]) // 2
-    return images[..., top:top + size[0], left:left + size[1]]
-
-
-class Resized(torch.utils.data.Dataset):
-    """``dataset``'s items with every image brought to ``size`` by ``resize_center_crop``, so a
-    folder of images of many sizes can be batched (images already at that size pass unchanged)."""
-
-    def __init__(self, dataset, size: tuple[int, int]):
-        self.dataset, self.size = dataset, tuple(size)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        img, label = self.dataset[i]
-        return resize_center_crop(img[None].float(), self.size)[0], label
-
-
-def prepare(images: torch.Tensor, encoder: VisionTransformer, mean=None, std=None) -> torch.Tensor:
-    """A batch [B, C, H, W] in [0, 1] -> the encoder's input: resized to its training size
-    (``resize_center_crop``), then normalised (by ``mean`` / ``std``, else the encoder's own
-    ``mean`` / ``std`` attributes)."""
-    images = resize_center_crop(images, encoder.img_size)
-    return normalize(images, mean if mean is not None else encoder.mean, std if std is not None else encoder.std)
-
-
-def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """[B, C, H, W] -> (images - mean) / std per channel (one value applies to every channel)."""
-    mean = torch.tensor(mean, dtype=images.dtype).view(-1, 1, 1)
-    std = torch.tensor(std, dtype=images.dtype).view(-1, 1, 1)
-    return (images - mean) / std
 
 
 @torch.inference_mode()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .features import Resized, prepare
+from ..data.transforms import Resized, prepare
 from .knn import knn_predict
 from .rankme import feature_std, rankme
 

@@ -20,8 +20,7 @@ import torch
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import check_writable_folder, set_default_mode
 from ..config import IMAGENET_MEAN, IMAGENET_STD, Config, from_dict
-from ..data import to_channels
-from ..evaluate.features import normalize, resize_center_crop
+from ..data import normalize, resize_center_crop, to_channels
 from ..ijepa import IJEPA, build_ijepa
 from ..models.predictor import Predictor
 from ..models.vit import VisionTransformer, build_encoder

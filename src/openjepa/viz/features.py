@@ -13,7 +13,7 @@ from .masks import to_rgb
 def pick_images(dataset, n: int, seed: int = 0, size: tuple[int, int] | None = None) -> torch.Tensor:
     """``n`` images of ``dataset`` chosen by ``seed``: [n, C, H, W] in [0, 1], each resized and
     centre-cropped to ``size`` when given (else they must share a size)."""
-    from ..evaluate.features import Resized
+    from ..data.transforms import Resized
 
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
     dataset = Resized(dataset, size) if size else dataset
@@ -72,7 +72,7 @@ def _upsample(grid_img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def feature_figure(encoder, images: torch.Tensor, mean, std, scale: int = 4) -> Image.Image:
     """Rows: the images, the PCA map of their patch features, the similarity of the centre patch
     (marked) to all others (bright = similar)."""
-    from ..evaluate.features import prepare
+    from ..data.transforms import prepare
 
     feats = encoder(prepare(images, encoder, mean, std))
     grid, (H, W) = encoder.grid, images.shape[-2:]

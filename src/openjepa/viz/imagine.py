@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..evaluate.features import prepare
+from ..data.transforms import prepare
 from ..ijepa import image_patches
 from .masks import to_rgb
 
