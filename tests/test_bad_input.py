@@ -39,6 +39,9 @@ def ws(tmp_path_factory):
     (mine / "config.yaml").write_text("my own notes\n")
     (mine / "log.csv").write_text("a,b\n1,2\n")
     (root / "a_file").write_text("not a folder\n")
+    other_tool = root / "other_tool"  # an empty checkpoints/ folder does not make a run
+    (other_tool / "checkpoints").mkdir(parents=True)
+    (other_tool / "config.yaml").write_text("theirs\n")
     labelled_folder(root / "two")
     one = root / "one"
     for split in ("train", "val"):
@@ -68,6 +71,8 @@ def snapshot(root: Path) -> dict:
 CASES = [
     # 1. a folder that is not a run is never written into
     ("train-into-users-folder", ["train", "{ws}/c.yaml", "logging.folder={ws}/mine"], "not an openjepa run"),
+    ("train-into-another-tools-folder", ["train", "{ws}/c.yaml", "logging.folder={ws}/other_tool"],
+     "not an openjepa run"),
     ("train-folder-is-a-file", ["train", "{ws}/c.yaml", "logging.folder={ws}/a_file"], "is a file"),
     ("train-folder-under-a-file", ["train", "{ws}/c.yaml", "logging.folder={ws}/a_file/run"], "is a file"),
     # 2. submit
@@ -80,6 +85,9 @@ CASES = [
     ("ema-inf", ["train", "{ws}/new.yaml", "optimization.ema=[0.99, .inf]"], "finite"),
     ("comment-in-number", ["train", "{ws}/new.yaml", "optimization.lr=1e-3 #fast"], "comment"),
     ("duplicate-section", ["train", "{ws}/dup.yaml"], "'data' appears twice"),
+    ("duplicate-key-in-override", ["train", "{ws}/new.yaml", "mask.options={a: 1, a: 2}"], "override 'mask.options="),
+    ("infinite-mask-option", ["viz", "masks", "{ws}/c.yaml", "mask.strategy=block",
+                              "mask.options={target_aspect: [0.5, .inf]}", "--out", "{ws}/m.png"], "target_aspect"),
     # 6. silent wrong results
     ("eval-one-class", ["eval", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/one", "--no-progress"], "one class"),
     ("eval-linear-steps-negative", ["eval", "{ws}/run/checkpoints/latest.pt", "--linear-steps", "-5"], "--linear-steps"),
@@ -95,6 +103,7 @@ CASES = [
      "--attentive-epochs"),
     ("eval-device-tpu", ["eval", "{ws}/run/checkpoints/latest.pt", "--device", "tpu"], "'tpu' is not a device"),
     ("eval-out-a-directory", ["eval", "{ws}/run/checkpoints/latest.pt", "--out", "{ws}/an_out_dir"], "is a directory"),
+    ("eval-cache-dir-a-file", ["eval", "{ws}/run/checkpoints/latest.pt", "--cache-dir", "{ws}/a_file"], "is a file"),
     ("eval-out-under-a-file", ["eval", "{ws}/run/checkpoints/latest.pt", "--out", "{ws}/a_file/r.json"], "is a file"),
     ("viz-curves-garbage-log", ["viz", "curves", "{ws}/garbage_run", "--out", "{ws}/c.png"], "no rows of a training log"),
     ("viz-curves-not-a-run", ["viz", "curves", "{ws}/mine/nothing", "--out", "{ws}/c.png"], "not found"),
@@ -147,10 +156,11 @@ def test_a_run_directory_is_resumed_and_an_empty_folder_is_used(tmp_path):
     assert (run / ".openjepa-run").is_file()
     train(cfg, max_steps=2)  # its own run: resumed
     assert load_checkpoint(run / "checkpoints/latest.pt")["step"] == 2
-    old = tiny_config(tmp_path / "old")  # a run from before the marker: recognised by its checkpoints/
-    (tmp_path / "old/checkpoints").mkdir(parents=True)
-    (tmp_path / "old/log.csv").write_text("step\n")
+    old = tiny_config(tmp_path / "old")  # a run from before the marker: recognised by its checkpoint
     train(old, max_steps=1)
+    (tmp_path / "old/.openjepa-run").unlink()
+    train(old, max_steps=2)
+    assert load_checkpoint(tmp_path / "old/checkpoints/latest.pt")["step"] == 2
 
 
 def test_a_hash_in_a_string_override_is_kept():
@@ -223,3 +233,24 @@ def test_report_on_an_empty_or_garbage_log_says_so_and_still_writes(ws, tmp_path
         (run / "log.csv").write_bytes(content)
         page = write_report(run, n_images=2, bank_images=16).read_text()
         assert "no rows of a training log" in page
+
+
+def test_yaml_anchors_and_merge_keys_still_load(tmp_path):
+    from openjepa.config import load_config
+
+    (tmp_path / "c.yaml").write_text("meta: &m\n  seed: 3\n  model_name: vit_tiny\n")
+    (tmp_path / "m.yaml").write_text("meta:\n  <<: {seed: 3, model_name: vit_small}\n  model_name: vit_tiny\n")
+    assert load_config(tmp_path / "c.yaml").meta.seed == 3
+    cfg = load_config(tmp_path / "m.yaml")  # a key after the merge overrides it: not a duplicate
+    assert (cfg.meta.seed, cfg.meta.model_name) == (3, "vit_tiny")
+
+
+def test_a_log_cut_short_by_a_killed_write_still_draws(ws, tmp_path):
+    from openjepa.viz import curves_png
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.csv").write_text("step,loss\n1,0.5\n2,0.4\n3\n")
+    assert curves_png(run)[:4] == b"\x89PNG"
+    out = tmp_path / "new/folder/m.png"  # an --out in a folder that does not exist yet is made
+    assert main(["viz", "masks", str(ws / "c.yaml"), "--out", str(out), "--n", "2"]) == 0 and out.exists()

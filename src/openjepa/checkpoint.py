@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -45,8 +46,8 @@ def atomic_save(obj, path: str | Path) -> Path:
 def _what_was_refused(message: str) -> str:
     """The line of torch's refusal that names the object (a GLOBAL), without its advice to load
     with ``weights_only=False``: never the thing to do with a file of unknown origin."""
-    named = [line.strip() for line in message.splitlines() if "GLOBAL" in line or "Unsupported" in line]
-    return f": {named[0]}" if named else ""
+    named = re.search(r"GLOBAL ([\w.]+)", message)
+    return f": it would import and call {named.group(1)}" if named else ""
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -93,9 +92,6 @@ def _eval(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from .launch import submit
 
-    if not args.local and shutil.which("sbatch") is None:
-        raise BadInput("openjepa submit queues on SLURM, and this machine has no SLURM (sbatch not found): "
-                       "use openjepa train here, or --local to test the launch path")
     cfg = load_config(args.config, args.overrides)
     job = submit(cfg, args.log_dir, args.nodes, args.gpus_per_node, args.partition, args.timeout_min,
                  cluster="local" if args.local else None)
@@ -111,6 +107,7 @@ def _viz(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, "--out")
     if out.suffix.lower() != ".png":
         raise BadInput(f"--out {out}: the picture is a PNG; give a file name ending in .png")
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.what == "masks":
         cfg = load_config(args.target, args.overrides)
         viz.mask_grid(viz.sample_images(cfg, args.n, args.seed), cfg, seed=args.seed).save(out)

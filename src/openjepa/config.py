@@ -231,6 +231,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys given after it override it
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise ConfigError(f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
@@ -263,6 +265,8 @@ def _override_value(item: str, text: str, hint):
         value = parse_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
+    except ConfigError as e:
+        raise ConfigError(f"override {item!r}: {e}") from None
     if text.count("#") > _count_hashes(value):  # a '#' the value lost: YAML took it for a comment
         if hint is str or str in typing.get_args(hint):
             return text

@@ -7,6 +7,7 @@ to bound it.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from .config import Config, ConfigError, from_dict
@@ -51,6 +52,14 @@ def submit(cfg: Config, folder: str | Path, nodes: int = 1, gpus_per_node: int =
     if nodes < 1 or gpus_per_node < 1 or timeout_min < 1:
         raise ConfigError(f"nodes, gpus_per_node and timeout_min must be at least 1, got {nodes}, {gpus_per_node}, "
                           f"{timeout_min}")
+    if cluster is None and shutil.which("sbatch") is None:
+        raise ConfigError("openjepa submit queues on SLURM, and this machine has no SLURM (sbatch not found): "
+                          "use openjepa train here, or --local to test the launch path")
+    from .errors import check_writable_folder
+    from .train import check_run_dir
+
+    check_run_dir(Path(cfg.logging.folder))  # refused now, not when the job starts
+    check_writable_folder(folder, "the job log folder")
     submitit = _submitit()
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     params = {"nodes": nodes, "tasks_per_node": gpus_per_node, "timeout_min": timeout_min, "name": "openjepa"}

@@ -44,7 +44,7 @@ def _check_range(name: str, value, low: float, high: float) -> tuple[float, floa
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
         raise MaskError(f"{name} must be a pair [min, max], got {value!r}") from None
-    if not (low < lo <= hi <= high):
+    if not (low < lo <= hi <= high) or not math.isfinite(hi):
         raise MaskError(f"{name} must satisfy {low} < min <= max <= {high}, got [{lo}, {hi}]")
     return lo, hi
 

@@ -69,10 +69,12 @@ class StopSignals:
 
     def _record(self, signum, frame) -> None:
         if signum == signal.SIGINT:
-            if self.received == signal.SIGINT:  # Ctrl-C twice: do not wait for the step to end
+            if self.received is not None:  # a stop is already pending: Ctrl-C now aborts without waiting
                 raise KeyboardInterrupt
             log.warning("Ctrl-C: saving a checkpoint at the end of this step, then stopping (Ctrl-C again to abort "
                         "without saving)")
+        elif self.received is not None:
+            return  # the first signal decides (e.g. SLURM's SIGUSR1, whose handler requeues the job)
         self.received, self.frame = signum, frame
 
     def restore(self) -> None:
@@ -422,8 +424,9 @@ RUN_MARKER = ".openjepa-run"  # written into every run directory: what makes a f
 
 
 def is_run_dir(folder: Path) -> bool:
-    """One of our run directories: the marker, or (runs from before the marker) a checkpoints/ folder."""
-    return (folder / RUN_MARKER).is_file() or (folder / "checkpoints").is_dir()
+    """One of our run directories: the marker, or (runs from before the marker) a checkpoint in
+    checkpoints/ (an empty checkpoints/ folder is common in other tools' folders)."""
+    return (folder / RUN_MARKER).is_file() or any((folder / "checkpoints").glob("*.pt"))
 
 
 def check_run_dir(run_dir: Path) -> None:

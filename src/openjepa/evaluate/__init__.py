@@ -141,7 +141,7 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
     ``out`` (default: ``RUN/eval/<checkpoint>_<which>.json`` beside a run's checkpoints folder).
     ``train_limit`` keeps that many training images (a seeded random subset: a quick evaluation);
     the test set is always whole."""
-    from ..errors import BadInput, check_output_file
+    from ..errors import BadInput, check_output_file, check_writable_folder
     from ..interop import load_encoder
     from ..device import resolve_device
 
@@ -159,6 +159,8 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
             raise BadInput(f"{name} must be at least {low}, got {value}")
     checkpoint = Path(checkpoint)
     out = check_output_file(Path(out) if out else default_result_path(checkpoint, which), "the result")
+    if cache_dir is not None:
+        check_writable_folder(cache_dir, "the feature cache")
     dev = resolve_device(device, "device")  # before the work: a device that is not there is the user's mistake
     t_start = time.perf_counter()
     encoder = load_encoder(checkpoint, which)

@@ -27,8 +27,9 @@ def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tens
 def knn_eval(train_x, train_y, test_x, test_y, ks=KS, temperature: float = 0.07) -> dict:
     """Accuracy at each k smaller than the training set (k of every image is a majority vote, not
     kNN); the others are listed under ``skipped_k``."""
-    kept = [k for k in ks if k < len(train_x)] or [min(ks)]
-    preds = knn_predict(train_x, train_y, test_x, kept, temperature, int(max(train_y.max(), test_y.max())) + 1)
+    kept = [k for k in ks if k < len(train_x)]
+    preds = knn_predict(train_x, train_y, test_x, kept, temperature,
+                        int(max(train_y.max(), test_y.max())) + 1) if kept else {}
     out = {"temperature": temperature, **{f"k={k}": (p == test_y).float().mean().item() for k, p in preds.items()}}
     skipped = [k for k in ks if k not in kept]
     return {**out, "skipped_k": skipped} if skipped else out

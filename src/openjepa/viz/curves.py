@@ -23,9 +23,9 @@ def read_columns(path: Path) -> dict[str, list[float]]:
         return {}
     cols = {}
     for key in rows[0].keys() if rows else ():
-        try:
-            cols[key] = [float(r[key]) if r[key] not in ("", "None") else float("nan") for r in rows]
-        except ValueError:
+        try:  # a row cut short (a killed write) has None for its missing fields
+            cols[key] = [float(r[key]) if r[key] not in ("", "None", None) else float("nan") for r in rows]
+        except (ValueError, TypeError):
             continue
     return cols
 

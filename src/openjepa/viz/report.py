@@ -192,6 +192,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_images: i
             f"</title><style>{STYLE}</style></head><body><h1>openjepa run report: {html.escape(str(run_dir))}</h1>"
             f"<p>Written {time.strftime('%Y-%m-%d %H:%M')}.</p>{summary(run_dir)}{body}{CHECK_SCRIPT}</body></html>")
     out = Path(out) if out else run_dir / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page)
     tmp.replace(out)
