@@ -11,6 +11,14 @@ def _two_threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache(tmp_path_factory):
+    """Folder indexes and other caches of the tests stay out of the user's ~/.cache."""
+    import os
+
+    os.environ["OPENJEPA_CACHE"] = str(tmp_path_factory.mktemp("openjepa-cache"))
+
+
 def tiny_config(folder, **sections) -> Config:
     """A config that trains in seconds: a 2-block ViT of width 32 on 16x16 synthetic images."""
     cfg = Config()

@@ -20,7 +20,7 @@ from .errors import BadInput
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-DATASETS = ("folder", "fashion_mnist", "synthetic")
+DATASETS = ("folder", "fashion_mnist", "synthetic", "webdataset", "huggingface")
 LOSSES = ("smooth_l1", "l2")
 TARGETS = ("representations", "pixels")
 LR_SCALING = ("none", "linear", "sqrt")
@@ -32,9 +32,16 @@ class ConfigError(BadInput):
 
 @dataclass
 class DataConfig:
-    dataset: str = "folder"  # folder | fashion_mnist | synthetic
-    root_path: str = ""  # folder datasets: root_path / image_folder; fashion_mnist: idx files ("" = search)
+    dataset: str = "folder"  # folder | fashion_mnist | synthetic | webdataset | huggingface
+    # folder: root_path / image_folder; fashion_mnist: the idx files ("" = search); webdataset: a brace
+    # pattern or list of tar shards (or pipe: commands); huggingface: a save_to_disk folder or Parquet/Arrow files
+    root_path: str | list[str] = ""
     image_folder: str = ""
+    samples_per_epoch: int = 0  # webdataset: the samples one epoch reads (schedules and resume need it)
+    shuffle_buffer: int = 1000  # webdataset: samples held by each loader worker's shuffle buffer
+    image_key: str = ""  # huggingface: the image column ("" = the one column of images)
+    label_key: str = ""  # huggingface: the label column ("" = 'label' or 'labels' where present; else unlabelled)
+    split: str = "train"  # huggingface: the split of a DatasetDict folder
     synthetic_size: int = 1024  # images in the synthetic dataset (random blobs; for tests and benchmarks)
     batch_size: int = 128  # per process
     crop_size: int = 224
@@ -341,6 +348,14 @@ def validate(cfg: Config) -> Config:
                               f"data.dataset is {d.dataset!r}")
         if importlib.util.find_spec("torchvision") is None:
             raise ConfigError("data.decode_on_device needs torchvision (pip install 'openjepa[jpeg]')")
+    if d.dataset != "webdataset" and not isinstance(d.root_path, str):
+        raise ConfigError(f"data.root_path is a list only for data.dataset=webdataset (shards); got {d.root_path}")
+    if d.dataset == "webdataset" and d.samples_per_epoch < 1:
+        raise ConfigError("data.dataset=webdataset needs data.samples_per_epoch: the samples one epoch reads "
+                          "(at most the samples its shards hold), for the schedules and exact resume")
+    if d.shuffle_buffer < 1 or d.samples_per_epoch < 0:
+        raise ConfigError(f"data.shuffle_buffer must be >= 1 and data.samples_per_epoch >= 0, got "
+                          f"{d.shuffle_buffer} and {d.samples_per_epoch}")
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
     _check_pair("data.crop_scale", d.crop_scale, 0.0, 1.0)

@@ -340,11 +340,14 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
 
     batches = iter(loader)
     window, watch = _Window(device, world), CollapseWatch()
+    # A stream (tar shards) has no random access: the checks use its first readable images instead.
+    check_data = dataset.head(max(lg.collapse_images, lg.monitor_images)) \
+        if hasattr(dataset, "head") and (lg.monitor_every or lg.collapse_every) else dataset
     # Under FSDP the target encoder's forward is collective: every process runs the monitor, process 0 writes.
-    monitor = Monitor(cfg, dataset, run_dir, start_step, writer, world.main) \
+    monitor = Monitor(cfg, check_data, run_dir, start_step, writer, world.main) \
         if lg.monitor_every and (world.main or sharded) else None
     # The collapse probe's forward is collective under FSDP too: every process runs it, process 0 reports.
-    probe = CollapseProbe(cfg, dataset, world.main) if lg.collapse_every and (world.main or sharded) else None
+    probe = CollapseProbe(cfg, check_data, world.main) if lg.collapse_every and (world.main or sharded) else None
     if probe is not None and start_step == 0:
         probe.check(model.target_encoder, 0)  # the random encoder's reading, to compare with
     elif probe is not None:

@@ -42,8 +42,10 @@ def check_size(path, width: int, height: int) -> None:
         raise UnreadableImage(str(path), f"image of {width}x{height} pixels is too small")
 
 
-def load_image(path: str | Path, in_chans: int = 3) -> torch.Tensor:
-    """Decode any common image (CMYK, RGBA, palette, 16-bit, grayscale) to [in_chans, H, W] in [0, 1]."""
+def load_image(path, in_chans: int = 3, name: str | None = None) -> torch.Tensor:
+    """Decode any common image (CMYK, RGBA, palette, 16-bit, grayscale) to [in_chans, H, W] in [0, 1].
+    ``path``: a file name or an open binary file (``name`` then names it in errors)."""
+    name = name or str(path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -55,8 +57,8 @@ def load_image(path: str | Path, in_chans: int = 3) -> torch.Tensor:
             mode = "L" if in_chans == 1 else "RGB"
             arr = np.array(im if im.mode == mode else im.convert(mode))  # one copy, writable
     except Exception as e:  # PIL raises many types for bad files; all mean "cannot decode"
-        raise UnreadableImage(str(path), f"{type(e).__name__}: {e}") from None
-    check_size(path, arr.shape[1], arr.shape[0])
+        raise UnreadableImage(name, f"{type(e).__name__}: {e}") from None
+    check_size(name, arr.shape[1], arr.shape[0])
     img = torch.from_numpy(arr)
     img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
     return to_channels(img.float().div_(255), in_chans)  # float of the permuted view: one pass, no copy first

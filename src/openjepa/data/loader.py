@@ -177,11 +177,17 @@ def build_pretrain_loader(dataset, transform, sampler, batch_size: int, per_epoc
                           pack_group: int = 128) -> torch.utils.data.DataLoader:
     """One loader for the whole run (workers start once), from micro-batch ``start`` on.
     ``encoded`` (``data.decode_on_device``): JPEGs reach the training loop undecoded.
-    ``pack_group``: images per mask group (``MaskCollator``)."""
+    ``pack_group``: images per mask group (``MaskCollator``). Tar shards (``shards.TarShards``)
+    are streamed by ``shards.ShardBatches`` into the same numbered micro-batches."""
+    collate = MaskCollator(sampler, seed, batch_size, rank, world_size, pack_group)
+    common = dict(collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
+                  prefetch_factor=4 if num_workers else None,
+                  worker_init_fn=_ignore_stop_signals if num_workers else None)
+    if hasattr(dataset, "stream"):
+        from .shards import ShardBatches
+        stream = ShardBatches(dataset, transform, batch_size, per_epoch, start, total, seed, rank, world_size,
+                              num_workers)
+        return torch.utils.data.DataLoader(stream, batch_size=None, **common)
     batches = NumberedBatches(len(dataset), batch_size, per_epoch, start, total, seed, rank, world_size)
-    return torch.utils.data.DataLoader(
-        NumberedDataset(dataset, transform, seed, encoded), batch_sampler=batches,
-        collate_fn=MaskCollator(sampler, seed, batch_size, rank, world_size, pack_group),
-        num_workers=num_workers, pin_memory=pin_memory,
-        persistent_workers=False, prefetch_factor=4 if num_workers else None,
-        worker_init_fn=_ignore_stop_signals if num_workers else None)
+    return torch.utils.data.DataLoader(NumberedDataset(dataset, transform, seed, encoded), batch_sampler=batches,
+                                       **common)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .images import IMAGE_EXTENSIONS, DataError, EncodedImage, load_image, read_jpeg, to_channels
+from .index import folder_index
 from .seeds import generator_for
 
 FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "data/fashion-mnist")
@@ -27,21 +28,19 @@ FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """Images under ``root``, searched recursively. With class sub-folders (``root/cat/x.jpg``)
-    labels are the sorted sub-folder names; a flat folder is unlabelled (label -1). ``encoded(i)``
-    gives JPEG files undecoded (``EncodedImage``), for ``decode_batch``."""
+    """Images under ``root``, searched recursively (through a cached index: ``index.py``). With
+    class sub-folders (``root/cat/x.jpg``) labels are the sorted sub-folder names; a flat folder is
+    unlabelled (label -1). ``files[i]`` is a Path; ``encoded(i)`` gives JPEG files undecoded
+    (``EncodedImage``), for ``decode_batch``."""
 
     def __init__(self, root: str | Path, in_chans: int = 3):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"data folder {self.root} not found")
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        if not self.files:
+        self.files, self.classes, self.labels = folder_index(self.root, IMAGE_EXTENSIONS)
+        self.files.root = self.root  # the folder as given (the index holds it resolved)
+        if not len(self.files):
             raise DataError(f"data folder {self.root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        subdirs = sorted({p.relative_to(self.root).parts[0] for p in self.files if len(p.relative_to(self.root).parts) > 1})
-        self.classes = subdirs if subdirs and all(len(p.relative_to(self.root).parts) > 1 for p in self.files) else []
-        index = {c: i for i, c in enumerate(self.classes)}
-        self.labels = [index[p.relative_to(self.root).parts[0]] if self.classes else -1 for p in self.files]
         self.in_chans = in_chans
 
     def __len__(self) -> int:
@@ -51,19 +50,19 @@ class ImageFolder(torch.utils.data.Dataset):
         """A digest of every file's name, size and modification time: what a cache of features
         computed from this folder must match (a file added, removed or rewritten changes it)."""
         digest = hashlib.sha1()
-        for path in self.files:
+        for i, path in enumerate(self.files):
             st = path.stat()
-            digest.update(f"{path.relative_to(self.root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            digest.update(f"{self.files.name(i)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return digest.hexdigest()
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return load_image(self.files[i], self.in_chans), self.labels[i]
+        return load_image(self.files[i], self.in_chans), int(self.labels[i])
 
     def encoded(self, i: int) -> tuple[torch.Tensor | EncodedImage, int]:
         """Item ``i`` with a JPEG left encoded for the training device; other files decoded."""
         path = self.files[i]
         jpeg = read_jpeg(path) if path.suffix.lower() in (".jpg", ".jpeg") else None
-        return (jpeg, self.labels[i]) if jpeg is not None else self[i]
+        return (jpeg, int(self.labels[i])) if jpeg is not None else self[i]
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -179,5 +178,13 @@ def build_dataset(data_cfg, split: str = "train") -> torch.utils.data.Dataset:
         return fashion_mnist(d.root_path or None, split, d.in_chans)
     if d.dataset == "synthetic":
         return SyntheticDataset(d.synthetic_size, d.crop_size, d.in_chans)
-    root = Path(d.root_path) / d.image_folder if d.image_folder else Path(d.root_path or ".")
+    if not d.root_path:
+        raise DataError(f"data.root_path is empty: data.dataset={d.dataset} reads its images from there")
+    if d.dataset == "webdataset":
+        from .shards import TarShards
+        return TarShards(d.root_path, d.samples_per_epoch, d.in_chans, d.shuffle_buffer)
+    if d.dataset == "huggingface":
+        from .hf import HFImages
+        return HFImages(d.root_path, d.split, d.image_key, d.label_key, d.in_chans)
+    root = Path(d.root_path) / d.image_folder if d.image_folder else Path(d.root_path)
     return ImageFolder(root, d.in_chans)
