@@ -1,5 +1,6 @@
 """Streamed tar shards (webdataset) and local Hugging Face datasets as training sources (issue 14)."""
 import io
+import json
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import torch
 from PIL import Image
 
 from openjepa.checkpoint import load_checkpoint
+from openjepa.cli import main
 from openjepa.config import ConfigError
 from openjepa.data import DataError, PretrainTransform, build_dataset
 from openjepa.data.shards import ShardBatches
@@ -138,6 +140,13 @@ def test_a_hugging_face_folder_trains_and_its_items_match_the_images(hf_folder, 
     assert img.shape == (1, 16, 16) and label == 1 and float(img[0, :8].mean()) > float(img[0, 8:].mean()) + 0.3
     run = train(cfg, max_steps=2)
     assert load_checkpoint(run / "checkpoints/latest.pt")["step"] == 2
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run / "checkpoints/latest.pt"), "--data", str(hf_folder), "--protocol", "knn,linear",
+                 "--linear-steps", "50", "--baselines", "pixels", "--no-progress", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert (record["train_size"], record["test_size"]) == (40, 20)
+    assert record["results"]["pixels"]["linear"]["test_acc"] >= 0.9  # labels and images stay together
+    assert main(["report", str(run), "--n", "2"]) == 0 and "Not available" not in (run / "report.html").read_text()
     cfg.data.split = "validation"
     with pytest.raises(DataError, match="holds the splits train, test, not 'validation'"):
         build_dataset(cfg.data)

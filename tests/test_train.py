@@ -303,7 +303,7 @@ def test_collapse_probe_leaves_out_unreadable_images(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="openjepa")
     reading = probe.check(build_ijepa(cfg).target_encoder, 0)
     assert reading["image_rankme"] > 0 and len(probe.images) == 48
-    assert "16 of its 64 images are unreadable" in caplog.text
+    assert "collapse probe: skipped 16 of 64 image(s) that cannot be read: img" in caplog.text
 
 
 def test_resuming_at_another_global_batch_is_refused_unless_allowed_then_keeps_the_images_seen(tmp_path):

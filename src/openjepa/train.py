@@ -782,10 +782,8 @@ class CollapseProbe:
         from .evaluate.monitor import collapse_statistics, fixed_batch
 
         if not self.loaded:
-            self.images, skipped = fixed_batch(self.dataset, self.indices, encoder.img_size)
+            self.images, _ = fixed_batch(self.dataset, self.indices, encoder.img_size)  # skipped ones are logged
             self.loaded = True
-            if skipped and self.main:
-                log.warning("collapse probe: %d of its %d images are unreadable and left out", skipped, len(self.indices))
         if self.images is None or len(self.images) < 2:
             return self.latest  # nothing to measure a spread on
         fp32 = torch.autocast(next(encoder.parameters()).device.type, enabled=False)

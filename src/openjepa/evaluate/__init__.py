@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from ..data import DataError, ImageFolder, fashion_mnist
+from ..data.hf import HFImages, is_hf_folder
 from ..models.vit import VisionTransformer
 from .attentive import AttentiveProbe, attentive_probe
 from .features import (Features, cache_path, cached_extract, extract, file_key, pixel_features, prepare,
-                       resolve_precision)
+                       resolve_precision, source_of, warn_skipped)
 from .knn import knn_eval, knn_predict
 from .linear import linear_probe, stratified_split
 from .lowshot import lowshot_eval, lowshot_subset
@@ -29,16 +30,20 @@ from .rankme import feature_std, rankme
 PROTOCOLS = ("linear", "knn", "lowshot", "attentive")
 BASELINES = ("random", "pixels")
 PIXEL_PROTOCOLS = ("linear", "knn", "lowshot")  # the attentive probe needs patch tokens
+LISTED = 100  # unreadable files named per split in a result (all are counted)
 
 
 def load_eval_data(data: str, in_chans: int, root: str | None = None):
-    """(train, test) labelled datasets: ``fashion_mnist`` (its own train / test split), or a folder
-    with ``train/`` and ``val/`` (or ``test/``) sub-folders, each of class sub-folders."""
+    """(train, test) labelled datasets: ``fashion_mnist`` (its own train / test split), a folder
+    with ``train/`` and ``val/`` (or ``test/``) sub-folders, each of class sub-folders, or a Hugging
+    Face DatasetDict folder (save_to_disk) with a ``train`` and a ``validation`` or ``test`` split."""
     if data == "fashion_mnist":
         return fashion_mnist(root, "train", in_chans), fashion_mnist(root, "test", in_chans)
     folder = Path(data)
     if not folder.is_dir():
         raise DataError(f"evaluation data {data!r} is neither 'fashion_mnist' nor a folder")
+    if is_hf_folder(folder):
+        return hf_eval_splits(folder, in_chans)
     test_dir = next((folder / n for n in ("val", "test") if (folder / n).is_dir()), None)
     if not (folder / "train").is_dir() or test_dir is None:
         raise DataError(f"evaluation folder {folder} needs train/ and val/ (or test/) sub-folders of class folders")
@@ -51,6 +56,19 @@ def load_eval_data(data: str, in_chans: int, root: str | None = None):
     if len(train.classes) < 2:
         raise DataError(f"{folder} has one class ({train.classes[0]}): a classifier needs at least two")
     return train, test
+
+
+def hf_eval_splits(folder: Path, in_chans: int):
+    splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", []) \
+        if (folder / "dataset_dict.json").exists() else []
+    test = next((s for s in ("validation", "val", "test") if s in splits), None)
+    if "train" not in splits or test is None:
+        raise DataError(f"evaluation dataset {folder} needs a train and a validation (or test) split; it has "
+                        f"{', '.join(splits) or 'none'}")
+    train_set, test_set = HFImages(folder, "train", in_chans=in_chans), HFImages(folder, test, in_chans=in_chans)
+    if train_set.label_key is None:
+        raise DataError(f"{folder} has no label column ('label' or 'labels'): labels are needed for evaluation")
+    return train_set, test_set
 
 
 def random_encoder(like: VisionTransformer, seed: int = 0) -> VisionTransformer:
@@ -167,7 +185,7 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
     train_set, test_set = load_eval_data(data, encoder.in_chans, data_root)
     # What the features were computed from: a folder's files (names, sizes, times), not only its path.
     files = {split: ds.fingerprint() for split, ds in (("train", train_set), ("test", test_set))
-             if isinstance(ds, ImageFolder)}
+             if hasattr(ds, "fingerprint")}
     if train_limit is not None:
         keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:train_limit]
         train_set = torch.utils.data.Subset(train_set, keep.sort().values.tolist())
@@ -182,7 +200,7 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
     if "random" in baselines:
         encoders["random"] = (random_encoder(encoder, seed), {"random": encoder.config(), "seed": seed})
 
-    results, monitor = {}, {}
+    results, monitor, skipped, sizes = {}, {}, {}, {}
     for name, (enc, key) in encoders.items():
         enc.to(dev)
         feats = {split: cached_extract(enc, ds, cache_path(cache_dir, **key, **data_key, split=split,
@@ -190,6 +208,10 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
                                        patches=patches, batch_size=batch_size, num_workers=num_workers,
                                        progress=progress, desc=f"{name} {split} features", precision=precision)
                  for split, ds in (("train", train_set), ("test", test_set))}
+        if not sizes:  # the same files are unreadable whichever encoder reads them: said once
+            for split, ds in (("train", train_set), ("test", test_set)):
+                skipped[split], sizes[split] = feats[split].skipped, len(feats[split].labels)
+                warn_skipped(f"eval, {split} split ({source_of(ds)})", skipped[split], len(ds))
         results[name] = run_protocols(feats["train"], feats["test"], protocols, seed, layers, linear_steps,
                                       attentive_epochs, dev)
         results[name]["rankme"] = rankme(feats["test"].pooled)
@@ -201,11 +223,17 @@ def evaluate(checkpoint: str | Path, data: str = "fashion_mnist", protocols=PROT
         results["pixels"] = run_protocols(pix_train, pix_test, [p for p in protocols if p in PIXEL_PROTOCOLS], seed,
                                           linear_steps=linear_steps, device=dev)
 
-    record = {"protocols": list(protocols), "results": results, "notes": protocol_notes(results, len(train_set)),
+    notes = protocol_notes(results, sizes["train"])
+    if skipped["train"] or skipped["test"]:
+        notes.insert(0, f"{len(skipped['train'])} training and {len(skipped['test'])} test image(s) cannot be read "
+                        f"and were left out (named under 'skipped'): the numbers are of the {sizes['train']} and "
+                        f"{sizes['test']} readable ones")
+    record = {"protocols": list(protocols), "results": results, "notes": notes,
               "features": monitor, "layers": layers,
               "precision": precision, "linear_steps": linear_steps, "attentive_epochs": attentive_epochs,
               "checkpoint": str(checkpoint), "which": which, "dataset": data,
-              "train_size": len(train_set), "test_size": len(test_set), "train_limit": train_limit, "seed": seed,
+              "train_size": sizes["train"], "test_size": sizes["test"], "train_limit": train_limit, "seed": seed,
+              "skipped": {split: {"count": len(paths), "paths": paths[:LISTED]} for split, paths in skipped.items()},
               "wall_s": round(time.perf_counter() - t_start, 1), "hardware": hardware(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     out.parent.mkdir(parents=True, exist_ok=True)

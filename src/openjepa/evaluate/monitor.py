@@ -1,12 +1,13 @@
 """Online monitoring during pretraining: on a fixed labelled subset of the training data, the
 kNN accuracy of the target encoder's pooled features (first 80% as the bank, last 20% as
 queries), their effective rank (RankMe) and their spread. Collapse shows here before it shows
-in the loss."""
+in the loss. Unreadable images are left out (``features.read_batches``) and named in the log."""
 from __future__ import annotations
 
 import torch
 
-from ..data.transforms import Resized, prepare
+from ..data.transforms import prepare
+from .features import read_batches, warn_skipped
 from .knn import knn_predict
 from .rankme import feature_std, rankme
 
@@ -21,7 +22,7 @@ def monitor_subset(dataset_size: int, n: int, seed: int) -> torch.Tensor:
 @torch.no_grad()
 def pooled_features(encoder, batches, mean, std, autocast) -> torch.Tensor:
     """The encoder's average-pooled output [N, D] (fp32, on the CPU) for an iterable of image batches
-    [B, C, H, W] in [0, 1], run in eval mode (the encoder's mode is restored after)."""
+    [B, C, H, W] in [0, 1], run in eval mode (the encoder's mode is restored after); [0, 0] for no batch."""
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
@@ -31,21 +32,26 @@ def pooled_features(encoder, batches, mean, std, autocast) -> torch.Tensor:
         with autocast:
             feats.append(encoder(x).mean(1).float().cpu())
     encoder.train(was_training)
-    return torch.cat(feats)
+    return torch.cat(feats) if feats else torch.empty(0, 0)
 
 
 def monitor(encoder, dataset, indices: torch.Tensor, mean, std, autocast, batch_size: int = 256) -> dict:
-    """kNN accuracy at k=20 (None when the data has no labels), RankMe and feature_std."""
-    dataset, labels = Resized(dataset, encoder.img_size), []
+    """kNN accuracy at k=20 (None when the data has no labels), RankMe and feature_std, on the
+    readable images at ``indices`` (unreadable ones are named in the log; NaN if none is readable)."""
+    labels, skipped = [], []
 
-    def batches():  # read a batch at a time, keeping the labels
-        for start in range(0, len(indices), batch_size):
-            items = [dataset[int(i)] for i in indices[start:start + batch_size]]
-            labels.extend(int(label) for _, label in items)
-            yield torch.stack([img for img, _ in items])
+    def batches():  # read a batch at a time, keeping the labels of the readable images
+        for images, y, unreadable in read_batches(dataset, encoder.img_size, indices, batch_size):
+            skipped.extend(unreadable)
+            if images is not None:
+                labels.append(y)
+                yield images
 
     x = pooled_features(encoder, batches(), mean, std, autocast)
-    y = torch.tensor(labels)
+    warn_skipped("monitor", skipped, len(indices))
+    if not len(x):
+        return {"knn_acc": None, "rankme": float("nan"), "feature_std": float("nan")}
+    y = torch.cat(labels)
     cut = int(0.8 * len(x))
     knn_acc = None
     if (y >= 0).all() and 0 < cut < len(x):
@@ -55,16 +61,14 @@ def monitor(encoder, dataset, indices: torch.Tensor, mean, std, autocast, batch_
 
 def fixed_batch(dataset, indices: torch.Tensor, size) -> tuple[torch.Tensor | None, int]:
     """The readable images at ``indices``, each brought to ``size``, as one float batch [N, C, H, W]
-    (None if none is readable), and how many were skipped as unreadable."""
-    from ..data import UnreadableImage
-
-    dataset, images, skipped = Resized(dataset, size), [], 0
-    for i in indices:
-        try:
-            images.append(dataset[int(i)][0])
-        except UnreadableImage:
-            skipped += 1
-    return (torch.stack(images).float() if images else None), skipped
+    (None if none is readable), and how many were skipped as unreadable (named in the log)."""
+    images, skipped = [], []
+    for batch, _, unreadable in read_batches(dataset, size, indices):
+        skipped += unreadable
+        if batch is not None:
+            images.append(batch)
+    warn_skipped("collapse probe", skipped, len(indices))
+    return (torch.cat(images).float() if images else None), len(skipped)
 
 
 def collapse_statistics(encoder, images: torch.Tensor, mean, std, autocast, batch_size: int = 256) -> dict:

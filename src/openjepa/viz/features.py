@@ -12,19 +12,36 @@ from .masks import to_rgb
 
 def pick_images(dataset, n: int, seed: int = 0, size: tuple[int, int] | None = None) -> torch.Tensor:
     """``n`` images of ``dataset`` chosen by ``seed``: [n, C, H, W] in [0, 1], each resized and
-    centre-cropped to ``size`` when given (else they must share a size)."""
-    from ..data.transforms import Resized
+    centre-cropped to ``size`` when given (else they must share a size). An unreadable image is
+    skipped (named in the log) and the next in the seeded order taken instead: fewer than ``n``
+    only when the dataset has fewer readable images; DataError when it has none."""
+    from ..evaluate.features import Readable, nothing_readable, source_of, warn_skipped
 
-    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
-    dataset = Resized(dataset, size) if size else dataset
-    return torch.stack([dataset[int(i)][0] for i in idx])
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    readable, images, skipped = Readable(dataset, size), [], []
+    for i in order.tolist():
+        if len(images) == n:
+            break
+        img, label_or_path = readable[i]
+        if img is None:
+            skipped.append(str(label_or_path))
+        else:
+            images.append(img)
+    if not images:
+        raise nothing_readable(dataset, skipped)
+    warn_skipped(f"pictures ({source_of(dataset, skipped)})", skipped, len(images) + len(skipped))
+    return torch.stack(images)
 
 
 def sample_images(cfg, n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` images of the dataset ``cfg`` names, chosen by ``seed``, at its crop size: [n, C, S, S] in [0, 1]."""
+    """``n`` images of the dataset ``cfg`` names, chosen by ``seed``, at its crop size: [n, C, S, S] in [0, 1].
+    A stream (tar shards) offers its first readable images to choose from."""
     from ..data import build_dataset
 
-    return pick_images(build_dataset(cfg.data), n, seed, (cfg.data.crop_size,) * 2)
+    dataset = build_dataset(cfg.data)
+    if hasattr(dataset, "head"):
+        dataset = dataset.head(2 * n)
+    return pick_images(dataset, n, seed, (cfg.data.crop_size,) * 2)
 
 
 def feature_figure_for(checkpoint, overrides=(), n: int = 8, seed: int = 0) -> Image.Image:

@@ -162,6 +162,9 @@ def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) ->
         if ckpt_cfg.meta.target == "pixels":
             sections["imagination"] = missing("this run predicts pixels, not representations: there is nothing to "
                                               "retrieve")
+        elif not len(bank_src):
+            sections["imagination"] = missing(f"the data has only {len(shown)} readable images, all shown: none is "
+                                              f"left for the retrieval bank")
         else:
             bank = build_bank(model.target_encoder, bank_src, mean, std)
             rows = imagine(model, shown, mean, std, sampler_for(cfg, "multiblock"), *bank, seed=seed)
