@@ -53,10 +53,12 @@ def main() -> None:
         t0 = time.perf_counter()
         make_tree(args.root, args.files)
         print(f"made {args.files} files in {time.perf_counter() - t0:.0f} s")
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
     for run in range(args.runs):
         out = subprocess.run([sys.executable, "-c", CHILD, str(args.root)], capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
-        row.update(run=run, cpu=platform.processor() or platform.machine())
+        row.update(run=run, cpu=cpu)
         print(json.dumps(row))
 
 
