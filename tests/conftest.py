@@ -17,6 +17,7 @@ def _own_cache(tmp_path_factory):
     import os
 
     os.environ["OPENJEPA_CACHE"] = str(tmp_path_factory.mktemp("openjepa-cache"))
+    os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf-datasets-cache"))
 
 
 def tiny_config(folder, **sections) -> Config:

@@ -162,6 +162,7 @@ def test_the_folder_index_is_cached_and_follows_changes(tmp_path, monkeypatch):
         for name in ("x.png", "Y.JPG", "sub/z.png", "notes.txt"):
             (root / c / name).write_bytes(png(10) if name != "notes.txt" else b"text")
     expected = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
+    (root / "a_cls" / "up").symlink_to("..")  # a loop: not followed, as rglob does not
     ds = ImageFolder(root)
     assert list(ds.files) == expected and ds.classes == ["a cls-2", "a_cls", "b_cls"]
     assert [int(label) for label in ds.labels] == [ds.classes.index(p.relative_to(root).parts[0]) for p in expected]
@@ -202,3 +203,20 @@ def test_shards_train_on_two_processes(shards, tmp_path):
     log = (tmp_path / "two/train.log").read_text()
     assert "64 images, 4 steps/epoch of 16 images (8 per process x 2 processes" in log
     assert load_checkpoint(tmp_path / "two/checkpoints/latest.pt")["step"] == 5
+
+
+def test_parquet_files_of_one_split_are_read(hf_folder, tmp_path):
+    """The Hub's layout: data/train-*.parquet beside data/test-*.parquet; data.split picks the files."""
+    import datasets
+
+    from openjepa.data.hf import HFImages
+
+    for split in ("train", "test"):
+        ds = datasets.load_from_disk(str(hf_folder))[split]
+        ds.to_parquet(str(tmp_path / "data" / f"{split}-00000-of-00001.parquet"))
+    train_rows, test_rows = HFImages(tmp_path / "data", "train", in_chans=1), HFImages(tmp_path / "data", "test", in_chans=1)
+    assert (len(train_rows), len(test_rows)) == (40, 20)
+    assert train_rows[3][1] == 1 and float(train_rows[3][0][0, :8].mean()) > float(train_rows[3][0][0, 8:].mean())
+    (tmp_path / "bad.arrow").write_bytes(b"not arrow")
+    with pytest.raises(DataError, match="bad.arrow cannot be read as a dataset file"):
+        HFImages(tmp_path / "bad.arrow")

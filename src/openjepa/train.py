@@ -341,8 +341,9 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     batches = iter(loader)
     window, watch = _Window(device, world), CollapseWatch()
     # A stream (tar shards) has no random access: the checks use its first readable images instead.
-    check_data = dataset.head(max(lg.collapse_images, lg.monitor_images)) \
-        if hasattr(dataset, "head") and (lg.monitor_every or lg.collapse_every) else dataset
+    check_images = max(lg.collapse_images if lg.collapse_every else 0, lg.monitor_images if lg.monitor_every else 0)
+    check_data = dataset.head(check_images, d.crop_size) \
+        if hasattr(dataset, "head") and check_images and (world.main or sharded) else dataset
     # Under FSDP the target encoder's forward is collective: every process runs the monitor, process 0 writes.
     monitor = Monitor(cfg, check_data, run_dir, start_step, writer, world.main) \
         if lg.monitor_every and (world.main or sharded) else None

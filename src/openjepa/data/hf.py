@@ -41,11 +41,20 @@ def open_hf(path: str | Path, split: str = "train"):
             ds = ds[split]
         return ds
     files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.suffix in (".parquet", ".arrow"))
+    # The Hub's layout: data/train-00000-of-00004.parquet, data/test-...: the files of the split.
+    named = [f for f in files if f.name.startswith(f"{split}-") or f.name.startswith(f"{split}.")
+             or split in f.relative_to(path).parts[:-1]] if path.is_dir() else files
+    if named:
+        files = named
     if not files:
         raise DataError(f"{path} is neither a save_to_disk folder nor Parquet / Arrow files")
-    if files[0].suffix == ".parquet":
-        return datasets.Dataset.from_parquet([str(f) for f in files])
-    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
+    try:
+        if files[0].suffix == ".parquet":  # converted once into the datasets cache (HF_DATASETS_CACHE)
+            return datasets.Dataset.from_parquet([str(f) for f in files])
+        return datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
+    except Exception as e:  # pyarrow raises many types for files it cannot read
+        raise DataError(f"{files[0]} cannot be read as a dataset file "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 class HFImages(torch.utils.data.Dataset):
@@ -75,6 +84,10 @@ class HFImages(torch.utils.data.Dataset):
             raise DataError(f"{path} ({split}) holds no rows")
         feature = ds.features.get(self.label_key) if self.label_key else None
         self.classes = list(feature.names) if isinstance(feature, datasets.ClassLabel) else []
+        if feature is not None and not (isinstance(feature, datasets.ClassLabel) or
+                                        (isinstance(feature, datasets.Value) and feature.dtype.startswith("int"))):
+            raise DataError(f"{path}: the label column {self.label_key!r} holds {feature}, not integer class labels; "
+                            f"name another with data.label_key")
         if isinstance(ds.features[self.image_key], datasets.Image):  # decoded by us: a bad image is skipped, not fatal
             ds = ds.cast_column(self.image_key, datasets.Image(decode=False))
         self.ds = ds

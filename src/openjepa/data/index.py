@@ -60,7 +60,7 @@ def scan(root: Path, extensions: tuple[str, ...]) -> tuple[list[str], dict[str, 
         with os.scandir(folder) as entries:
             for entry in entries:
                 name = f"{rel}/{entry.name}" if rel else entry.name
-                if entry.is_dir():
+                if entry.is_dir(follow_symlinks=False):  # as rglob: a symlinked folder is not entered (no loops)
                     todo.append(name)
                 elif os.path.splitext(entry.name)[1].lower() in extensions and entry.is_file():
                     names.append(name)
@@ -93,7 +93,10 @@ def _locked(path: Path):
         yield
         return
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # e.g. ENOLCK on NFS: each process scans for itself
+            pass
         yield
     finally:
         handle.close()

@@ -67,7 +67,7 @@ def sample_image(sample: dict, in_chans: int) -> torch.Tensor:
     """The image of a tar sample (its first file with an image extension), decoded; UnreadableImage
     when it has none or it cannot be decoded."""
     name = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-    key = next((k for k in sample if k.lower() in IMAGE_KEYS), None)
+    key = next((k for k in sample if k[:2] != "__" and k.lower().rsplit(".", 1)[-1] in IMAGE_KEYS), None)
     if key is None:
         raise UnreadableImage(name, f"no image in the sample (its files: {', '.join(k for k in sample if k[:2] != '__')})")
     return load_image(io.BytesIO(sample[key]), in_chans, name=f"{name}.{key}")
@@ -113,7 +113,7 @@ class TarShards:
         sample of its shards once); then its shards again, in another order. Endless."""
         order = torch.randperm(len(self.urls), generator=generator_for(seed, ORDER, epoch)).tolist()
         mine, split = [self.urls[i] for i in order[slot::slots]], 1
-        if not mine:  # fewer shards than slots: every slot reads them all, keeping every slots-th sample
+        if len(self.urls) < slots:  # fewer shards than slots: every slot reads them all, keeping every slots-th sample
             mine, split = [self.urls[i] for i in order], slots
         g = generator_for(seed, SHUFFLE, epoch, slot)
         buffer = []
@@ -124,8 +124,9 @@ class TarShards:
             return buffer.pop()
 
         for p in itertools.count():
-            if p:
-                mine = [mine[i] for i in torch.randperm(len(mine), generator=generator_for(seed, ORDER, epoch, slot, p))]
+            if p:  # the same new order for every slot of a split read: their shares stay disjoint
+                again = generator_for(seed, ORDER, epoch, p, slot if split == 1 else -1)
+                mine = [mine[i] for i in torch.randperm(len(mine), generator=again)]
             got = False
             for i, sample in enumerate(self.raw(mine)):
                 if split > 1 and i % split != slot:
@@ -135,13 +136,21 @@ class TarShards:
                 if len(buffer) >= self.shuffle_buffer:
                     yield pop()
             if not got:
-                raise DataError(f"the shards of slot {slot} in epoch {epoch} ({mine[0]} ...) hold no sample")
+                if len(mine) == len(self.urls):  # it was reading them all already
+                    raise DataError(f"slot {slot} of {slots} found no sample in the shards {self.urls[0]} ...: "
+                                    f"unreadable, or fewer samples than slots")
+                log.warning("slot %d of epoch %d: its shards (%s ...) gave no sample; it reads every shard instead",
+                            slot, epoch, mine[0])
+                mine, split = list(self.urls), 1
             while buffer:
                 yield pop()
 
-    def head(self, n: int):
-        """The first ``n`` readable images of the first shards (in their order), with their labels."""
+    def head(self, n: int, size: int):
+        """The first ``n`` readable images of the first shards (in their order), each brought to
+        ``size`` x ``size`` as it is read (resize, centre crop), with their labels: an in-memory
+        dataset (uint8, n x size x size x channels bytes)."""
         from .sources import ArrayDataset
+        from .transforms import resize_center_crop
 
         images, labels = [], []
         for sample in self.raw(self.urls):
@@ -149,16 +158,13 @@ class TarShards:
                 img = sample_image(sample, self.in_chans)
             except UnreadableImage:
                 continue
-            images.append(img)
+            images.append(resize_center_crop(img[None], (size, size))[0].mul(255).round().to(torch.uint8))
             labels.append(sample_label(sample))
             if len(images) == n:
                 break
         if not images:
             raise DataError(f"no readable image in the shards {self.urls[0]} ...")
-        size = min(min(img.shape[-2:]) for img in images)
-        from .transforms import resize_center_crop
-        batch = torch.stack([resize_center_crop(img[None], (size, size))[0] for img in images])
-        return ArrayDataset(batch, labels, self.in_chans)
+        return ArrayDataset(torch.stack(images), labels, self.in_chans)
 
 
 class ShardBatches(torch.utils.data.IterableDataset):

@@ -40,7 +40,7 @@ def sample_images(cfg, n: int, seed: int = 0) -> torch.Tensor:
 
     dataset = build_dataset(cfg.data)
     if hasattr(dataset, "head"):
-        dataset = dataset.head(2 * n)
+        dataset = dataset.head(2 * n, cfg.data.crop_size)
     return pick_images(dataset, n, seed, (cfg.data.crop_size,) * 2)
 
 
