@@ -208,13 +208,18 @@ def _coerce(key: str, value, hint):
     return float(value) if hint is float else value
 
 
-def _set(cfg: Config, section: str, key: str, value) -> None:
+def _hint(section: str, key: str):
+    """The type of ``section.key``; unknown names are a ConfigError naming the closest valid one."""
     if section not in SECTIONS:
         raise _unknown("config section", section, list(SECTIONS))
     hints = _section_types(section)
     if key not in hints:
         raise _unknown(f"key in section {section!r}", key, list(hints))
-    setattr(getattr(cfg, section), key, _coerce(f"{section}.{key}", value, hints[key]))
+    return hints[key]
+
+
+def _set(cfg: Config, section: str, key: str, value) -> None:
+    setattr(getattr(cfg, section), key, _coerce(f"{section}.{key}", value, _hint(section, key)))
 
 
 def from_dict(raw: dict, cfg: Config | None = None) -> Config:
@@ -288,12 +293,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         section, dot, key = name.strip().partition(".")
         if not sep or not dot or not key:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        if section not in SECTIONS:
-            raise _unknown("config section", section, list(SECTIONS))
-        hints = _section_types(section)
-        if key not in hints:
-            raise _unknown(f"key in section {section!r}", key, list(hints))
-        _set(cfg, section, key, _override_value(item, text, hints[key]))
+        _set(cfg, section, key, _override_value(item, text, _hint(section, key)))
     return cfg
 
 

@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, CorruptCheckpoint, atomic_save, load_checkpoint
 from .config import Config, ConfigError, validate
+from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch, per_channel
+from .device import resolve_device
 from .distributed import World, gather_full_state, init_distributed, load_full_state, shard_ijepa
 from .errors import check_writable_folder
-from .device import resolve_device
-from .data import DataError, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch, per_channel
 from .ijepa import IJEPA, build_ijepa
 from .masks import build_mask_sampler
 
