@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import load_config
-from .errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, BadInput, check_output_file,
-                     check_writable_folder)
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, BadInput, check_output_file
 from .train import Preempted, TrainingError, train
 
 
@@ -65,7 +64,6 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .interop import export_encoder
 
-    check_writable_folder(args.out, "--out")
     out = export_encoder(args.checkpoint, args.format, args.out, args.which)
     print(f"exported the {args.which} encoder of {args.checkpoint} as {args.format} to {out}")
     return 0
@@ -74,8 +72,6 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table
 
-    if args.out is not None:
-        check_output_file(args.out, "--out")
     split = lambda text: [t for t in text.split(",") if t]  # noqa: E731
     record = evaluate(args.checkpoint, args.data, split(args.protocol), split(args.baselines), args.which, args.layers,
                       args.data_root, args.cache_dir, args.out, args.seed, args.batch_size, args.num_workers,

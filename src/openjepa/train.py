@@ -783,7 +783,7 @@ class CollapseProbe:
         from .evaluate.monitor import collapse_statistics, fixed_batch
 
         if not self.loaded:
-            self.images, _ = fixed_batch(self.dataset, self.indices, encoder.img_size)  # skipped ones are logged
+            self.images = fixed_batch(self.dataset, self.indices, encoder.img_size)  # skipped ones are logged
             self.loaded = True
         if self.images is None or len(self.images) < 2:
             return self.latest  # nothing to measure a spread on

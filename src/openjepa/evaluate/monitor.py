@@ -59,16 +59,16 @@ def monitor(encoder, dataset, indices: torch.Tensor, mean, std, autocast, batch_
     return {"knn_acc": knn_acc, "rankme": rankme(x), "feature_std": feature_std(x)}
 
 
-def fixed_batch(dataset, indices: torch.Tensor, size) -> tuple[torch.Tensor | None, int]:
+def fixed_batch(dataset, indices: torch.Tensor, size) -> torch.Tensor | None:
     """The readable images at ``indices``, each brought to ``size``, as one float batch [N, C, H, W]
-    (None if none is readable), and how many were skipped as unreadable (named in the log)."""
+    (None if none is readable); the unreadable ones are named in the log."""
     images, skipped = [], []
     for batch, _, unreadable in read_batches(dataset, size, indices):
         skipped += unreadable
         if batch is not None:
             images.append(batch)
     warn_skipped("collapse probe", skipped, len(indices))
-    return (torch.cat(images).float() if images else None), len(skipped)
+    return torch.cat(images).float() if images else None
 
 
 def collapse_statistics(encoder, images: torch.Tensor, mean, std, autocast, batch_size: int = 256) -> dict:
