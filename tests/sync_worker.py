@@ -55,6 +55,7 @@ def main(mode: str, accum: int) -> None:
     dist.all_gather(gathered, grads)
     if dist.get_rank() == 0:
         print(json.dumps({"calls": calls[0], "grads_equal": all(torch.equal(g, gathered[0]) for g in gathered)}))
+    dist.barrier()  # neither process tears gloo down while the other is still in the gather (it aborted, -6)
     dist.destroy_process_group()
 
 
