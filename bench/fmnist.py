@@ -70,6 +70,25 @@ def insert_row(md: Path, mark: str, row: str) -> None:
     md.write_text(text.replace(mark, row + "\n" + mark, 1))
 
 
+def csv_table(results: Path, header: str, cells) -> tuple[list[dict], list[str]]:
+    """(the rows of the CSV ``results``, a markdown table of them): the ``header`` line, its rule,
+    then one line of ``cells(row)`` (strings) per row."""
+    with open(results, newline="") as f:
+        rows = list(csv.DictReader(f))
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    return rows, lines + ["| " + " | ".join(cells(r)) + " |" for r in rows]
+
+
+def write_table(md: Path, start: str, end: str, lines: list[str]) -> None:
+    """Put ``lines`` between the ``start`` and ``end`` marks of ``md`` (replacing what was there), or
+    above ``end`` with the ``start`` mark the first time."""
+    text = md.read_text()
+    if start in text and end in text:
+        md.write_text(text[:text.index(start) + len(start)] + "\n" + "\n".join(lines) + "\n" + text[text.index(end):])
+    else:
+        insert_row(md, end, start + "\n" + "\n".join(lines))
+
+
 def run_recipe(name: str, runs_dir: Path, md: Path, protocols: list[str]) -> dict:
     cfg = load_config(RECIPES[name], [f"logging.folder={runs_dir / name}"])
     run_dir = train(cfg)

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fmnist import insert_row, machine, pretrain_seconds  # noqa: E402  (same folder)
+from fmnist import csv_table, machine, pretrain_seconds, write_table  # noqa: E402  (same folder)
 
 BASE = ROOT / "configs/fmnist_cpu.yaml"
 # name -> overrides of the base config; one lever each (a few pairs where the levers go together)
@@ -176,24 +176,14 @@ def run_concurrently(specs: list[str], args) -> None:
 
 def report(results: Path, md: Path, plot: Path) -> None:
     """The CSV as the BENCHMARKS.md table (rows newer than the table's replace it) and the plot."""
-    with open(results, newline="") as f:
-        rows = list(csv.DictReader(f))
     header = ("| date | variant | changed (vs configs/fmnist_cpu.yaml) | epochs | steps | pretrain min | img/s | "
               "linear | kNN@20 | 1% | probe steps | RankMe | target_std | image_rankme | image_spread | machine |")
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in rows:
-        machine_cell = r["machine"] + (f", {r['jobs']} runs at once" if r["jobs"] not in ("", "1") else "")
-        cells = [r["date"], r["variant"], f"`{r['changed']}`" if r["changed"] != "-" else "-", r["epochs"], r["steps"],
-                 r["pretrain_min"], r["img_per_s"], r["linear"], r["knn20"], r["lowshot1"], r["probe_steps"],
-                 r["rankme"], r["target_std"], r["image_rankme"], r["image_spread"], machine_cell]
-        lines.append("| " + " | ".join(cells) + " |")
-    text = md.read_text()
-    start, end = "<!-- recipe_study:start -->", MARK
-    if start in text and end in text:
-        text = text[:text.index(start) + len(start)] + "\n" + "\n".join(lines) + "\n" + text[text.index(end):]
-        md.write_text(text)
-    else:
-        insert_row(md, end, start + "\n" + "\n".join(lines))
+    rows, lines = csv_table(results, header, lambda r: [
+        r["date"], r["variant"], f"`{r['changed']}`" if r["changed"] != "-" else "-", r["epochs"], r["steps"],
+        r["pretrain_min"], r["img_per_s"], r["linear"], r["knn20"], r["lowshot1"], r["probe_steps"], r["rankme"],
+        r["target_std"], r["image_rankme"], r["image_spread"],
+        r["machine"] + (f", {r['jobs']} runs at once" if r["jobs"] not in ("", "1") else "")])
+    write_table(md, "<!-- recipe_study:start -->", MARK, lines)
     plot_study(rows, plot)
 
 

@@ -69,6 +69,39 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from .downstream import finetune, load_settings
+
+    ft = load_settings(args.overrides, epochs=args.epochs, labels_fraction=args.labels_fraction, which=args.which,
+                       head=args.head, device=args.device, random_init=args.random_init or None,
+                       progress_bar=False if args.no_progress else None)
+    record = finetune(args.checkpoint, args.out, args.data, ft, args.data_root)
+    print(f"test accuracy {100 * record['test_acc']:.2f}% (best epoch {record['best_epoch']} of "
+          f"{ft.epochs} on the validation split; the last epoch's weights: {100 * record['test_acc_last']:.2f}%)")
+    print(f"run directory: {args.out} (checkpoints/best.pt, result.json)")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .downstream import embed
+
+    summary = embed(args.checkpoint, args.data, args.out, args.which, args.pooling, args.batch_size, args.num_workers,
+                    args.device, args.precision, progress=not args.no_progress)
+    print(f"wrote {summary['images']} {summary['dim']}-d embeddings to {summary['out']}"
+          + (f" ({summary['skipped']} unreadable image(s) left out and listed)" if summary["skipped"] else ""))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table
 
@@ -181,6 +214,39 @@ def main(argv: list[str] | None = None) -> int:
                    help="use this many training images (a seeded random subset) for a quick evaluation")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
+    p = commands.add_parser("finetune", help="fine-tune an encoder end to end with a classification head")
+    p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")
+    p.add_argument("overrides", nargs="*", help="key=value fine-tuning settings, e.g. blr=5e-4 layer_decay=0.65 "
+                                                "mixup=0.8 (README: Fine-tune and embed)")
+    p.add_argument("--data", default="fashion_mnist",
+                   help="fashion_mnist, or a folder with train/ and val/ (and test/) sub-folders of class folders")
+    p.add_argument("--data-root", default=None, help="where the Fashion-MNIST idx files are (default: searched)")
+    p.add_argument("--out", required=True, help="the run directory (run the same command again to resume)")
+    p.add_argument("--epochs", type=POSITIVE, default=None, help="default 10")
+    p.add_argument("--labels-fraction", type=_fraction, default=None,
+                   help="use this fraction of the training labels (stratified); default 1")
+    p.add_argument("--which", default=None, choices=["target", "context"], help="the encoder to start from (target)")
+    p.add_argument("--head", default=None, choices=["linear", "attentive"],
+                   help="linear on the mean of the patch features (default; exports to HF and timm) or attentive pooling")
+    p.add_argument("--random-init", action="store_true",
+                   help="the baseline: the checkpoint's architecture, freshly initialised")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_finetune)
+    p = commands.add_parser("embed", help="pooled features of every image of a folder, with their paths")
+    p.add_argument("checkpoint", help="our checkpoint (best.pt of a fine-tuning too), a reference .pth.tar, or an "
+                                      "exported folder")
+    p.add_argument("--data", required=True, help="a folder of images (searched recursively; any size)")
+    p.add_argument("--out", required=True, help="the file to write: .npz or .parquet")
+    p.add_argument("--which", default="target", choices=["target", "context"])
+    p.add_argument("--pooling", default="mean", choices=["mean", "last4"],
+                   help="mean of the last layer's patch features (default) or the last 4 layers' means, concatenated")
+    p.add_argument("--batch-size", type=POSITIVE, default=256)
+    p.add_argument("--num-workers", type=NON_NEGATIVE, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_embed)
     p = commands.add_parser("submit", help="queue training on SLURM with submitit (requeued on pre-emption)")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
@@ -217,14 +283,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="time the input pipeline alone on the config's data (read, decode, crop, masks); --steps batches")
     p.add_argument("--workers", type=_int_list, default=(0, 1, 2), help="with --loader: the worker counts to time")
     p.set_defaults(func=_bench)
-    p = commands.add_parser("export", help="write a checkpoint's encoder for Hugging Face, timm or safetensors")
+    p = commands.add_parser("export", help="write a checkpoint's encoder (a fine-tuned one with its head) for "
+                                           "Hugging Face, timm or safetensors")
     p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")
     p.add_argument("--format", required=True, choices=["hf", "timm", "safetensors"])
     p.add_argument("--out", required=True, help="a new folder")
     p.add_argument("--which", default="target", choices=["target", "context"],
                    help="the EMA target encoder (the paper's choice, default) or the context encoder")
     p.set_defaults(func=_export)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (argparse takes a positional list only before them)
+    if rest and isinstance(getattr(args, "overrides", None), list) and all("=" in r and not r.startswith("-") for r in rest):
+        args.overrides += rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
     except BadInput as e:  # ConfigError, DataError, CheckpointError: the user's input, said in one line

@@ -97,8 +97,12 @@ class MetaConfig:
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile each transformer block (token counts marked dynamic: no recompiles)
     fsdp: bool = False  # under torchrun: shard encoder, target encoder and predictor with FSDP (fully_shard)
-    # Reference keys. A run always resumes from its own latest.pt; these two are accepted as no-ops
-    # when off, and read_checkpoint is refused until loading foreign checkpoints exists.
+    # Start a new run from a checkpoint (ours, the reference's .pth.tar, a fine-tuned or exported
+    # encoder): its networks, with new optimiser state and schedules. A run that has its own
+    # checkpoints/latest.pt resumes from it and ignores this.
+    init_from: str = ""
+    # The reference's spelling of init_from: load_checkpoint true and read_checkpoint the file (found in
+    # logging.folder, as the reference looks for it, or as given). load_checkpoint alone: resume (always done).
     load_checkpoint: bool = False
     read_checkpoint: str | None = None
     copy_data: bool = False
@@ -297,6 +301,21 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+def apply_field_overrides(obj, overrides: list[str], what: str):
+    """``key=value`` strings (``what.key=value`` too) onto the dataclass ``obj`` of one section's worth of
+    settings (e.g. fine-tuning's), typed and checked as the config's keys are."""
+    hints = typing.get_type_hints(type(obj))
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        key = name.strip().removeprefix(f"{what}.")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        if key not in hints:
+            raise _unknown(f"{what} setting", key, list(hints))
+        setattr(obj, key, _coerce(f"{what} {key}", _override_value(item, text, hints[key]), hints[key]))
+    return obj
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file (ours or a reference one), then the overrides; validated."""
     cfg = Config()
@@ -414,9 +433,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("the collapse regularisers measure spread across images: data.batch_size must be >= 2")
     if meta.sigreg_slices < 1:
         raise ConfigError(f"meta.sigreg_slices must be at least 1, got {meta.sigreg_slices}")
-    if meta.read_checkpoint:
-        raise ConfigError("meta.read_checkpoint is not supported: a run resumes from its own "
-                          "checkpoints/latest.pt; copy the checkpoint there to continue it")
+    if meta.init_from and meta.load_checkpoint and meta.read_checkpoint:
+        raise ConfigError(f"meta.init_from ({meta.init_from}) and meta.read_checkpoint ({meta.read_checkpoint}) "
+                          f"both name a checkpoint to start from; keep one")
     if o.epochs < 1:
         raise ConfigError(f"optimization.epochs must be at least 1, got {o.epochs}")
     if o.lr_scaling not in LR_SCALING:

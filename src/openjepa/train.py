@@ -268,17 +268,90 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
     validate(cfg)
     if max_steps is not None and max_steps < 1:
         raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
-    check_run_dir(Path(cfg.logging.folder))
+    # the reference keeps the checkpoint meta.read_checkpoint names in the run folder: that one file may be there
+    check_run_dir(Path(cfg.logging.folder), allow=(str(cfg.meta.read_checkpoint),) if cfg.meta.load_checkpoint else ())
+    resumes = (Path(cfg.logging.folder) / "checkpoints" / "latest.pt").exists()
+    source = None if resumes else init_source(cfg)  # a run resuming its own checkpoint does not read it again
+    init = prepare_init(source, cfg) if source is not None else None  # checked before anything is written
     if dataset is None:
         dataset = build_dataset(cfg.data)  # fails on a missing or empty data folder before anything is written
     world = init_distributed(cfg.meta.device)
     try:
-        return _train(cfg, dataset, world, max_steps)
+        return _train(cfg, dataset, world, max_steps, init)
     finally:
         world.close()
 
 
-def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
+def init_source(cfg: Config) -> Path | None:
+    """The checkpoint a new run starts from: ``meta.init_from``, or the reference's spelling
+    (``meta.load_checkpoint: true`` with ``meta.read_checkpoint``, a file the reference looks for in
+    ``logging.folder``; also accepted as given). None when neither is set."""
+    meta = cfg.meta
+    if meta.init_from:
+        path = Path(meta.init_from)
+        if not path.exists():
+            raise ConfigError(f"meta.init_from {path} not found")
+        return path
+    if not (meta.load_checkpoint and meta.read_checkpoint):
+        return None
+    candidates = [Path(cfg.logging.folder) / meta.read_checkpoint, Path(meta.read_checkpoint)]
+    found = next((c for c in candidates if c.exists()), None)
+    if found is None:
+        raise ConfigError(f"meta.read_checkpoint {meta.read_checkpoint} not found (looked for "
+                          f"{' and '.join(map(str, candidates))})")
+    return found
+
+
+def prepare_init(path: Path, cfg: Config) -> dict:
+    """The states ``meta.init_from`` gives each network, their position embeddings interpolated to
+    this config's grid, checked tensor by tensor against the networks the config builds (a mismatch
+    names the tensor). ``predictor`` is None when the source has none (an exported encoder)."""
+    from .interop import init_states
+    from .models.vit import interpolate_pos_embed
+
+    fmt, states = init_states(path)
+    with torch.device("meta"):
+        shapes = build_ijepa(cfg)
+    out = {}
+    for key, state in states.items():
+        if state is None:
+            out[key] = None
+            continue
+        expected, state = getattr(shapes, key).state_dict(), dict(state)
+        for name in ("pos_embed", "predictor_pos_embed"):
+            have, want = state.get(name), expected.get(name)
+            if have is not None and want is not None and have.shape != want.shape and have.shape[-1] == want.shape[-1]:
+                side, new_side = math.isqrt(have.shape[1]), math.isqrt(want.shape[1])
+                if side * side == have.shape[1] and new_side * new_side == want.shape[1]:
+                    state[name] = interpolate_pos_embed(have, (side, side), (new_side, new_side))
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or extra:
+            what = f"has no tensor {key}.{missing[0]}" if missing else f"has a tensor {key}.{extra[0]}"
+            raise ConfigError(f"meta.init_from {path} {what} that this config's network "
+                              f"{'needs' if missing else 'does not have'}: is it of another model size or depth "
+                              f"(meta.model_name, meta.pred_depth)?")
+        for name, want in expected.items():
+            if tuple(state[name].shape) != tuple(want.shape):
+                raise ConfigError(f"meta.init_from {path}: tensor {key}.{name} is {tuple(state[name].shape)} there but "
+                                  f"{tuple(want.shape)} for this config (meta.model_name, meta.pred_emb_dim, "
+                                  f"mask.patch_size, data.in_chans must match the checkpoint's)")
+        out[key] = state
+    return {"path": str(path), "format": fmt, "states": out}
+
+
+def load_init(model: IJEPA, init: dict) -> None:
+    """Copy ``prepare_init``'s states into a freshly built model, and say what was taken."""
+    fresh = init["states"]["predictor"] is None
+    for key, state in init["states"].items():
+        if state is not None:
+            getattr(model, key).load_state_dict(state)
+    init["states"].clear()  # the copies are in the model now: not held for the whole run
+    log.info("initialised from %s (%s checkpoint): encoder, target encoder%s; new optimiser state and schedules",
+             init["path"], init["format"],
+             " and a fresh predictor (the source has none)" if fresh else " and predictor")
+
+
+def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict | None = None) -> Path:
     d, meta, o, lg = cfg.data, cfg.meta, cfg.optimization, cfg.logging
     device = resolve_device(meta.device)
     if device.type == "cuda" and world.size > 1:
@@ -303,6 +376,10 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None) -> Path:
     _setup_logging(run_dir if world.main else None)
     torch.manual_seed(meta.seed)
     model = build_ijepa(cfg).to(device)
+    if init is not None:
+        load_init(model, init)
+    elif meta.init_from or (meta.load_checkpoint and meta.read_checkpoint):
+        log.info("this run has its own checkpoint: meta.init_from / read_checkpoint is not read again")
     sharded = _shard(model, world, meta.fsdp)
     optimizer = build_optimizer(model, o)
     schedules = Schedules.from_config(scaled_lrs(o, images_per_step, world.main), steps_per_epoch)
@@ -433,26 +510,27 @@ def is_run_dir(folder: Path) -> bool:
     return (folder / RUN_MARKER).is_file() or any((folder / "checkpoints").glob("*.pt"))
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """``logging.folder`` must be a folder that does not exist yet, an empty one, or one of our runs
-    (which is resumed). A folder holding anything else is the user's and is never written into."""
+def check_run_dir(run_dir: Path, what: str = "logging.folder", allow: tuple[str, ...] = ()) -> None:
+    """A run directory (``what``: ``logging.folder``, or a command's ``--out``) must be a folder that
+    does not exist yet, an empty one (but for the names in ``allow``), or one of our runs (which is
+    resumed). A folder holding anything else is the user's and is never written into."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"logging.folder {run_dir} is a file, not a folder")
+        raise ConfigError(f"{what} {run_dir} is a file, not a folder")
     if not run_dir.is_dir():
-        check_writable_folder(run_dir, "logging.folder")
+        check_writable_folder(run_dir, what)
         return
     if not os.access(run_dir, os.W_OK | os.X_OK):
-        raise ConfigError(f"logging.folder {run_dir} cannot be written (no permission)")
+        raise ConfigError(f"{what} {run_dir} cannot be written (no permission)")
     if is_run_dir(run_dir):
         return
-    found = sorted(p.name for p in run_dir.iterdir())
+    found = sorted(p.name for p in run_dir.iterdir() if p.name not in allow)
     if found:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        raise ConfigError(f"logging.folder {run_dir} holds files that are not an openjepa run ({shown}); "
+        raise ConfigError(f"{what} {run_dir} holds files that are not an openjepa run ({shown}); "
                           f"give a new or empty folder (a run never writes into a folder it did not make)")
 
 
-def make_run_dir(run_dir: Path) -> None:
+def make_run_dir(run_dir: Path, what: str = "logging.folder") -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         marker = run_dir / RUN_MARKER
@@ -460,7 +538,7 @@ def make_run_dir(run_dir: Path) -> None:
             marker.write_text(f"openjepa run directory (openjepa {_version()})\n")
         (run_dir / "checkpoints").mkdir(exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"logging.folder {run_dir} cannot be written: {e.strerror or e}") from None
+        raise ConfigError(f"{what} {run_dir} cannot be written: {e.strerror or e}") from None
 
 
 def _version() -> str:

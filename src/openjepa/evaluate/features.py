@@ -121,32 +121,36 @@ class Features:
 
 @torch.inference_mode()
 def extract(encoder: VisionTransformer, dataset, batch_size: int = 256, patches: bool = False,
-            num_workers: int = 0, progress: bool = True, desc: str = "features", precision: str = "fp32") -> Features:
+            num_workers: int = 0, progress: bool = True, desc: str = "features", precision: str = "fp32",
+            last4: bool = True) -> Features:
     """Run the frozen ``encoder`` over ``dataset`` (items (image [C, H, W] in [0, 1], label)) in
     order; ``precision`` 'bf16' runs it under bf16 autocast (features are returned in fp32).
+    ``last4=False`` keeps the last layer only (``Features.last4`` then holds the pooled features).
     Unreadable images are left out with their labels and listed in ``skipped``; DataError if
     none can be read."""
     encoder.eval()
     device = next(encoder.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
     loader = read_batches(dataset, encoder.img_size, batch_size=batch_size, num_workers=num_workers)
-    pooled, last4, tokens, labels, skipped = [], [], [], [], []
+    pooled, fours, tokens, labels, skipped = [], [], [], [], []
     for images, y, unreadable in tqdm(loader, desc=desc, disable=not progress, unit="batch", dynamic_ncols=True):
         skipped += unreadable
         if images is None:
             continue
         x = prepare(images.float(), encoder).to(device)
         with autocast:
-            layers = encoder.intermediates(x, layers=min(4, len(encoder.blocks)), norm=True)
+            layers = encoder.intermediates(x, layers=min(4 if last4 else 1, len(encoder.blocks)), norm=True)
         pooled.append(layers[-1].mean(1).float().cpu())
-        last4.append(torch.cat([z.mean(1) for z in layers], dim=1).float().cpu())
+        if last4:
+            fours.append(torch.cat([z.mean(1) for z in layers], dim=1).float().cpu())
         if patches:
             tokens.append(layers[-1].to(torch.float16).cpu())
         labels.append(y)
     if not labels:
         raise nothing_readable(dataset, skipped)
-    return Features(torch.cat(pooled), torch.cat(last4), torch.cat(tokens) if patches else None, torch.cat(labels),
-                    skipped)
+    pooled = torch.cat(pooled)
+    return Features(pooled, torch.cat(fours) if last4 else pooled, torch.cat(tokens) if patches else None,
+                    torch.cat(labels), skipped)
 
 
 def pixel_features(dataset, size: tuple[int, int], batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:

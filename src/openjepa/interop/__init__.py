@@ -1,7 +1,10 @@
 """Reuse: load encoders from any checkpoint format we know, export them for other tools.
 
-Formats read: our training checkpoints, the reference repository's ``.pth.tar`` files, Hugging
-Face ``IJepaModel`` folders, and our safetensors export. Nothing is unpickled beyond tensors and
+Formats read: our training and fine-tuning checkpoints, the reference repository's ``.pth.tar``
+files, Hugging Face ``IJepaModel`` / ``IJepaForImageClassification`` folders, and our timm and
+safetensors exports. A fine-tuning checkpoint (``best.pt``) is a classifier: ``load_classifier``
+gives it whole, ``load_encoder`` its fine-tuned encoder, and ``export_encoder`` writes it with its
+head (``IJepaForImageClassification`` with the class names; timm with ``num_classes``). Nothing is unpickled beyond tensors and
 plain containers (``torch.load(weights_only=True)`` or safetensors).
 
 Which encoder: a checkpoint holds the context encoder (``encoder``) and its EMA, the target
@@ -24,9 +27,11 @@ from ..data import normalize, resize_center_crop, to_channels
 from ..ijepa import IJEPA, build_ijepa
 from ..models.predictor import Predictor
 from ..models.vit import VisionTransformer, build_encoder
-from .hf import load_hf, save_hf
+from .hf import classifier_head_hf, load_hf, save_hf
 from .official import build_encoder_from_state, build_predictor_from_state, is_reference, strip_prefix
 from .timm import load_timm, save_timm
+
+FINETUNE_FORMAT = "openjepa-finetune"  # downstream.finetune's checkpoints
 
 ENTRY = {"target": "target_encoder", "context": "encoder"}
 FORMATS = ("hf", "timm", "safetensors")
@@ -46,6 +51,8 @@ def _read(path: Path) -> tuple[str, object]:
     obj = load_checkpoint(path)
     if obj.get("format") == "openjepa":
         return "openjepa", obj
+    if obj.get("format") == FINETUNE_FORMAT:
+        return "finetune", obj
     obj = {k: strip_prefix(v) if k in ("encoder", "target_encoder", "predictor") and isinstance(v, dict) else v
            for k, v in obj.items()}
     if is_reference(obj):
@@ -63,8 +70,8 @@ def _state(obj: dict, key: str, path: Path) -> dict:
 def load_encoder(path: str | Path, which: str = "target") -> VisionTransformer:
     """An encoder in eval mode: ``encoder(images)`` -> patch features [B, N, D] after the final
     norm, ``encoder.pooled(images)`` -> [B, D], ``encoder.intermediates(images, layers)``.
-    ``which`` is 'target' (the EMA encoder, the paper's choice) or 'context'; a Hugging Face or
-    safetensors folder holds one encoder and ignores it. ``encoder.mean`` / ``encoder.std`` are the
+    ``which`` is 'target' (the EMA encoder, the paper's choice) or 'context'; a fine-tuning
+    checkpoint or an exported folder holds one encoder and ignores it. ``encoder.mean`` / ``encoder.std`` are the
     normalisation it was trained with (see ``preprocess``)."""
     if which not in ENTRY:
         raise ValueError(f"which must be 'target' or 'context', got {which!r}")
@@ -79,6 +86,9 @@ def load_encoder(path: str | Path, which: str = "target") -> VisionTransformer:
             mean, std = cfg.data.mean, cfg.data.std
         elif fmt == "reference":
             encoder = build_encoder_from_state(_state(obj, ENTRY[which], path))
+        elif fmt == "finetune":
+            encoder = _classifier_from(obj, path).encoder
+            mean, std = encoder.mean, encoder.std
         elif fmt == "hf":
             encoder = load_hf(path)
             info = json.loads((path / "config.json").read_text()).get("openjepa", {})
@@ -151,20 +161,108 @@ def export_encoder(path: str | Path, fmt: str, out: str | Path, which: str = "ta
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"export folder {out} already exists and is not empty; choose a new one")
     check_writable_folder(out, "export folder")
-    encoder = load_encoder(path, which)
-    info = {"source": str(path), "which": which, "mean": encoder.mean, "std": encoder.std}
+    classifier = load_classifier(path) if _is_finetune(path) else None
+    if classifier is not None and classifier.head_type != "linear" and fmt != "safetensors":
+        raise CheckpointError(f"{path} has an attentive-pooling head, which {fmt} has no model for; export it as "
+                              f"safetensors (openjepa.load_classifier reads it back), or fine-tune with head=linear")
+    encoder = classifier.encoder if classifier is not None else load_encoder(path, which)
+    info = {"source": str(path), "which": which if classifier is None else "finetuned", "mean": encoder.mean,
+            "std": encoder.std}
+    if classifier is not None:
+        info["classes"] = classifier.classes
     if fmt == "hf":
-        save_hf(encoder, out, {"openjepa": info})
+        save_hf(encoder, out, {"openjepa": info}, classifier_head_hf(classifier) if classifier is not None else None)
     elif fmt == "timm":
-        save_timm(encoder, out, {"openjepa": info})
+        save_timm(encoder, out, {"openjepa": info}, classifier.head if classifier is not None else None)
     else:
         from safetensors.torch import save_file
 
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(out / "encoder.safetensors"))
+        if classifier is not None:
+            save_file({k: v.contiguous() for k, v in classifier.head.state_dict().items()}, str(out / "head.safetensors"))
+            info["head"] = classifier.head_type
         (out / "encoder.json").write_text(json.dumps({"encoder": encoder.config(), **info}, indent=2) + "\n")
     set_default_mode(*(p for p in out.iterdir() if p.is_file()))  # safetensors writes 0600: others could not read
     return out
+
+
+def _is_finetune(path: Path) -> bool:
+    return Path(path).is_file() and _read(Path(path))[0] == "finetune"
+
+
+def _classifier_from(obj: dict, path: Path):
+    from ..downstream.classifier import Classifier
+
+    classifier = Classifier.from_config(obj["classifier"])
+    classifier.load_state_dict(obj["model"])
+    return classifier
+
+
+def load_classifier(path: str | Path):
+    """A fine-tuned classifier (``downstream.Classifier``, eval mode): ``model(images)`` -> logits,
+    ``model.classes`` their names, ``model.mean`` / ``model.std`` its normalisation (``preprocess(images,
+    model.encoder)`` prepares a batch). Reads ``openjepa finetune``'s checkpoints (``best.pt``,
+    ``latest.pt``) and their exports (Hugging Face ``IJepaForImageClassification``, timm with a head,
+    safetensors)."""
+    from ..downstream.classifier import Classifier
+
+    path = Path(path)
+    fmt, obj = _read(path)
+    try:
+        if fmt == "finetune":
+            return _classifier_from(obj, path).eval()
+        if fmt in ("openjepa", "reference"):
+            raise CheckpointError(f"{path} is a pretraining checkpoint: it has no classifier head; fine-tune it "
+                                  f"first (openjepa finetune {path} ...)")
+        encoder = load_encoder(path)
+        if fmt == "hf":
+            config = json.loads((path / "config.json").read_text())
+            if "IJepaForImageClassification" not in config.get("architectures", []):
+                raise CheckpointError(f"{path} is an encoder (IJepaModel) without a classifier head")
+            labels = config["id2label"]
+            classifier = Classifier(encoder, [labels[str(i)] for i in range(len(labels))])
+            from .hf import read_hf_state
+            state = read_hf_state(path)
+            classifier.head.load_state_dict({"weight": state["classifier.weight"], "bias": state["classifier.bias"]})
+        else:
+            info = json.loads((path / ("timm.json" if fmt == "timm" else "encoder.json")).read_text())
+            classes = info.get("openjepa", info).get("classes")
+            if not classes:
+                raise CheckpointError(f"{path} is an encoder export without a classifier head")
+            from safetensors.torch import load_file
+            head = info.get("head", "linear")
+            classifier = Classifier(encoder, classes, head)
+            if fmt == "timm":
+                state = load_file(str(path / "model.safetensors"))
+                classifier.head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
+            else:
+                classifier.head.load_state_dict(load_file(str(path / "head.safetensors")))
+    except CheckpointError:
+        raise
+    except (KeyError, RuntimeError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot build the classifier ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0]})") from None
+    classifier.mean, classifier.std = encoder.mean, encoder.std
+    return classifier.eval()
+
+
+def init_states(path: str | Path) -> tuple[str, dict]:
+    """What ``meta.init_from`` starts a run from: (format, {"encoder", "target_encoder", "predictor":
+    state dict or None}) in our parameter names. A training checkpoint (ours, the reference's) gives
+    all three; a fine-tuned or exported encoder gives that one encoder as both encoders and no
+    predictor."""
+    path = Path(path)
+    fmt, obj = _read(path)
+    if fmt in ("openjepa", "reference"):
+        states = {key: obj.get(key) for key in ("encoder", "target_encoder", "predictor")}
+        if states["encoder"] is None:
+            raise CheckpointError(f"{path} holds no 'encoder' entry")
+        if states["target_encoder"] is None:
+            states["target_encoder"] = states["encoder"]
+        return fmt, states
+    encoder = load_encoder(path).state_dict()
+    return fmt, {"encoder": encoder, "target_encoder": encoder, "predictor": None}
 
 
 def preprocess(images, encoder: VisionTransformer, size: int | None = None) -> torch.Tensor:
@@ -182,4 +280,5 @@ def preprocess(images, encoder: VisionTransformer, size: int | None = None) -> t
     return normalize(torch.stack(batch), encoder.mean, encoder.std)
 
 
-__all__ = ["load_encoder", "load_predictor", "load_ijepa", "export_encoder", "preprocess", "FORMATS"]
+__all__ = ["load_encoder", "load_predictor", "load_ijepa", "load_classifier", "export_encoder", "init_states",
+           "preprocess", "FORMATS"]

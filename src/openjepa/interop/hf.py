@@ -69,28 +69,49 @@ def from_hf(state: dict) -> dict:
     return out
 
 
-def save_hf(encoder: VisionTransformer, out: Path, extra: dict | None = None) -> Path:
+def classifier_head_hf(classifier) -> dict:
+    """The parts of an ``IJepaForImageClassification`` beside the encoder: its class names and the
+    linear head (applied to the mean of the patch features, as ours)."""
+    return {"classes": classifier.classes, "weight": classifier.head.weight, "bias": classifier.head.bias}
+
+
+def save_hf(encoder: VisionTransformer, out: Path, extra: dict | None = None, head: dict | None = None) -> Path:
+    """An ``IJepaModel`` folder, or with ``head`` (``classifier_head_hf``) an
+    ``IJepaForImageClassification`` one: the encoder under ``ijepa.``, ``classifier.*``, and
+    ``id2label`` / ``label2id`` from the class names."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     config = {**hf_config(encoder), **(extra or {})}
+    state = to_hf(encoder.state_dict())
+    if head is not None:
+        config["architectures"] = ["IJepaForImageClassification"]
+        config["id2label"] = {str(i): name for i, name in enumerate(head["classes"])}
+        config["label2id"] = {name: i for i, name in enumerate(head["classes"])}
+        state = {**{f"ijepa.{k}": v for k, v in state.items()},
+                 "classifier.weight": head["weight"].detach().contiguous().clone(),
+                 "classifier.bias": head["bias"].detach().contiguous().clone()}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(to_hf(encoder.state_dict()), str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
+
+
+def read_hf_state(folder: Path) -> dict:
+    """The tensors of a Hugging Face folder (safetensors, or a weights-only ``pytorch_model.bin``)."""
+    weights = folder / "model.safetensors"
+    if weights.exists():
+        from safetensors.torch import load_file
+        return load_file(str(weights))
+    if (folder / "pytorch_model.bin").exists():
+        return load_checkpoint(folder / "pytorch_model.bin")  # weights only, refusals named as everywhere
+    raise ValueError(f"{folder} has no model.safetensors or pytorch_model.bin")
 
 
 def load_hf(folder: Path) -> VisionTransformer:
     config = json.loads((folder / "config.json").read_text())
     if config.get("model_type") != "ijepa":
         raise ValueError(f"{folder}/config.json is model_type {config.get('model_type')!r}, not 'ijepa'")
-    weights = folder / "model.safetensors"
-    if weights.exists():
-        from safetensors.torch import load_file
-        state = load_file(str(weights))
-    elif (folder / "pytorch_model.bin").exists():
-        state = load_checkpoint(folder / "pytorch_model.bin")  # weights only, refusals named as everywhere
-    else:
-        raise ValueError(f"{folder} has no model.safetensors or pytorch_model.bin")
+    state = read_hf_state(folder)
     encoder = VisionTransformer(config["image_size"], config["patch_size"], config.get("num_channels", 3),
                                 config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"],
                                 config["intermediate_size"] / config["hidden_size"], config.get("qkv_bias", True))

@@ -84,8 +84,19 @@ class MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: in training, each sample's residual branch is dropped with probability
+    ``rate`` and the kept ones scaled by 1 / (1 - rate); the identity otherwise (and at rate 0,
+    drawing nothing from the random stream)."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty((x.size(0),) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block."""
+    """Pre-norm transformer block; ``drop_rate`` (stochastic depth, fine-tuning only) is 0 in pretraining."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
         super().__init__()
@@ -93,10 +104,19 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
+        self.drop_rate = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_rate, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_rate, self.training)
+
+
+def interpolate_pos_embed(pos: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """A position embedding [1, H*W, D] of a ``grid`` (H, W) brought to ``new_grid`` by bicubic
+    interpolation (no CLS token to set aside)."""
+    pos2d = pos.reshape(1, *grid, -1).permute(0, 3, 1, 2)
+    pos2d = F.interpolate(pos2d.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
+    return pos2d.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1).to(pos.dtype)
 
 
 def compile_blocks(blocks: nn.ModuleList, **options) -> None:
@@ -188,6 +208,13 @@ class VisionTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly from 0 at the first block to ``rate`` at the last (as
+        DeiT, BEiT and MAE fine-tune); 0 turns it off."""
+        depth = len(self.blocks)
+        for i, blk in enumerate(self.blocks):
+            blk.drop_rate = rate * i / max(depth - 1, 1)
+
     def config(self) -> dict:
         """The constructor arguments that rebuild this encoder (JSON-ready)."""
         return {"img_size": list(self.img_size), "patch_size": self.patch_size, "in_chans": self.in_chans,
@@ -199,9 +226,7 @@ class VisionTransformer(nn.Module):
         else bicubic interpolation of it (there is no CLS token to set aside)."""
         if tuple(grid) == self.grid:
             return self.pos_embed
-        pos = self.pos_embed.reshape(1, *self.grid, -1).permute(0, 3, 1, 2)
-        pos = F.interpolate(pos.float(), size=tuple(grid), mode="bicubic", align_corners=False)
-        return pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(self.pos_embed.dtype)
+        return interpolate_pos_embed(self.pos_embed, self.grid, grid)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, C, H, W] (any size divisible by the patch) -> tokens [B, N, D] with position
@@ -247,5 +272,5 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["VisionTransformer", "Block", "VIT_SIZES", "ViTSize", "build_encoder", "resolve_size",
-           "sincos_pos_embed_2d", "gather_tokens", "init_weights", "count_params"]
+__all__ = ["VisionTransformer", "Block", "drop_path", "VIT_SIZES", "ViTSize", "build_encoder", "resolve_size",
+           "sincos_pos_embed_2d", "interpolate_pos_embed", "gather_tokens", "init_weights", "count_params"]
