@@ -365,3 +365,14 @@ def test_finetune_cli_ctrl_c_saves_and_resumes(source, tmp_path, monkeypatch, ca
     monkeypatch.setattr(ft_module.Augmented, "__getitem__", real)
     assert main(argv) == 0
     assert "test accuracy" in capsys.readouterr().out
+
+
+def test_finetune_skips_and_counts_unreadable_images(source, tmp_path):
+    ckpt, data, _ = source
+    folder = tmp_path / "d"
+    shutil.copytree(data, folder)
+    for split in ("train", "test"):
+        (folder / split / "top" / "broken.png").write_bytes(b"\x89PNG truncated")
+    record = finetune(ckpt, tmp_path / "ft", str(folder), settings(epochs=1))
+    assert record["skipped"]["train_count"] == 1 and record["skipped"]["train"][0].endswith("broken.png")
+    assert record["skipped"]["test_count"] == 1 and record["sizes"]["test_scored"] == 16
