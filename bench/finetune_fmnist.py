@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from fmnist import csv_table, machine, write_table  # noqa: E402  (same folder)
 
 # label fraction -> (epochs, validate every N epochs)
-BUDGETS = {0.01: (50, 5), 0.1: (10, 2), 1.0: (3, 1)}
+BUDGETS = {0.01: (50, 5), 0.1: (10, 2), 1.0: (1, 1)}
 COLUMNS = ("date", "checkpoint", "init", "labels", "epochs", "steps", "minutes", "test_acc", "test_acc_last",
            "best_epoch", "val_acc", "frozen_probe", "settings", "machine")
 RESULTS = ROOT / "bench/results/finetune_fmnist.csv"
@@ -77,11 +77,12 @@ def run_one(checkpoint: Path, init: str, fraction: float, args) -> dict:
 
 
 def report(results: Path, md: Path) -> None:
-    header = ("| date | encoder | init | labels | epochs | steps | minutes | test acc (best.pt) | test acc (last) | "
-              "best epoch | frozen probe | machine |")
+    header = ("| date | encoder | init | labels | settings | epochs | steps | minutes | test acc (best.pt) | "
+              "test acc (last) | best epoch | frozen probe | machine |")
     _, lines = csv_table(results, header, lambda r: [
-        r["date"], Path(r["checkpoint"]).parent.parent.name, r["init"], r["labels"], r["epochs"], r["steps"],
-        r["minutes"], r["test_acc"], r["test_acc_last"], str(r["best_epoch"]), r["frozen_probe"] or "-", r["machine"]])
+        r["date"], Path(r["checkpoint"]).parent.parent.name, r["init"], r["labels"], f"`{r['settings']}`",
+        r["epochs"], r["steps"], r["minutes"], r["test_acc"], r["test_acc_last"], str(r["best_epoch"]),
+        r["frozen_probe"] or "-", r["machine"]])
     write_table(md, START, END, lines)
 
 

@@ -27,15 +27,14 @@ ft_module = importlib.import_module("openjepa.downstream.finetune")
 
 
 def three_splits(root, n=(48, 16, 16), size=16):
-    """train/ val/ test/ of two classes told apart by where the bright half is (top or bottom),
-    with noise, so that a classifier has something to learn and starts near chance."""
+    """train/ val/ test/ of two classes told apart by their brightness (overlapping noise), so that a
+    classifier has something to learn that survives pooling, and starts near chance."""
     rng = np.random.default_rng(1)
     for split, count in zip(("train", "val", "test"), n):
         for c, name in enumerate(("top", "bottom")):
             (root / split / name).mkdir(parents=True)
             for i in range(count // 2):
-                img = rng.integers(0, 120, (size, size), dtype=np.uint8)
-                img[(0 if c == 0 else size // 2):(size // 2 if c == 0 else size)] += 90
+                img = np.clip(rng.normal(90 + 60 * c, 40, (size, size)), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(root / split / name / f"{i}.png")
     return root
 
@@ -51,7 +50,7 @@ def source(tmp_path_factory):
 
 def settings(**kw):
     base = dict(epochs=4, batch_size=8, blr=4e-3, warmup_epochs=1.0, num_workers=0, eval_batch_size=64,
-                precision="fp32", progress_bar=False, tensorboard=False, log_every=2, drop_path=0.1)
+                precision="fp32", progress_bar=False, tensorboard=False, log_every=2, drop_path=0.1, head_init="zero")
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -206,8 +205,19 @@ def test_drop_path_is_identity_when_off_and_unbiased_when_on():
 def finetuned(source, tmp_path_factory):
     ckpt, data, _ = source
     out = tmp_path_factory.mktemp("ftc") / "run"
-    finetune(ckpt, out, str(data), settings(epochs=1))
+    finetune(ckpt, out, str(data), settings(epochs=1, head_init="probe"))
     return out / "checkpoints/best.pt", data
+
+
+def test_probe_head_folds_the_standardisation_into_the_linear_head(source):
+    ckpt, data, _ = source
+    ft = settings()
+    splits = ft_module.make_splits(str(data), 1, None, ft)
+    model = Classifier(load_encoder(ckpt), splits.classes)
+    probe = ft_module.probe_head(model, splits, ft, "fp32")
+    fp32 = torch.autocast("cpu", enabled=False)
+    acc, n, _ = ft_module.accuracy_on(model, splits.val, torch.device("cpu"), fp32)
+    assert n == 16 and acc == pytest.approx(probe["val_acc"]) and acc >= 0.75  # the folded head is the probe
 
 
 def test_hf_classifier_export_matches_our_logits(finetuned, tmp_path):

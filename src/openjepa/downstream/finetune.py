@@ -64,15 +64,20 @@ class FinetuneConfig:
     warmup_epochs: float = 1.0
     weight_decay: float = 0.05
     layer_decay: float = 0.75  # block i of L gets layer_decay ** (L + 1 - (i + 1)) of the LR; the head all of it
-    drop_path: float = 0.1  # stochastic depth at the last block (linear from 0 at the first)
+    # stochastic depth at the last block (linear from 0 at the first); MAE uses 0.1 over 100 ImageNet epochs, but on
+    # a short run it only shakes the features the probe's head was fitted to (BENCHMARKS.md): off by default
+    drop_path: float = 0.0
     label_smoothing: float = 0.1
     clip_grad: float = 1.0  # max gradient norm; 0 = off
     mixup: float = 0.0  # mixup's alpha (timm); 0 = off
     cutmix: float = 0.0  # CutMix's alpha (timm); 0 = off
     randaug: str = ""  # timm RandAugment, e.g. rand-m9-mstd0.5-inc1; "" = off
-    crop_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])
-    hflip: bool = True
+    # Mild by default, as I-JEPA's own pretraining (no flip): a stronger crop or a flip moves the features of an
+    # encoder that never saw them far enough to undo the probe's head (Fashion-MNIST, BENCHMARKS.md)
+    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    hflip: bool = False
     head: str = "linear"  # linear (pooled features, exports to HF / timm) | attentive
+    head_init: str = "probe"  # probe: the linear head starts as a linear probe of the frozen features (LP-FT) | zero
     labels_fraction: float = 1.0  # the fraction of the training split's labels used (stratified)
     val_fraction: float = 0.1  # held out of the training split to pick the best epoch (no separate val/)
     which: str = "target"  # the checkpoint's target (EMA) or context encoder
@@ -107,6 +112,8 @@ class FinetuneConfig:
             raise ConfigError(f"finetune crop_scale must be [min, max] with 0 < min <= max <= 1, got {self.crop_scale}")
         if self.head not in HEADS:
             raise ConfigError(f"finetune head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.head_init not in ("probe", "zero"):
+            raise ConfigError(f"finetune head_init must be probe or zero, got {self.head_init!r}")
         if self.which not in ("target", "context"):
             raise ConfigError(f"finetune which must be 'target' or 'context', got {self.which!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -346,6 +353,48 @@ def _mixup(ft: FinetuneConfig, num_classes: int):
                  num_classes=num_classes)
 
 
+# --------------------------------------------------------------------------- the head's start
+
+PROBE_STEPS = 2000
+
+
+@torch.no_grad()
+def probe_head(model: Classifier, splits: "Splits", ft: FinetuneConfig, precision: str) -> dict:
+    """LP-FT (Kumar et al., ICLR 2022): before fine-tuning, fit the linear head on the frozen
+    encoder's pooled features of the labelled training images (``evaluate.linear``'s grid of
+    learning rates and weight decays on standardised features, the head chosen on the validation
+    split), then fold the standardisation into the head's weights, so the classifier is still one
+    linear layer on the mean of the patch features. Fine-tuning then starts from a head that already
+    agrees with the features instead of a random one whose gradients first disturb them."""
+    from ..evaluate.features import extract
+    from ..evaluate.linear import accuracy, train_heads
+
+    model.eval()
+    fit = extract(model.encoder, torch.utils.data.Subset(splits.train, splits.fit.tolist()), ft.eval_batch_size,
+                  num_workers=ft.num_workers, progress=False, precision=precision, last4=False)
+    val = extract(model.encoder, splits.val, ft.eval_batch_size, num_workers=ft.num_workers, progress=False,
+                  precision=precision, last4=False)
+    mean, std = fit.pooled.mean(0), fit.pooled.std(0).clamp_min(1e-6)
+    with torch.enable_grad():
+        w, b, grid = train_heads((fit.pooled - mean) / std, fit.labels, len(model.classes), steps=PROBE_STEPS,
+                                 seed=ft.seed)
+    scores = [accuracy(((val.pooled - mean) / std) @ w[h] + b[h], val.labels) for h in range(len(grid))]
+    best = max(range(len(grid)), key=lambda h: scores[h])
+    # A probe's logits are far too confident for the fine-tuning loss (label smoothing): their gradients would
+    # first tear the features down. Temperature scaling (Guo et al., 2017) on the validation split, against the
+    # loss fine-tuning will use, starts the head at that loss's own scale.
+    logits = ((val.pooled - mean) / std) @ w[best] + b[best]
+    temps = torch.logspace(-1, 3, 81)
+    losses = [F.cross_entropy(logits / t, val.labels, label_smoothing=ft.label_smoothing).item() for t in temps]
+    temp = float(temps[min(range(len(temps)), key=losses.__getitem__)])
+    weight = w[best] / std[:, None]  # x_std @ W + b  ==  x @ (W / std) + (b - (mean / std) @ W)
+    model.head.weight.copy_(weight.T / temp)
+    model.head.bias.copy_((b[best] - (mean / std) @ w[best]) / temp)
+    model.train()
+    return {"val_acc": scores[best], "lr": grid[best][0], "wd": grid[best][1], "steps": PROBE_STEPS,
+            "temperature": round(temp, 3)}
+
+
 # --------------------------------------------------------------------------- evaluation
 
 @torch.inference_mode()
@@ -439,6 +488,15 @@ def _finetune(checkpoint, run_dir: Path, data: str, ft: FinetuneConfig, encoder,
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     if splits.unlabelled:
         log.warning("%d training item(s) have no label (-1) and are left out", splits.unlabelled)
+    run = (run_dir, settings, source, data)
+    if state is None and ft.head_init == "probe" and ft.head == "linear":
+        probe = probe_head(model, splits, ft, precision)
+        log.info("the head starts as a linear probe of the frozen encoder (LP-FT): validation accuracy %.2f%% "
+                 "(lr %g, weight decay %g, %d steps; logits divided by %.3g); it is epoch 0, the one to beat",
+                 100 * probe["val_acc"], probe["lr"], probe["wd"], probe["steps"], probe["temperature"])
+        best = {"epoch": 0, "val_acc": probe["val_acc"]}  # best.pt is never worse than the probe on validation
+        history.append({"epoch": 0, "val_acc": probe["val_acc"], "loss": None, "elapsed_s": 0.0})
+        _save(run, "best.pt", model, None, 0, 0, best, history, 0.0)
     log.info("fine-tuning %s (%s encoder%s) on %s: %d labelled training images (of %d), %d validation%s, %d test; "
              "%d classes, %d steps/epoch of %d, %d epochs, lr %.3g, %s on %s, run dir %s", checkpoint, ft.which,
              ", re-initialised" if ft.random_init else "", data, len(splits.fit), len(splits.train), len(splits.val),
@@ -460,7 +518,6 @@ def _finetune(checkpoint, run_dir: Path, data: str, ft: FinetuneConfig, encoder,
     signals = StopSignals()
     skipped, t0 = set(), time.perf_counter() - elapsed  # elapsed: the time of earlier sessions
     window, warned_val = _Window(), False
-    run = (run_dir, settings, source, data)
     step_lr = lr_at(max(epoch * steps_per_epoch + position - 1, 0), lr, ft.min_lr, warmup, total)
     try:
         while epoch < ft.epochs:
@@ -512,7 +569,8 @@ def _finetune(checkpoint, run_dir: Path, data: str, ft: FinetuneConfig, encoder,
             _save(run, "latest.pt", model, optimizer, epoch, 0, best, history, row["elapsed_s"])
             shown = f", validation accuracy {100 * val_acc:.2f}%" if val_acc is not None else ""
             log.info("epoch %d: loss %.4f%s%s", epoch, row["loss"] or float("nan"), shown,
-                     " (best so far: best.pt)" if improved else f" (best: epoch {best['epoch']})")
+                     " (best so far: best.pt)" if improved else
+                     f" (best: epoch {best['epoch']})" if best["epoch"] or history[0]["epoch"] == 0 else "")
             bar.set_postfix(loss=f"{row['loss'] or float('nan'):.4f}", best=f"{100 * best['val_acc']:.1f}")
             if signals.received is not None:
                 _stop(signals, latest, f"the end of epoch {epoch}")

@@ -4,8 +4,8 @@ Formats read: our training and fine-tuning checkpoints, the reference repository
 files, Hugging Face ``IJepaModel`` / ``IJepaForImageClassification`` folders, and our timm and
 safetensors exports. A fine-tuning checkpoint (``best.pt``) is a classifier: ``load_classifier``
 gives it whole, ``load_encoder`` its fine-tuned encoder, and ``export_encoder`` writes it with its
-head (``IJepaForImageClassification`` with the class names; timm with ``num_classes``). Nothing is unpickled beyond tensors and
-plain containers (``torch.load(weights_only=True)`` or safetensors).
+head (``IJepaForImageClassification`` with the class names; timm with ``num_classes``). Nothing is
+unpickled beyond tensors and plain containers (``torch.load(weights_only=True)`` or safetensors).
 
 Which encoder: a checkpoint holds the context encoder (``encoder``) and its EMA, the target
 encoder. The paper evaluates the target encoder, so ``which="target"`` is the default; the
@@ -27,7 +27,7 @@ from ..data import normalize, resize_center_crop, to_channels
 from ..ijepa import IJEPA, build_ijepa
 from ..models.predictor import Predictor
 from ..models.vit import VisionTransformer, build_encoder
-from .hf import classifier_head_hf, load_hf, save_hf
+from .hf import classifier_head_hf, load_hf, read_hf_state, save_hf
 from .official import build_encoder_from_state, build_predictor_from_state, is_reference, strip_prefix
 from .timm import load_timm, save_timm
 
@@ -71,8 +71,8 @@ def load_encoder(path: str | Path, which: str = "target") -> VisionTransformer:
     """An encoder in eval mode: ``encoder(images)`` -> patch features [B, N, D] after the final
     norm, ``encoder.pooled(images)`` -> [B, D], ``encoder.intermediates(images, layers)``.
     ``which`` is 'target' (the EMA encoder, the paper's choice) or 'context'; a fine-tuning
-    checkpoint or an exported folder holds one encoder and ignores it. ``encoder.mean`` / ``encoder.std`` are the
-    normalisation it was trained with (see ``preprocess``)."""
+    checkpoint or an exported folder holds one encoder and ignores it. ``encoder.mean`` /
+    ``encoder.std`` are the normalisation it was trained with (see ``preprocess``)."""
     if which not in ENTRY:
         raise ValueError(f"which must be 'target' or 'context', got {which!r}")
     path = Path(path)
@@ -222,7 +222,6 @@ def load_classifier(path: str | Path):
                 raise CheckpointError(f"{path} is an encoder (IJepaModel) without a classifier head")
             labels = config["id2label"]
             classifier = Classifier(encoder, [labels[str(i)] for i in range(len(labels))])
-            from .hf import read_hf_state
             state = read_hf_state(path)
             classifier.head.load_state_dict({"weight": state["classifier.weight"], "bias": state["classifier.bias"]})
         else:
