@@ -61,7 +61,7 @@ def run_one(checkpoint: Path, init: str, fraction: float, args) -> dict:
            "epochs": epochs, "steps": record["steps_per_epoch"] * epochs,
            "minutes": f"{record['train_minutes']:.1f}", "test_acc": f"{100 * record['test_acc']:.1f}",
            "test_acc_last": f"{100 * record['test_acc_last']:.1f}", "best_epoch": record["best_epoch"],
-           "val_acc": f"{100 * record['val_acc']:.1f}",
+           "val_acc": f"{100 * record['val_acc']:.1f}" if record["val_acc"] is not None else "",
            "frozen_probe": frozen_probe(checkpoint, fraction) if init == "pretrained" else "",
            "settings": " ".join(args.override) or "defaults", "machine": machine()}
     new = not args.results.exists()

@@ -700,7 +700,12 @@ def _result(run_dir, model, splits, device, autocast, ft, settings, source, data
     from ..evaluate import hardware
 
     last_acc, _, _ = accuracy_on(model, splits.test, device, autocast, ft.eval_batch_size, ft.num_workers)
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
+    best_path = run_dir / "checkpoints" / "best.pt"
+    if best_path.exists():
+        model.load_state_dict(load_checkpoint(best_path)["model"])
+    else:  # removed by hand: the last weights are all there is to report
+        log.warning("%s is missing: reporting the last epoch's weights as the result", best_path)
+        best = {"epoch": None, "val_acc": None}
     test_acc, test_n, test_skipped = accuracy_on(model, splits.test, device, autocast, ft.eval_batch_size,
                                                  ft.num_workers)
     warn_skipped("fine-tuning, test split", test_skipped)
@@ -718,7 +723,7 @@ def _result(run_dir, model, splits, device, autocast, ft, settings, source, data
     tmp = run_dir / ".result.json.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(run_dir / "result.json")
-    log.info("test accuracy %.2f%% (best.pt, epoch %d of %d; the last epoch's weights: %.2f%%); %s",
+    log.info("test accuracy %.2f%% (best.pt, epoch %s of %d; the last epoch's weights: %.2f%%); %s",
              100 * test_acc, best["epoch"], ft.epochs, 100 * last_acc, run_dir / "result.json")
     return record
 
