@@ -19,7 +19,7 @@ from openjepa.downstream import Classifier, FinetuneConfig, embed, finetune
 from openjepa.errors import EXIT_INTERRUPTED
 from openjepa.interop import export_encoder, load_classifier, load_encoder, preprocess
 from openjepa.models.vit import VisionTransformer
-from openjepa.train import train
+from openjepa.train import Preempted, train
 
 from conftest import tiny_config
 
@@ -87,7 +87,7 @@ def stop_then_resume(monkeypatch, when, run, run_dir):
 
     with monkeypatch.context() as m:
         m.setattr(ft_module.Augmented, "__getitem__", signalled)
-        with pytest.raises(ft_module.Preempted):
+        with pytest.raises(Preempted):
             run()
     return load_checkpoint(run_dir / "checkpoints/latest.pt")
 

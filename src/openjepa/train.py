@@ -93,6 +93,15 @@ class StopSignals:
         if callable(handler):
             handler(self.received, self.frame)
 
+    def stop(self, latest: Path, where: str) -> None:
+        """After ``latest`` is saved: log it, hand the signal on (submitit requeues the job, which
+        resumes from ``latest``) and raise Preempted. ``where`` says where the run stopped."""
+        received = self.received or signal.SIGTERM
+        name = signal.Signals(received).name
+        log.info("%s: saved %s at %s and stopped; start the same command again to resume", name, latest, where)
+        self.hand_on()
+        raise Preempted(f"{name} received: checkpoint {latest} saved at {where}; rerun to resume", received)
+
 
 @dataclass(frozen=True)
 class Schedules:
@@ -486,11 +495,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
                     _save(state, ckpt_dir, lg, periodic=epoch_end and (epoch % lg.checkpoint_every == 0
                                                                          or done == total_steps))
             if stop_now:
-                name = signal.Signals(signals.received or signal.SIGTERM).name
-                log.info("%s: saved %s at step %d and stopped; start the same command again to resume", name, latest, done)
-                signals.hand_on()  # e.g. submitit's handler: requeue the job (it resumes from latest.pt)
-                raise Preempted(f"{name} received: checkpoint {latest} saved at step {done}; rerun to resume",
-                                signals.received or signal.SIGTERM)
+                signals.stop(latest, f"step {done}")
     finally:
         signals.restore()
         _close_loader(batches)

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import random
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from ..device import resolve_device
 from ..evaluate import load_eval_data, random_encoder
 from ..evaluate.features import collate_readable, read_batches, resolve_precision, warn_skipped
 from ..evaluate.linear import stratified_split
-from ..train import CSVLog, Preempted, StopSignals, TrainingError, _setup_logging, check_run_dir, make_run_dir
+from ..train import CSVLog, StopSignals, TrainingError, _setup_logging, check_run_dir, make_run_dir
 from .classifier import HEADS, Classifier
 
 log = logging.getLogger("openjepa")
@@ -545,7 +544,7 @@ def _finetune(checkpoint, run_dir: Path, data: str, ft: FinetuneConfig, encoder,
                                                       time.perf_counter() - t0))
                 if signals.received is not None and not last:  # on the last step: after the epoch's checkpoint
                     _save(run, "latest.pt", model, optimizer, epoch, b + 1, best, history, time.perf_counter() - t0)
-                    _stop(signals, latest, f"epoch {epoch}, step {b + 1} of the epoch")
+                    signals.stop(latest, f"epoch {epoch}, step {b + 1} of the epoch")
             if not window.batches and position == 0:
                 raise DataError(f"epoch {epoch + 1} had no readable training image ({len(skipped)} unreadable)")
             position = 0
@@ -573,7 +572,7 @@ def _finetune(checkpoint, run_dir: Path, data: str, ft: FinetuneConfig, encoder,
                      f" (best: epoch {best['epoch']})" if best["epoch"] or history[0]["epoch"] == 0 else "")
             bar.set_postfix(loss=f"{row['loss'] or float('nan'):.4f}", best=f"{100 * best['val_acc']:.1f}")
             if signals.received is not None:
-                _stop(signals, latest, f"the end of epoch {epoch}")
+                signals.stop(latest, f"the end of epoch {epoch}")
     finally:
         signals.restore()
         bar.close()
@@ -581,15 +580,6 @@ def _finetune(checkpoint, run_dir: Path, data: str, ft: FinetuneConfig, encoder,
             writer.close()
     return _result(run_dir, model, splits, device, autocast, ft, settings, source, data, best, history, batch,
                    steps_per_epoch, sorted(skipped))
-
-
-def _stop(signals: StopSignals, latest: Path, where: str) -> None:
-    """After the checkpoint: hand the signal on (submitit requeues) and stop with Preempted."""
-    name = signal.Signals(signals.received).name
-    log.info("%s: saved %s at %s; start the same command again to resume", name, latest, where)
-    received = signals.received
-    signals.hand_on()
-    raise Preempted(f"{name} received: checkpoint {latest} saved; rerun to resume", received)
 
 
 def _step(model, optimizer, images, labels, device, autocast, criterion, mixup, ft, epoch, b):

@@ -76,7 +76,11 @@ def load_encoder(path: str | Path, which: str = "target") -> VisionTransformer:
     if which not in ENTRY:
         raise ValueError(f"which must be 'target' or 'context', got {which!r}")
     path = Path(path)
-    fmt, obj = _read(path)
+    return _encoder_of(*_read(path), path, which)
+
+
+def _encoder_of(fmt: str, obj, path: Path, which: str) -> VisionTransformer:
+    """load_encoder on what ``_read(path)`` returned."""
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     try:
         if fmt == "openjepa":
@@ -161,11 +165,15 @@ def export_encoder(path: str | Path, fmt: str, out: str | Path, which: str = "ta
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"export folder {out} already exists and is not empty; choose a new one")
     check_writable_folder(out, "export folder")
-    classifier = load_classifier(path) if _is_finetune(path) else None
+    if which not in ENTRY:
+        raise ValueError(f"which must be 'target' or 'context', got {which!r}")
+    path = Path(path)
+    kind, obj = _read(path)  # once: a checkpoint can be large
+    classifier = _classifier_of(kind, obj, path) if kind == "finetune" else None
     if classifier is not None and classifier.head_type != "linear" and fmt != "safetensors":
         raise CheckpointError(f"{path} has an attentive-pooling head, which {fmt} has no model for; export it as "
                               f"safetensors (openjepa.load_classifier reads it back), or fine-tune with head=linear")
-    encoder = classifier.encoder if classifier is not None else load_encoder(path, which)
+    encoder = classifier.encoder if classifier is not None else _encoder_of(kind, obj, path, which)
     info = {"source": str(path), "which": which if classifier is None else "finetuned", "mean": encoder.mean,
             "std": encoder.std}
     if classifier is not None:
@@ -187,10 +195,6 @@ def export_encoder(path: str | Path, fmt: str, out: str | Path, which: str = "ta
     return out
 
 
-def _is_finetune(path: Path) -> bool:
-    return Path(path).is_file() and _read(Path(path))[0] == "finetune"
-
-
 def _classifier_from(obj: dict, path: Path):
     from ..downstream.classifier import Classifier
 
@@ -205,10 +209,14 @@ def load_classifier(path: str | Path):
     model.encoder)`` prepares a batch). Reads ``openjepa finetune``'s checkpoints (``best.pt``,
     ``latest.pt``) and their exports (Hugging Face ``IJepaForImageClassification``, timm with a head,
     safetensors)."""
+    path = Path(path)
+    return _classifier_of(*_read(path), path)
+
+
+def _classifier_of(fmt: str, obj, path: Path):
+    """load_classifier on what ``_read(path)`` returned."""
     from ..downstream.classifier import Classifier
 
-    path = Path(path)
-    fmt, obj = _read(path)
     try:
         if fmt == "finetune":
             return _classifier_from(obj, path).eval()
