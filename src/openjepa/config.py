@@ -121,7 +121,7 @@ class OptimizationConfig:
     ipe_scale: float = 1.0  # schedules span ipe_scale x epochs x iterations-per-epoch steps
     clip_grad: float = 0.0  # max gradient norm; 0 = off
     accum_steps: int = 1  # micro-batches per optimiser step
-    fused_adamw: bool = False  # torch's fused AdamW kernel (one kernel for all parameters; CPU and CUDA)
+    fused_adamw: bool = True  # torch's fused AdamW kernel (one kernel for all parameters; CPU and CUDA); false: foreach
     skip_nonfinite_steps: int = 0  # skip up to N steps whose loss is not finite (else: stop at the first)
     # The global batch (images per optimiser step) the LRs were set for; the log compares it with the run's.
     reference_batch: int | None = None
