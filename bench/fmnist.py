@@ -6,6 +6,7 @@ strategy, representation vs pixel targets) at a short budget and writes their ta
     python bench/fmnist.py --recipe cpu                 # configs/fmnist_cpu.yaml, < 60 min on 2 cores
     python bench/fmnist.py --recipe gpu                 # configs/fmnist_gpu.yaml, a few minutes on one GPU
     python bench/fmnist.py --recipe cpu --ablations
+    python bench/fmnist.py --skip-recipe --ablations --ablation-base cpu --ablation-fraction 1   # at the recipe's budget
 
 Runs resume: a finished run is evaluated again without retraining (features are cached), and its
 pretraining time is read from its log.csv.
@@ -26,14 +27,15 @@ from openjepa.evaluate import evaluate, format_table
 from openjepa.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"cpu": ROOT / "configs/fmnist_cpu.yaml", "gpu": ROOT / "configs/fmnist_gpu.yaml"}
-ABLATION_BASE = ROOT / "configs/fmnist_vit_tiny.yaml"
+RECIPES = {"cpu": ROOT / "configs/fmnist_cpu.yaml", "cpu-plain": ROOT / "configs/fmnist_cpu_plain.yaml",
+           "gpu": ROOT / "configs/fmnist_gpu.yaml"}
+ABLATION_BASES = {"demo": ROOT / "configs/fmnist_vit_tiny.yaml", **RECIPES}
 ABLATIONS = {  # name -> overrides; the paper's Table 6 (masking) and Table 7 (targets)
     "multi-block": [],
-    "block": ["mask.strategy=block"],
-    "rasterized": ["mask.strategy=rasterized"],
-    "random": ["mask.strategy=random"],
     "pixels (multi-block)": ["meta.target=pixels"],
+    "block": ["mask.strategy=block"],
+    "random": ["mask.strategy=random"],
+    "rasterized": ["mask.strategy=rasterized"],
 }
 PAPER = {"multi-block": 54.2, "block": 20.2, "rasterized": 15.5, "random": 17.6, "pixels (multi-block)": "40.7 (vs 66.9, ViT-L)"}
 RESULTS_MARK, ABLATIONS_MARK = "<!-- fmnist:results -->", "<!-- fmnist:ablations -->"
@@ -110,18 +112,23 @@ def run_recipe(name: str, runs_dir: Path, md: Path, protocols: list[str]) -> dic
     return record
 
 
-def run_ablations(runs_dir: Path, md: Path, fraction: float, extra: list[str], train_limit: int | None = None) -> None:
-    base = load_config(ABLATION_BASE, extra)
-    steps = int(fraction * (60000 // base.data.batch_size))
+def run_ablations(runs_dir: Path, md: Path, fraction: float, extra: list[str], train_limit: int | None = None,
+                  base_name: str = "demo") -> None:
+    """Each ablation trains ``fraction`` of the base config's whole schedule (warmup, cosine and EMA
+    ramp squeezed into it), the base's own settings otherwise."""
+    path = ABLATION_BASES[base_name]
+    base = load_config(path, extra)
+    steps = int(fraction * base.optimization.epochs * (60000 // base.data.batch_size))
     for name, overrides in ABLATIONS.items():
         folder = runs_dir / ("ablation_" + name.split()[0].replace("-", ""))
-        cfg = load_config(ABLATION_BASE, [*extra, *overrides, f"logging.folder={folder}",
-                                          f"optimization.ipe_scale={fraction}", "logging.progress_bar=false"])
+        cfg = load_config(path, [*extra, *overrides, f"logging.folder={folder}",
+                                 f"optimization.ipe_scale={fraction}", "logging.progress_bar=false"])
         run_dir = train(cfg, max_steps=steps)
         record = evaluate(run_dir / "checkpoints/latest.pt", "fashion_mnist", ("linear", "knn", "lowshot"), (),
                           progress=False, train_limit=train_limit)
         r = record["results"]["ijepa"]
-        label = name + (f" ({' '.join(extra)})" if extra else "") + (f", probes on {train_limit} labels" if train_limit else "")
+        label = name + (f", {base_name} recipe" if base_name != "demo" else "") + (f" ({' '.join(extra)})" if extra else "")
+        label += f", probes on {train_limit} labels" if train_limit else ""
         row = [time.strftime("%Y-%m-%d"), label, f"{steps} steps", f"{pretrain_seconds(run_dir) / 60:.1f}", machine(),
                pct(r["linear"]["test_acc"]), pct(r["knn"]["k=20"]), pct(r["lowshot"]["0.01"]["mean"]),
                f"{r['rankme']:.1f}", str(PAPER[name])]
@@ -137,8 +144,11 @@ def main() -> None:
     parser.add_argument("--protocols", default="linear,knn,lowshot,attentive")
     parser.add_argument("--skip-recipe", action="store_true", help="only the ablations")
     parser.add_argument("--ablations", action="store_true")
+    parser.add_argument("--ablation-base", choices=sorted(ABLATION_BASES), default="demo",
+                        help="the config each ablation changes: the demo's (configs/fmnist_vit_tiny.yaml, one "
+                             "epoch) or a recipe's")
     parser.add_argument("--ablation-fraction", type=float, default=0.5,
-                        help="epochs of each ablation run (of configs/fmnist_vit_tiny.yaml's one-epoch schedule)")
+                        help="the part of the base config's whole schedule each ablation run trains")
     parser.add_argument("--ablation-override", action="append", default=[],
                         help="section.key=value applied to every ablation run, e.g. meta.cpu_bfloat16=true")
     parser.add_argument("--ablation-train-limit", type=int, default=None,
@@ -149,7 +159,7 @@ def main() -> None:
         print(json.dumps({"result": record["path"]}))
     if args.ablations:
         run_ablations(args.runs_dir, args.md, args.ablation_fraction, args.ablation_override,
-                      args.ablation_train_limit)
+                      args.ablation_train_limit, args.ablation_base)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from fmnist import csv_table, machine, pretrain_seconds, write_table  # noqa: E402  (same folder)
 
-BASE = ROOT / "configs/fmnist_cpu.yaml"
+BASE = ROOT / "configs/fmnist_cpu_plain.yaml"  # plain I-JEPA: every lever is measured against it
 # name -> overrides of the base config; one lever each (a few pairs where the levers go together)
 VARIANTS = {
     "base": [],
@@ -176,7 +176,7 @@ def run_concurrently(specs: list[str], args) -> None:
 
 def report(results: Path, md: Path, plot: Path) -> None:
     """The CSV as the BENCHMARKS.md table (rows newer than the table's replace it) and the plot."""
-    header = ("| date | variant | changed (vs configs/fmnist_cpu.yaml) | epochs | steps | pretrain min | img/s | "
+    header = ("| date | variant | changed (vs configs/fmnist_cpu_plain.yaml) | epochs | steps | pretrain min | img/s | "
               "linear | kNN@20 | 1% | probe steps | RankMe | target_std | image_rankme | image_spread | machine |")
     rows, lines = csv_table(results, header, lambda r: [
         r["date"], r["variant"], f"`{r['changed']}`" if r["changed"] != "-" else "-", r["epochs"], r["steps"],
