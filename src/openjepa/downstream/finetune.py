@@ -366,23 +366,24 @@ def probe_head(model: Classifier, splits: "Splits", ft: FinetuneConfig, precisio
     linear layer on the mean of the patch features. Fine-tuning then starts from a head that already
     agrees with the features instead of a random one whose gradients first disturb them."""
     from ..evaluate.features import extract
-    from ..evaluate.linear import accuracy, train_heads
+    from ..evaluate.linear import accuracy, feature_stats, train_heads
 
     model.eval()
     fit = extract(model.encoder, torch.utils.data.Subset(splits.train, splits.fit.tolist()), ft.eval_batch_size,
                   num_workers=ft.num_workers, progress=False, precision=precision, last4=False)
     val = extract(model.encoder, splits.val, ft.eval_batch_size, num_workers=ft.num_workers, progress=False,
                   precision=precision, last4=False)
-    mean, std = fit.pooled.mean(0), fit.pooled.std(0).clamp_min(1e-6)
+    mean, std = feature_stats(fit.pooled)
+    val_x = (val.pooled - mean) / std
     with torch.enable_grad():
         w, b, grid = train_heads((fit.pooled - mean) / std, fit.labels, len(model.classes), steps=PROBE_STEPS,
                                  seed=ft.seed)
-    scores = [accuracy(((val.pooled - mean) / std) @ w[h] + b[h], val.labels) for h in range(len(grid))]
+    scores = [accuracy(val_x @ w[h] + b[h], val.labels) for h in range(len(grid))]
     best = max(range(len(grid)), key=lambda h: scores[h])
     # A probe's logits are far too confident for the fine-tuning loss (label smoothing): their gradients would
     # first tear the features down. Temperature scaling (Guo et al., 2017) on the validation split, against the
     # loss fine-tuning will use, starts the head at that loss's own scale.
-    logits = ((val.pooled - mean) / std) @ w[best] + b[best]
+    logits = val_x @ w[best] + b[best]
     temps = torch.logspace(-1, 3, 81)
     losses = [F.cross_entropy(logits / t, val.labels, label_smoothing=ft.label_smoothing).item() for t in temps]
     temp = float(temps[min(range(len(temps)), key=losses.__getitem__)])

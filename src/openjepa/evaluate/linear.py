@@ -31,9 +31,14 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
+def feature_stats(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-feature mean and standard deviation (never below 1e-6) that ``standardize`` uses."""
+    return train.mean(0), train.std(0).clamp_min(1e-6)
+
+
 def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     """Scale every feature by the training set's mean and standard deviation."""
-    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+    mean, std = feature_stats(train)
     return [(x - mean) / std for x in (train, *others)]
 
 
