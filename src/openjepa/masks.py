@@ -17,7 +17,7 @@ the top rows (its issue #60). Block corners are uniform over every valid positio
 and column included (the reference never reaches them: its PR #40).
 
 ``multiblock`` with ``reference=True`` reproduces the reference sampler instead, RNG call for RNG
-call, for comparison; it is slow and biased and should not be used for training.
+call, for comparison; it is biased and should not be used for training.
 """
 from __future__ import annotations
 
@@ -236,25 +236,27 @@ class ReferenceMultiBlockSampler:
         h, w = int(round(math.sqrt(keep * aspect))), int(round(math.sqrt(keep / aspect)))
         return min(h, self.grid[0] - 1), min(w, self.grid[1] - 1)
 
-    def _block(self, size, generator, acceptable=None):
+    def _block(self, size, generator, taken=None):
+        """A block's flat indices (ascending) and its set of cells. ``taken``: the target blocks'
+        cell sets, removed from this block (the reference multiplies by their complements); after
+        every ``_MAX_CONTEXT_TRIES`` failed tries one fewer of them is removed, the last first.
+        Plain Python on index lists: the same draws and results as the reference's tensor masks,
+        at a fraction of their per-call cost."""
         (h, w), (H, W) = size, self.grid
+        taken = taken or []
         tries, timeout = 0, _MAX_CONTEXT_TRIES
         while True:
             top = int(torch.randint(0, H - h, (1,), generator=generator))
             left = int(torch.randint(0, W - w, (1,), generator=generator))
-            mask = torch.zeros(H, W, dtype=torch.int32)
-            mask[top:top + h, left:left + w] = 1
-            for region in (acceptable or [])[: max(len(acceptable or []) - tries, 0)]:
-                mask *= region
-            idx = torch.nonzero(mask.flatten()).squeeze(1)
+            cells = [r * W + c for r in range(top, top + h) for c in range(left, left + w)]
+            removed = set().union(*taken[: max(len(taken) - tries, 0)])
+            idx = [i for i in cells if i not in removed] if removed else cells
             if len(idx) > self.min_keep:
                 break
             timeout -= 1
             if timeout == 0:
                 tries, timeout = tries + 1, _MAX_CONTEXT_TRIES
-        complement = torch.ones(H, W, dtype=torch.int32)
-        complement[top:top + h, left:left + w] = 0
-        return idx, complement
+        return idx, set(cells)
 
     def __call__(self, batch_size: int, generator: torch.Generator | None = None):
         self.counter += 1
@@ -265,12 +267,12 @@ class ReferenceMultiBlockSampler:
         for _ in range(batch_size):
             blocks = [self._block(t_size, generator) for _ in range(self.num_targets)]
             targets.append([b[0] for b in blocks])
-            acceptable = None if self.allow_overlap else [b[1] for b in blocks]
-            contexts.append(self._block(c_size, generator, acceptable)[0])
+            taken = None if self.allow_overlap else [b[1] for b in blocks]
+            contexts.append(self._block(c_size, generator, taken)[0])
         kt = min(len(t) for ts in targets for t in ts)
         kc = min(len(c) for c in contexts)
-        target_idx = torch.stack([torch.stack([t[:kt] for t in ts]) for ts in targets])
-        return torch.stack([c[:kc] for c in contexts]), target_idx
+        target_idx = torch.tensor([[t[:kt] for t in ts] for ts in targets], dtype=torch.long)
+        return torch.tensor([c[:kc] for c in contexts], dtype=torch.long), target_idx
 
 
 SAMPLERS = {"multiblock": MultiBlockSampler, "block": BlockSampler,
