@@ -1,6 +1,7 @@
 """The opt-in collapse regularisers: each equals a slow formula written out, stays finite on a
 collapsed batch, and gives the same loss and gradient on 1 and 2 processes."""
 import cmath
+import importlib
 import math
 import os
 import subprocess
@@ -116,7 +117,8 @@ def test_config_keys_are_validated_and_off_by_default(tmp_path):
     assert build_ijepa(cfg).regularizer is None
     on = tiny_config(tmp_path, meta={"variance_weight": 1.0, "sigreg_weight": 0.1})
     assert build_ijepa(on).regularizer is not None
-    for bad in ("meta.variance_weight=-1", "meta.sigreg_weight=.inf", "meta.sigreg_slices=0"):
+    for bad in ("meta.variance_weight=-1", "meta.sigreg_weight=.inf", "meta.sigreg_slices=0",
+                "meta.regularizer_final=1.5", "meta.regularizer_final=-0.1"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_config(None, [bad])
 
@@ -132,6 +134,34 @@ def test_the_loss_includes_the_regulariser(tmp_path):
     pooled = reg.encoder(images, context_idx).mean(1)
     expected = plain(images, context_idx, target_idx) + 2.0 * covariance_loss(pooled)
     torch.testing.assert_close(reg(images, context_idx, target_idx), expected)
+
+
+def test_the_weights_decay_by_a_cosine_to_the_final_factor():
+    z = torch.randn(16, 5, 8)
+    constant = CollapseRegularizer(variance_weight=1.0, covariance_weight=0.5)
+    decaying = CollapseRegularizer(variance_weight=1.0, covariance_weight=0.5, final=0.1, total_steps=100)
+    for step, factor in ((0, 1.0), (50, 0.55), (100, 0.1), (250, 0.1)):  # the cosine's start, middle, end, past it
+        torch.testing.assert_close(decaying(z, step), factor * constant(z, step))
+    assert decaying.factor(25) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert CollapseRegularizer(variance_weight=1.0, final=0.1).factor(50) == 1.0  # no schedule known: constant
+
+
+def test_training_runs_the_decay_over_the_whole_schedule(tmp_path):
+    cfg = tiny_config(tmp_path, meta={"variance_weight": 1.0, "regularizer_final": 0.0})
+    train = importlib.import_module("openjepa.train")
+    seen, original = {}, train.build_ijepa
+
+    def spy(c):
+        seen["model"] = original(c)
+        return seen["model"]
+
+    train.build_ijepa = spy
+    try:
+        train.train(cfg, max_steps=1)
+    finally:
+        train.build_ijepa = original
+    steps_per_epoch = cfg.data.synthetic_size // cfg.data.batch_size
+    assert seen["model"].regularizer.total_steps == cfg.optimization.epochs * steps_per_epoch
 
 
 WORKER = r"""

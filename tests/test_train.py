@@ -279,6 +279,15 @@ def test_collapse_probe_warns_once_below_its_floors_but_not_at_step_0(tmp_path, 
     for step in (0, 10, 20):
         assert probe.check(Constant(), step) == {"image_rankme": 0.0, "image_spread": 0.0, "probe_step": step}
     assert caplog.text.count("the features are collapsing") == 1 and "at step 10" in caplog.text
+    warning = next(r.getMessage() for r in caplog.records if "collapsing" in r.getMessage())
+    assert "image_rankme 0.0 is under the floor of 4" in warning and "image_spread" not in warning  # only the floor crossed
+    assert "turn on meta.variance_weight" in warning  # the advice fits a run without a regulariser
+    assert CollapseProbe.reasons({"image_rankme": 9.0, "image_spread": 0.02}, {"image_spread": 0.05}) == [
+        "image_spread 0.020 is under 0.5 x the random encoder's 0.050 at step 0: the features depend on the image "
+        "less than a random network's do"]
+    regularised = CollapseProbe(tiny_config(tmp_path, meta={"variance_weight": 1.0}),
+                                ArrayDataset(images, torch.zeros(40, dtype=torch.long)))
+    assert "raise the regularisers' weights" in regularised.advice and "turn on" not in regularised.advice
     first = {"image_rankme": 10.0, "image_spread": 0.05}  # the spread floor is half the step-0 reading
     assert CollapseProbe.collapsed({"image_rankme": 9.0, "image_spread": 0.02}, first)
     assert not CollapseProbe.collapsed({"image_rankme": 9.0, "image_spread": 0.03}, first)

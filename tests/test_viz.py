@@ -125,7 +125,8 @@ def test_report_of_a_run_without_checkpoint_or_data_says_why(tmp_path):
                                           "1,0.5,9.1,0.06,0\n2,0.4,8.5,0.02,2\n")
     text = write_report(tmp_path / "run").read_text()
     assert text.count("Not available") == 3 and "gone" in text
-    assert "WARNING: the features depend on the image less" in text and "at step 2: image_rankme 8.5" in text
+    assert "WARNING: the features are collapsing: image_spread 0.020 is under 0.5 x the random encoder&#x27;s 0.060" in text
+    assert "at step 2: image_rankme 8.5" in text and "under the floor" not in text  # rankme 8.5 is above its floor
     assert "(step 0, the random encoder: 9.1 and 0.060)" in text
     assert main(["report", str(tmp_path / "nothing")]) == 2
 

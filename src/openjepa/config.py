@@ -93,6 +93,7 @@ class MetaConfig:
     covariance_weight: float = 0.0  # C-JEPA / VICReg off-diagonal covariance
     sigreg_weight: float = 0.0  # LeJEPA's SIGReg (Epps-Pulley on random 1-D projections)
     sigreg_slices: int = 256  # random directions per step
+    regularizer_final: float = 1.0  # the weights' multiplier at the end of training, by a cosine from 1; 1 = constant
     seed: int = 0
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile each transformer block (token counts marked dynamic: no recompiles)
@@ -431,6 +432,9 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"meta.{key} must be a finite number >= 0, got {value}")
     if (meta.variance_weight or meta.covariance_weight or meta.sigreg_weight) and d.batch_size < 2:
         raise ConfigError("the collapse regularisers measure spread across images: data.batch_size must be >= 2")
+    if not 0.0 <= meta.regularizer_final <= 1.0:
+        raise ConfigError(f"meta.regularizer_final must be between 0 and 1 (the weights' multiplier at the end of "
+                          f"training), got {meta.regularizer_final}")
     if meta.sigreg_slices < 1:
         raise ConfigError(f"meta.sigreg_slices must be at least 1, got {meta.sigreg_slices}")
     if meta.init_from and meta.load_checkpoint and meta.read_checkpoint:

@@ -12,11 +12,17 @@ cannot see that collapse, since position alone gives tokens spread.
   1-D projections of the embeddings against a standard Gaussian; the directions are drawn anew
   every step from (seed, step), so every process uses the same ones.
 
+The weights can decay over training (``meta.regularizer_final``): the sum is multiplied by a factor
+that follows a cosine from 1 at step 0 to ``final`` at the schedule's last step, so a term that
+keeps early training from collapsing need not keep pushing spread into unused directions later.
+
 Under several processes the statistics are taken over the global batch: embeddings are gathered
 with a gather whose backward sums each process's gradient, so that, after DDP averages the
 parameter gradients, N processes train exactly as one process at the same global batch.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -95,14 +101,23 @@ class CollapseRegularizer:
     ``meta.covariance_weight``, ``meta.sigreg_weight``), on the pooled context features."""
 
     def __init__(self, variance_weight: float = 0.0, covariance_weight: float = 0.0, variance_gamma: float = 1.0,
-                 sigreg_weight: float = 0.0, sigreg_slices: int = 256, seed: int = 0):
+                 sigreg_weight: float = 0.0, sigreg_slices: int = 256, seed: int = 0, final: float = 1.0,
+                 total_steps: int = 0):
         self.variance_weight, self.covariance_weight, self.variance_gamma = variance_weight, covariance_weight, variance_gamma
         self.sigreg_weight, self.sigreg_slices, self.seed = sigreg_weight, sigreg_slices, seed
+        self.final, self.total_steps = final, total_steps  # total_steps 0: no schedule known, factor 1
 
     @classmethod
     def from_config(cls, meta) -> "CollapseRegularizer":
         return cls(meta.variance_weight, meta.covariance_weight, meta.variance_gamma, meta.sigreg_weight,
-                   meta.sigreg_slices, meta.seed)
+                   meta.sigreg_slices, meta.seed, meta.regularizer_final)
+
+    def factor(self, step: int) -> float:
+        """The weights' multiplier at this step: cosine from 1 at step 0 to ``final`` at ``total_steps``."""
+        if self.final == 1.0 or self.total_steps <= 0:
+            return 1.0
+        progress = min(1.0, max(0, step) / self.total_steps)
+        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     @property
     def active(self) -> bool:
@@ -114,7 +129,7 @@ class CollapseRegularizer:
         groups = [context] if isinstance(context, torch.Tensor) else list(context)
         with torch.autocast(groups[0].device.type, enabled=False):  # statistics in fp32, whatever the step's autocast
             pooled = torch.cat([c.float().mean(dim=1) for c in groups])
-            return self._terms(gather_batch(pooled), step)
+            return self.factor(step) * self._terms(gather_batch(pooled), step)
 
     def _terms(self, z: torch.Tensor, step: int) -> torch.Tensor:
         total = z.new_zeros(())

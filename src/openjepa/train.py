@@ -392,6 +392,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
     sharded = _shard(model, world, meta.fsdp)
     optimizer = build_optimizer(model, o)
     schedules = Schedules.from_config(scaled_lrs(o, images_per_step, world.main), steps_per_epoch)
+    if model.regularizer is not None:  # meta.regularizer_final: the weights' cosine runs over the whole schedule
+        model.regularizer.total_steps = schedules.total_steps
     latest = ckpt_dir / "latest.pt"
     start_step, resumed_probe = _resume(latest, model, optimizer, cfg, sharded, images_per_step)
     if start_step:
@@ -845,6 +847,10 @@ class CollapseProbe:
         self.latest = dict(self.EMPTY)
         self.first: dict | None = None  # the step-0 reading
         self.warned = False
+        m = cfg.meta
+        self.advice = ("Lower the learning rate, or raise the regularisers' weights" if
+                       m.variance_weight or m.covariance_weight or m.sigreg_weight else
+                       "Lower the learning rate, or turn on meta.variance_weight / meta.covariance_weight")
 
     def state(self) -> dict:
         return {"latest": self.latest, "first": self.first, "warned": self.warned}
@@ -854,11 +860,22 @@ class CollapseProbe:
         self.first, self.warned = state.get("first"), bool(state.get("warned", False))
 
     @classmethod
+    def reasons(cls, reading: dict, first: dict | None) -> list[str]:
+        """Which floors the reading is under, in words: image_rankme under RANKME_FLOOR, image_spread
+        under SPREAD_RATIO times the step-0 reading (none: not collapsed)."""
+        why = []
+        if reading["image_rankme"] < cls.RANKME_FLOOR:
+            why.append(f"image_rankme {reading['image_rankme']:.1f} is under the floor of {cls.RANKME_FLOOR:.0f}: "
+                       f"the pooled features vary along only a few directions")
+        if first is not None and reading["image_spread"] < cls.SPREAD_RATIO * first["image_spread"]:
+            why.append(f"image_spread {reading['image_spread']:.3f} is under {cls.SPREAD_RATIO:g} x the random "
+                       f"encoder's {first['image_spread']:.3f} at step 0: the features depend on the image less than "
+                       f"a random network's do")
+        return why
+
+    @classmethod
     def collapsed(cls, reading: dict, first: dict | None) -> bool:
-        """Below the floors: image_rankme under RANKME_FLOOR, or image_spread under SPREAD_RATIO
-        times the step-0 reading."""
-        low_spread = first is not None and reading["image_spread"] < cls.SPREAD_RATIO * first["image_spread"]
-        return reading["image_rankme"] < cls.RANKME_FLOOR or low_spread
+        return bool(cls.reasons(reading, first))
 
     def check(self, encoder: nn.Module, step: int) -> dict:
         """Read the probe (in fp32 whatever the run's autocast: bf16 rounding alone adds directions
@@ -881,12 +898,9 @@ class CollapseProbe:
                  stats["image_spread"], " (the random initial encoder)" if step == 0 else "")
         if step > 0 and not self.warned and self.collapsed(self.latest, self.first):
             self.warned = True
-            first = f"{self.first['image_spread']:.3f} at step 0" if self.first else "no step-0 reading"
-            log.warning("the features are collapsing: at step %d the target encoder's pooled features of %d images "
-                        "have image_rankme %.1f (floor %.0f) and image_spread %.3f (random encoder: %s): they "
-                        "depend on the image less than a random network's do. Lower the learning rate, or turn on "
-                        "meta.variance_weight / meta.covariance_weight (see the README's Collapse section)", step,
-                        len(self.images), stats["image_rankme"], self.RANKME_FLOOR, stats["image_spread"], first)
+            log.warning("the features are collapsing: at step %d, on the target encoder's pooled features of %d images, "
+                        "%s. %s (see the README's Collapse section)", step, len(self.images),
+                        "; and ".join(self.reasons(self.latest, self.first)), self.advice)
         return self.latest
 
 

@@ -86,7 +86,8 @@ def summary(run_dir: Path) -> str:
     if readings:
         step, rank, spread = readings[-1]
         first = next(({"image_rankme": r, "image_spread": sp} for st, r, sp in readings if st == 0), None)
-        low = step > 0 and CollapseProbe.collapsed({"image_rankme": rank, "image_spread": spread}, first)
+        why = CollapseProbe.reasons({"image_rankme": rank, "image_spread": spread}, first) if step > 0 else []
+        low = bool(why)
         versus = (f" (step 0, the random encoder: {first['image_rankme']:.1f} and {first['image_spread']:.3f})"
                   if first and step > 0 else "")
         text = (f"Collapse probe at step {step}: image_rankme {rank:.1f}, image_spread {spread:.3f}{versus}: how "
@@ -94,7 +95,7 @@ def summary(run_dir: Path) -> str:
                 f"image_rankme {CollapseProbe.RANKME_FLOOR:.0f}, image_spread {CollapseProbe.SPREAD_RATIO:g} x "
                 f"the step-0 reading.")
         if low:
-            text = "WARNING: the features depend on the image less than a random network's do (collapse). " + text
+            text = "WARNING: the features are collapsing: " + "; and ".join(why) + ". " + text
         lines.append(f"<p class='{'warn' if low else 'ok'}'>{html.escape(text)}</p>")
     evals = sorted((run_dir / "eval").glob("*.json"), key=lambda p: p.stat().st_mtime)
     for path in evals[-1:]:
