@@ -146,7 +146,7 @@ def test_the_weights_decay_by_a_cosine_to_the_final_factor():
     assert CollapseRegularizer(variance_weight=1.0, final=0.1).factor(50) == 1.0  # no schedule known: constant
 
 
-def test_training_runs_the_decay_over_the_whole_schedule(tmp_path):
+def test_training_runs_the_decay_over_the_whole_schedule(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, meta={"variance_weight": 1.0, "regularizer_final": 0.0})
     train = importlib.import_module("openjepa.train")
     seen, original = {}, train.build_ijepa
@@ -155,11 +155,8 @@ def test_training_runs_the_decay_over_the_whole_schedule(tmp_path):
         seen["model"] = original(c)
         return seen["model"]
 
-    train.build_ijepa = spy
-    try:
-        train.train(cfg, max_steps=1)
-    finally:
-        train.build_ijepa = original
+    monkeypatch.setattr(train, "build_ijepa", spy)
+    train.train(cfg, max_steps=1)
     steps_per_epoch = cfg.data.synthetic_size // cfg.data.batch_size
     assert seen["model"].regularizer.total_steps == cfg.optimization.epochs * steps_per_epoch
 

@@ -244,18 +244,19 @@ class ReferenceMultiBlockSampler:
         at a fraction of their per-call cost."""
         (h, w), (H, W) = size, self.grid
         taken = taken or []
+        removed = set().union(*taken)
         tries, timeout = 0, _MAX_CONTEXT_TRIES
         while True:
             top = int(torch.randint(0, H - h, (1,), generator=generator))
             left = int(torch.randint(0, W - w, (1,), generator=generator))
             cells = [r * W + c for r in range(top, top + h) for c in range(left, left + w)]
-            removed = set().union(*taken[: max(len(taken) - tries, 0)])
             idx = [i for i in cells if i not in removed] if removed else cells
             if len(idx) > self.min_keep:
                 break
             timeout -= 1
             if timeout == 0:
                 tries, timeout = tries + 1, _MAX_CONTEXT_TRIES
+                removed = set().union(*taken[: max(len(taken) - tries, 0)])
         return idx, set(cells)
 
     def __call__(self, batch_size: int, generator: torch.Generator | None = None):

@@ -31,6 +31,7 @@ from .distributed import World, gather_full_state, init_distributed, load_full_s
 from .errors import check_writable_folder
 from .ijepa import IJEPA, build_ijepa
 from .masks import build_mask_sampler
+from .regularizers import CollapseRegularizer
 
 log = logging.getLogger("openjepa")
 
@@ -847,9 +848,8 @@ class CollapseProbe:
         self.latest = dict(self.EMPTY)
         self.first: dict | None = None  # the step-0 reading
         self.warned = False
-        m = cfg.meta
-        self.advice = ("Lower the learning rate, or raise the regularisers' weights" if
-                       m.variance_weight or m.covariance_weight or m.sigreg_weight else
+        self.advice = ("Lower the learning rate, or raise the regularisers' weights"
+                       if CollapseRegularizer.from_config(cfg.meta).active else
                        "Lower the learning rate, or turn on meta.variance_weight / meta.covariance_weight")
 
     def state(self) -> dict:
