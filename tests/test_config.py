@@ -91,11 +91,19 @@ def test_unknown_keys_are_named_with_the_closest_valid_one(tmp_path):
     ("data.batch_size=0", "data.batch_size must be at least 1"),
     ("mask.strategy=checkerboard", "mask.strategy must be one of"),
     ("meta.loss=huber", "meta.loss must be one of"),
+    ("meta.target_layers=0", "meta.target_layers must be a whole number from 1 to vit_base's 12 blocks"),
+    ("meta.target_layers=13", "meta.target_layers must be a whole number from 1 to vit_base's 12 blocks"),
     ("lr=0.1", "not of the form section.key=value"),
 ])
 def test_bad_values_are_rejected_with_a_named_reason(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config(None, [override])
+
+
+def test_multi_layer_targets_need_representation_targets():
+    with pytest.raises(ConfigError, match="no meaning with meta.target: pixels"):
+        load_config(None, ["meta.target_layers=4", "meta.target=pixels"])
+    assert load_config(None, ["meta.target_layers=4"]).meta.target_layers == 4
 
 
 def test_overrides_parse_yaml_values():

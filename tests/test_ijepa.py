@@ -39,6 +39,36 @@ def test_target_is_layer_normed_target_encoder_output_at_each_block(model):
                 torch.testing.assert_close(target[b, m, k], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_multi_layer_targets_average_the_last_blocks_each_layer_normed(tmp_path):
+    """meta.target_layers k: layer_norm(mean of layer_norm(block output)) over the last k blocks,
+    written out here block by block; the encoder's final norm is not used."""
+    torch.manual_seed(0)
+    model = build_ijepa(tiny_config(tmp_path, meta={"target_layers": 2}))
+    with torch.no_grad():  # a final norm that is not the identity: it must play no part
+        model.target_encoder.norm.weight.mul_(3.0)
+        model.target_encoder.norm.bias.add_(1.0)
+    images, _, target_idx = batch()
+    enc = model.target_encoder
+    x = enc.patchify(images)
+    outputs = []
+    for blk in enc.blocks:
+        x = blk(x)
+        outputs.append(x)
+    D = x.size(-1)
+    mean = (F.layer_norm(outputs[-2], (D,)) + F.layer_norm(outputs[-1], (D,))) / 2
+    expected = F.layer_norm(mean, (D,))
+    target = model.forward_target(images, target_idx)
+    for b in range(images.size(0)):
+        torch.testing.assert_close(target[b], expected[b][target_idx[b]], atol=1e-5, rtol=1e-5)
+    one = model.target_features(images)
+    model.target_layers = 1  # the paper's target differs (it reads the final norm)
+    assert not torch.allclose(one, model.target_features(images), atol=1e-2)
+    with pytest.raises(ValueError, match="target_layers"):
+        IJEPA(model.encoder, model.predictor, target_layers=len(model.encoder.blocks) + 1)
+    with pytest.raises(ValueError, match="pixel targets"):
+        IJEPA(model.encoder, model.predictor, target="pixels", target_layers=2)
+
+
 def test_each_target_block_is_predicted_from_its_own_sequence():
     torch.manual_seed(0)
     pred = Predictor((4, 4), embed_dim=32, predictor_dim=16, depth=2, num_heads=2)

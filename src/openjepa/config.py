@@ -84,6 +84,7 @@ class MetaConfig:
     pred_emb_dim: int = 384
     loss: str = "smooth_l1"  # smooth_l1 (reference code) | l2 (paper text)
     target: str = "representations"  # representations | pixels (the paper's Table 7 ablation)
+    target_layers: int = 1  # targets: the mean of the target encoder's last k blocks, each layer-normed (data2vec); 1 = the paper's
     use_bfloat16: bool = True  # bf16 autocast on CUDA
     cpu_bfloat16: bool | str = "auto"  # bf16 autocast on CPU too; auto: where the CPU has AMX / AVX512-BF16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -426,6 +427,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"meta.loss must be one of {', '.join(LOSSES)}, got {meta.loss!r}")
     if meta.target not in TARGETS:
         raise ConfigError(f"meta.target must be one of {', '.join(TARGETS)}, got {meta.target!r}")
+    if not (isinstance(meta.target_layers, int) and 1 <= meta.target_layers <= size.depth):
+        raise ConfigError(f"meta.target_layers must be a whole number from 1 to {meta.model_name}'s {size.depth} "
+                          f"blocks, got {meta.target_layers!r}")
+    if meta.target_layers > 1 and meta.target == "pixels":
+        raise ConfigError("meta.target_layers averages the target encoder's blocks; it has no meaning with "
+                          "meta.target: pixels")
     for key in ("variance_weight", "covariance_weight", "sigreg_weight", "variance_gamma"):
         value = getattr(meta, key)
         if not (value >= 0 and value != float("inf")):

@@ -32,12 +32,19 @@ def patchify_pixels(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 class IJEPA(nn.Module):
     def __init__(self, encoder: VisionTransformer, predictor: Predictor, loss: str = "smooth_l1",
-                 target: str = "representations", regularizer: CollapseRegularizer | None = None):
+                 target: str = "representations", regularizer: CollapseRegularizer | None = None,
+                 target_layers: int = 1):
         super().__init__()
         if loss not in ("smooth_l1", "l2"):
             raise ValueError(f"loss must be smooth_l1 or l2, got {loss!r}")
         if target not in ("representations", "pixels"):
             raise ValueError(f"target must be representations or pixels, got {target!r}")
+        if not 1 <= target_layers <= len(encoder.blocks):
+            raise ValueError(f"target_layers must be between 1 and the encoder's {len(encoder.blocks)} blocks, "
+                             f"got {target_layers}")
+        if target_layers > 1 and target == "pixels":
+            raise ValueError("target_layers averages the target encoder's blocks: it has no meaning with pixel targets")
+        self.target_layers = target_layers
         self.encoder = encoder
         self.predictor = predictor
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
@@ -45,12 +52,20 @@ class IJEPA(nn.Module):
         self.regularizer = regularizer if regularizer is not None and regularizer.active else None
 
     def target_features(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, N, D]: layer_norm(target_encoder(image)), or the normalised pixels (no gradient)."""
+        """[B, N, D]: layer_norm(target_encoder(image)), or the normalised pixels (no gradient).
+
+        With ``target_layers`` k > 1 (data2vec's targets, off by default): the mean of the last k
+        blocks' outputs, each layer-normed, layer-normed again (the encoder's final norm unused)."""
         with torch.no_grad():
             if self.target == "pixels":
                 return patchify_pixels(images, self.encoder.patch_size)
-            h = self.target_encoder(images)
-            return F.layer_norm(h, (h.size(-1),))
+            if self.target_layers == 1:
+                h = self.target_encoder(images)
+                return F.layer_norm(h, (h.size(-1),))
+            dim = (self.encoder.embed_dim,)
+            layers = self.target_encoder.intermediates(images, self.target_layers)
+            h = torch.stack([F.layer_norm(x, dim) for x in layers]).mean(0)
+            return F.layer_norm(h, dim)
 
     def forward_target(self, images: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
         """[B, M, Kt, D]: layer_norm(target_encoder(image)) at each target block (no gradient)."""
@@ -128,7 +143,8 @@ def build_ijepa(cfg) -> IJEPA:
     if meta.grad_checkpointing:
         encoder.set_grad_checkpointing()
         predictor.set_grad_checkpointing()
-    model = IJEPA(encoder, predictor, meta.loss, meta.target, CollapseRegularizer.from_config(meta))
+    model = IJEPA(encoder, predictor, meta.loss, meta.target, CollapseRegularizer.from_config(meta),
+                  meta.target_layers)
     if meta.compile:
         for blocks in (model.encoder.blocks, model.target_encoder.blocks, model.predictor.predictor_blocks):
             compile_blocks(blocks)
