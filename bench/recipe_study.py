@@ -196,16 +196,18 @@ def plot_study(rows: list[dict], path: Path) -> None:
     # one row of panels per machine (a GPU's minutes are not a CPU's), one panel per protocol
     machines = sorted({r["machine"] for r in rows})
     metrics = (("linear", "linear probe", 84.5), ("knn20", "kNN@20", 84.6), ("lowshot1", "1% labels", 76.6))
-    fig, axes = plt.subplots(len(machines), len(metrics), figsize=(15, 4.5 * len(machines)), squeeze=False)
+    fig, axes = plt.subplots(len(machines), len(metrics), figsize=(19, 4.5 * len(machines)), squeeze=False)
     for row_axes, mach in zip(axes, machines):
         by_variant: dict[str, list[dict]] = {}
         for r in rows:
             if r["machine"] == mach:
                 by_variant.setdefault(r["variant"], []).append(r)
         for ax, (key, title, pixels) in zip(row_axes, metrics):
-            for name, rs in sorted(by_variant.items()):
+            for i, (name, rs) in enumerate(sorted(by_variant.items())):
                 rs = sorted(rs, key=lambda r: float(r["pretrain_min"]))
-                ax.plot([float(r["pretrain_min"]) for r in rs], [float(r[key]) for r in rs], marker="o", label=name)
+                # ten colours, then the next marker: each variant its own colour and marker pair
+                ax.plot([float(r["pretrain_min"]) for r in rs], [float(r[key]) for r in rs], color=f"C{i % 10}",
+                        marker="osD^v<>ph*"[i // 10 % 10], label=name)
             ax.axhline(pixels, color="gray", linestyle="--", linewidth=1)
             ax.annotate(f"raw pixels {pixels}", (0.01, pixels), xycoords=("axes fraction", "data"), color="gray",
                         fontsize=8, va="bottom")
@@ -213,7 +215,7 @@ def plot_study(rows: list[dict], path: Path) -> None:
             ax.set_ylabel(f"{title}, Fashion-MNIST test %")
             ax.set_title(f"{title}: {mach}", fontsize=9)
             ax.grid(alpha=0.3)
-        row_axes[0].legend(fontsize=7, ncol=2)
+        row_axes[-1].legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
