@@ -11,6 +11,7 @@ from openjepa.masks import build_mask_sampler
 from openjepa.train import train
 from openjepa.viz import STRATEGIES, mask_grid, mask_overlay, pca_rgb, pick_images, retrieve, write_report
 from openjepa.ijepa import image_patches
+from openjepa.data.transforms import prepare
 from openjepa.viz.imagine import build_bank, imagine, unpatch
 from openjepa.viz.masks import ALPHA, DARK, TARGET_COLOURS
 from openjepa.interop import load_ijepa
@@ -71,8 +72,16 @@ def test_imagination_keeps_context_and_truth_pixels(tmp_path):
     model, cfg = load_ijepa(tmp_path / "checkpoints/latest.pt")
     images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     assert torch.equal(unpatch(image_patches(images, 4)[0], (4, 4)), images[0])
-    bank = build_bank(model.target_encoder, images, cfg.data.mean, cfg.data.std)
+    bank = build_bank(model, images, cfg.data.mean, cfg.data.std)
     assert bank[0].shape == (48, 192) and bank[1].shape == (48, 3, 4, 4)
+    # the bank is the model's own training targets, whichever they are (here data2vec's too)
+    targets = lambda: model.target_features(prepare(images, model.encoder, cfg.data.mean, cfg.data.std))
+    torch.testing.assert_close(bank[0], targets().flatten(0, 1))
+    model.target_layers = 2
+    two = build_bank(model, images, cfg.data.mean, cfg.data.std)[0]
+    torch.testing.assert_close(two, targets().flatten(0, 1))
+    assert not torch.allclose(two, bank[0], atol=1e-2)
+    model.target_layers = 1
     sampler = build_mask_sampler("multiblock", (4, 4), min_keep=2)
     rows = imagine(model, images, cfg.data.mean, cfg.data.std, sampler, *bank, seed=0)
     context_idx, target_idx = sampler(3, torch.Generator().manual_seed(0))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..data.transforms import prepare
@@ -24,18 +23,14 @@ def unpatch(patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def target_features(target_encoder, images: torch.Tensor, mean, std) -> torch.Tensor:
-    """[B, N, D]: layer_norm(target_encoder(images)), the training targets."""
-    h = target_encoder(prepare(images, target_encoder, mean, std))
-    return F.layer_norm(h, (h.size(-1),))
-
-
-@torch.no_grad()
-def build_bank(target_encoder, images: torch.Tensor, mean, std, batch_size: int = 256):
-    """(features [n*N, D], pixels [n*N, C, p, p]) of every patch of ``images`` [n, C, H, W] in [0, 1]."""
-    feats = torch.cat([target_features(target_encoder, images[i:i + batch_size], mean, std).flatten(0, 1)
+def build_bank(model, images: torch.Tensor, mean, std, batch_size: int = 256):
+    """(features [n*N, D], pixels [n*N, C, p, p]) of every patch of ``images`` [n, C, H, W] in [0, 1];
+    the features are ``model``'s training targets (``IJEPA.target_features``, whatever its
+    ``target_layers``), the space its predictor is trained to hit."""
+    encoder = model.target_encoder
+    feats = torch.cat([model.target_features(prepare(images[i:i + batch_size], encoder, mean, std)).flatten(0, 1)
                        for i in range(0, len(images), batch_size)])
-    return feats, image_patches(images, target_encoder.patch_size).flatten(0, 1)
+    return feats, image_patches(images, encoder.patch_size).flatten(0, 1)
 
 
 def retrieve(bank: torch.Tensor, queries: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

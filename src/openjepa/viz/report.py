@@ -167,7 +167,7 @@ def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) ->
             sections["imagination"] = missing(f"the data has only {len(shown)} readable images, all shown: none is "
                                               f"left for the retrieval bank")
         else:
-            bank = build_bank(model.target_encoder, bank_src, mean, std)
+            bank = build_bank(model, bank_src, mean, std)
             rows = imagine(model, shown, mean, std, sampler_for(cfg, "multiblock"), *bank, seed=seed)
             sections["imagination"] = img(png_data_uri(imagination_figure(rows)), "predictor retrievals")
     else:
