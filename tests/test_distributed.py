@@ -56,8 +56,10 @@ def test_two_process_ddp_matches_one_process_at_the_same_global_batch_and_resume
 def test_two_process_fsdp_matches_one_process_and_its_checkpoint_resumes_unsharded(tmp_path):
     """FSDP (fully_shard over gloo on the CPU): the same losses as one process at the same global
     batch, the EMA target (sharded like the encoder) ends equal to one process's, and the checkpoint
-    has the unsharded layout, so one process resumes it."""
-    two = tiny_config(tmp_path / "two", data={"batch_size": 8}, logging={"log_every": 1}, meta={"fsdp": True},
+    has the unsharded layout, so one process resumes it. The targets average the last 2 blocks
+    (meta.target_layers): the sharded target encoder's weights must be gathered for that too."""
+    two = tiny_config(tmp_path / "two", data={"batch_size": 8}, logging={"log_every": 1},
+                      meta={"fsdp": True, "target_layers": 2},
                       optimization={"ema": [0.5, 1.0]},  # a target that moves: the EMA is checked
                       mask={"pack_group": 4})  # two mask groups per process: the sharded encoder runs twice
 
@@ -74,7 +76,7 @@ def test_two_process_fsdp_matches_one_process_and_its_checkpoint_resumes_unshard
     assert total / 2 <= local < total / 2 + 1000  # half of every tensor, rounded up per tensor
 
     one = tiny_config(tmp_path / "one", data={"batch_size": 16}, logging={"log_every": 1},
-                      optimization={"ema": [0.5, 1.0]}, mask={"pack_group": 4})
+                      meta={"target_layers": 2}, optimization={"ema": [0.5, 1.0]}, mask={"pack_group": 4})
     train(one, max_steps=4)
     for step, loss in losses(tmp_path / "one").items():
         assert abs(loss - losses(tmp_path / "two")[step]) < 1e-4 * loss, step
@@ -92,7 +94,7 @@ def test_two_process_fsdp_matches_one_process_and_its_checkpoint_resumes_unshard
     for i, s in a["opt"]["state"].items():
         torch.testing.assert_close(b["opt"]["state"][i]["exp_avg_sq"], s["exp_avg_sq"], atol=1e-9, rtol=1e-3)
 
-    train(tiny_config(tmp_path / "two", data={"batch_size": 16}, logging={"log_every": 1},
+    train(tiny_config(tmp_path / "two", data={"batch_size": 16}, logging={"log_every": 1}, meta={"target_layers": 2},
                       optimization={"ema": [0.5, 1.0]}, mask={"pack_group": 4}))  # resume, unsharded
     train(one)
     assert_same_final_target(tmp_path / "one", tmp_path / "two", step=8)

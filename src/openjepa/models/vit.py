@@ -237,10 +237,22 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed.proj(images).flatten(2).transpose(1, 2)
         return x + self.pos_embed_for((H // self.patch_size, W // self.patch_size)).to(x.dtype)
 
-    def forward(self, images: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, keep_idx: torch.Tensor | None = None,
+                last_blocks: int = 0) -> torch.Tensor | list[torch.Tensor]:
+        """With ``last_blocks`` k > 0: the outputs of the last k blocks instead, without the final
+        norm, as a list (multi-layer targets; here in ``forward`` so that FSDP gathers the weights)."""
         x = self.patchify(images)
         if keep_idx is not None:
             x = gather_tokens(x, keep_idx)
+        if last_blocks:
+            if not 0 < last_blocks <= len(self.blocks):
+                raise ValueError(f"last_blocks must be between 1 and {len(self.blocks)}, got {last_blocks}")
+            outputs = []
+            for i, blk in enumerate(self.blocks):
+                x = blk(x)
+                if i >= len(self.blocks) - last_blocks:
+                    outputs.append(x)
+            return outputs
         x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.norm(x)
 
