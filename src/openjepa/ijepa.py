@@ -63,7 +63,7 @@ class IJEPA(nn.Module):
                 h = self.target_encoder(images)
                 return F.layer_norm(h, (h.size(-1),))
             dim = (self.encoder.embed_dim,)
-            layers = self.target_encoder(images, last_blocks=self.target_layers)
+            layers = self.target_encoder(images, layers=self.target_layers)
             h = torch.stack([F.layer_norm(x, dim) for x in layers]).mean(0)
             return F.layer_norm(h, dim)
 

@@ -238,23 +238,22 @@ class VisionTransformer(nn.Module):
         return x + self.pos_embed_for((H // self.patch_size, W // self.patch_size)).to(x.dtype)
 
     def forward(self, images: torch.Tensor, keep_idx: torch.Tensor | None = None,
-                last_blocks: int = 0) -> torch.Tensor | list[torch.Tensor]:
-        """With ``last_blocks`` k > 0: the outputs of the last k blocks instead, without the final
-        norm, as a list (multi-layer targets; here in ``forward`` so that FSDP gathers the weights)."""
+                layers: int | list[int] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """With ``layers`` (as in ``intermediates``): the chosen blocks' outputs instead, without the
+        final norm, as a list. They are taken here, in ``forward``, so that FSDP gathers the weights."""
         x = self.patchify(images)
         if keep_idx is not None:
             x = gather_tokens(x, keep_idx)
-        if last_blocks:
-            if not 0 < last_blocks <= len(self.blocks):
-                raise ValueError(f"last_blocks must be between 1 and {len(self.blocks)}, got {last_blocks}")
-            outputs = []
-            for i, blk in enumerate(self.blocks):
-                x = blk(x)
-                if i >= len(self.blocks) - last_blocks:
-                    outputs.append(x)
-            return outputs
-        x = run_blocks(self.blocks, x, self.grad_checkpointing)
-        return self.norm(x)
+        if layers is None:
+            return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
+        depth = len(self.blocks)
+        wanted = list(range(depth - layers, depth)) if isinstance(layers, int) else [i % depth for i in layers]
+        if not wanted or any(not 0 <= i < depth for i in wanted) or (isinstance(layers, int) and not 0 < layers <= depth):
+            raise ValueError(f"layers must pick blocks of 0..{depth - 1}, got {layers}")
+        outputs = {}
+        for i, blk in enumerate(self.blocks[: max(wanted) + 1]):
+            x = outputs[i] = blk(x)
+        return [outputs[i] for i in wanted]
 
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         """[B, D]: the mean of the patch features (the paper's evaluation features)."""
@@ -263,15 +262,8 @@ class VisionTransformer(nn.Module):
     def intermediates(self, images: torch.Tensor, layers: int | list[int] = 1, norm: bool = False) -> list[torch.Tensor]:
         """Outputs [B, N, D] of chosen blocks: ``layers`` an int n (the last n blocks) or a list of
         block indices (negative counts from the end). ``norm`` applies the final LayerNorm to each."""
-        depth = len(self.blocks)
-        wanted = list(range(depth - layers, depth)) if isinstance(layers, int) else [i % depth for i in layers]
-        if not wanted or any(not 0 <= i < depth for i in wanted) or (isinstance(layers, int) and not 0 < layers <= depth):
-            raise ValueError(f"layers must pick blocks of 0..{depth - 1}, got {layers}")
-        x, outputs = self.patchify(images), {}
-        for i, blk in enumerate(self.blocks[: max(wanted) + 1]):
-            x = blk(x)
-            outputs[i] = self.norm(x) if norm else x
-        return [outputs[i] for i in wanted]
+        outputs = self(images, layers=layers)
+        return [self.norm(x) for x in outputs] if norm else outputs
 
 
 def build_encoder(model_name: str = "vit_base", img_size: int | tuple[int, int] = 224, patch_size: int = 16,
