@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from openjepa.config import ConfigError, load_config
-from openjepa.ijepa import build_ijepa
-from openjepa.regularizers import (CollapseRegularizer, covariance_loss, epps_pulley, random_directions, sigreg,
-                                   variance_loss)
+from openjepa.ijepa import IJEPA, build_ijepa
+from openjepa.regularizers import (CollapseRegularizer, covariance_loss, epps_pulley, invariance_loss,
+                                   random_directions, sigreg, variance_loss)
 
 from conftest import tiny_config
 
@@ -69,6 +69,39 @@ def test_directions_are_a_function_of_seed_and_step():
     torch.testing.assert_close(a.norm(dim=0), torch.ones(4))
 
 
+def test_invariance_equals_the_formula_written_out_and_leaves_the_target_alone():
+    g = torch.Generator().manual_seed(3)
+    context = torch.randn(4, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    expected = 0.0
+    for b in range(4):  # per image: layer-norm each token (no affine), average the tokens, squared distance
+        tokens = [(t - t.mean()) / torch.sqrt(t.var(unbiased=False) + 1e-5) for t in context[b]]
+        pooled = sum(tokens) / len(tokens)
+        expected = expected + ((pooled - target[b]) ** 2).sum().item()
+    expected /= 4 * 6
+    loss = CollapseRegularizer(invariance_weight=2.5)(context, step=0, target=target)
+    assert loss.item() == pytest.approx(2.5 * expected, rel=1e-5)
+    loss.backward()
+    assert target.grad is None and torch.isfinite(context.grad).all() and context.grad.abs().sum() > 0
+    # groups of images with different context lengths: the same as scoring each image on its own
+    groups = CollapseRegularizer(invariance_weight=1.0)([context[:1, :3], context[1:]], step=0,
+                                                        target=[target[:1], target[1:]])
+    one = [CollapseRegularizer(invariance_weight=1.0)(c, 0, target=t).item() for c, t in
+           ((context[:1, :3], target[:1]), (context[1:], target[1:]))]
+    assert groups.item() == pytest.approx((one[0] * 1 + one[1] * 3) / 4)
+    with pytest.raises(ValueError, match="pooled targets"):
+        CollapseRegularizer(invariance_weight=1.0)(context, step=0)
+
+
+def test_invariance_is_zero_when_the_masked_view_pools_to_the_full_image():
+    context = torch.randn(3, 4, 8, requires_grad=True)
+    target = torch.nn.functional.layer_norm(context.detach(), (8,)).mean(1)
+    loss = CollapseRegularizer(invariance_weight=1.0)(context, step=0, target=target)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-10) and context.grad.abs().max() < 1e-6
+    assert invariance_loss(torch.ones(2, 3), torch.zeros(2, 3)).item() == 1.0
+
+
 def test_a_batch_of_one_gives_zero_not_nan():
     z = torch.randn(1, 4, requires_grad=True)
     for term in (variance_loss(z), covariance_loss(z)):
@@ -78,11 +111,12 @@ def test_a_batch_of_one_gives_zero_not_nan():
 
 def test_the_terms_run_in_fp32_under_bf16_autocast():
     z = torch.randn(64, 1, 16, generator=torch.Generator().manual_seed(0))
-    reg = CollapseRegularizer(covariance_weight=1.0, sigreg_weight=1.0)
+    t = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    reg = CollapseRegularizer(covariance_weight=1.0, sigreg_weight=1.0, invariance_weight=1.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        inside = reg(z, step=3)
+        inside = reg(z, step=3, target=t)
     assert inside.dtype == torch.float32
-    torch.testing.assert_close(inside, reg(z, step=3))
+    torch.testing.assert_close(inside, reg(z, step=3, target=t))
 
 
 @pytest.mark.parametrize("term", ["variance_weight", "covariance_weight", "sigreg_weight"])
@@ -117,10 +151,16 @@ def test_config_keys_are_validated_and_off_by_default(tmp_path):
     assert build_ijepa(cfg).regularizer is None
     on = tiny_config(tmp_path, meta={"variance_weight": 1.0, "sigreg_weight": 0.1})
     assert build_ijepa(on).regularizer is not None
+    assert build_ijepa(tiny_config(tmp_path, meta={"invariance_weight": 1.0})).regularizer is not None
     for bad in ("meta.variance_weight=-1", "meta.sigreg_weight=.inf", "meta.sigreg_slices=0",
-                "meta.regularizer_final=1.5", "meta.regularizer_final=-0.1"):
+                "meta.regularizer_final=1.5", "meta.regularizer_final=-0.1", "meta.invariance_weight=-0.5"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_config(None, [bad])
+    with pytest.raises(ConfigError, match="meta.invariance_weight.*pixels"):
+        load_config(None, ["meta.invariance_weight=1.0", "meta.target=pixels"])
+    model = build_ijepa(cfg)
+    with pytest.raises(ValueError, match="pixel targets"):
+        IJEPA(model.encoder, model.predictor, target="pixels", regularizer=CollapseRegularizer(invariance_weight=1.0))
 
 
 def test_the_loss_includes_the_regulariser(tmp_path):
@@ -134,6 +174,13 @@ def test_the_loss_includes_the_regulariser(tmp_path):
     pooled = reg.encoder(images, context_idx).mean(1)
     expected = plain(images, context_idx, target_idx) + 2.0 * covariance_loss(pooled)
     torch.testing.assert_close(reg(images, context_idx, target_idx), expected)
+    # the invariance term: the layer-normed context pooled against the mean of the targets over all tokens
+    torch.manual_seed(0)
+    inv = build_ijepa(tiny_config(tmp_path, meta={"invariance_weight": 3.0}))
+    context = torch.nn.functional.layer_norm(inv.encoder(images, context_idx), (inv.encoder.embed_dim,)).mean(1)
+    full = inv.target_features(images).mean(1)
+    expected = plain(images, context_idx, target_idx) + 3.0 * (context - full).square().mean()
+    torch.testing.assert_close(inv(images, context_idx, target_idx), expected)
 
 
 def test_the_weights_decay_by_a_cosine_to_the_final_factor():
@@ -170,9 +217,11 @@ g = torch.Generator().manual_seed(0)
 x, layer = torch.randn(8, 3, 4, generator=g), torch.nn.Linear(4, 6)
 with torch.no_grad():
     layer.weight.copy_(torch.randn(6, 4, generator=g)); layer.bias.copy_(torch.randn(6, generator=g))
-reg = CollapseRegularizer(variance_weight=1.0, covariance_weight=0.5, sigreg_weight=0.3, sigreg_slices=16, seed=7)
-part = x[:5] if world == 2 and rank == 0 else x[5:] if world == 2 else x  # uneven: 5 and 3 rows
-loss = reg(layer(part), step=5)
+t = torch.randn(8, 6, generator=g)
+reg = CollapseRegularizer(variance_weight=1.0, covariance_weight=0.5, sigreg_weight=0.3, sigreg_slices=16, seed=7,
+                          invariance_weight=0.7)
+rows = slice(0, 5) if world == 2 and rank == 0 else slice(5, 8) if world == 2 else slice(0, 8)  # uneven: 5 and 3
+loss = reg(layer(x[rows]), step=5, target=t[rows])
 loss.backward()
 grad = layer.weight.grad.clone()
 dist.all_reduce(grad); grad /= world  # what DDP does to the gradients

@@ -94,6 +94,7 @@ class MetaConfig:
     covariance_weight: float = 0.0  # C-JEPA / VICReg off-diagonal covariance
     sigreg_weight: float = 0.0  # LeJEPA's SIGReg (Epps-Pulley on random 1-D projections)
     sigreg_slices: int = 256  # random directions per step
+    invariance_weight: float = 0.0  # C-JEPA's invariance of the mean: pooled context vs pooled full-image targets
     regularizer_final: float = 1.0  # the weights' multiplier at the end of training, by a cosine from 1; 1 = constant
     seed: int = 0
     grad_checkpointing: bool = False
@@ -433,12 +434,15 @@ def validate(cfg: Config) -> Config:
     if meta.target_layers > 1 and meta.target == "pixels":
         raise ConfigError("meta.target_layers averages the target encoder's blocks; it has no meaning with "
                           "meta.target: pixels")
-    for key in ("variance_weight", "covariance_weight", "sigreg_weight", "variance_gamma"):
+    for key in ("variance_weight", "covariance_weight", "sigreg_weight", "variance_gamma", "invariance_weight"):
         value = getattr(meta, key)
         if not (value >= 0 and value != float("inf")):
             raise ConfigError(f"meta.{key} must be a finite number >= 0, got {value}")
     if (meta.variance_weight or meta.covariance_weight or meta.sigreg_weight) and d.batch_size < 2:
         raise ConfigError("the collapse regularisers measure spread across images: data.batch_size must be >= 2")
+    if meta.invariance_weight and meta.target == "pixels":
+        raise ConfigError("meta.invariance_weight compares the pooled context with the pooled target representations; "
+                          "it has no meaning with meta.target: pixels")
     if not 0.0 <= meta.regularizer_final <= 1.0:
         raise ConfigError(f"meta.regularizer_final must be between 0 and 1 (the weights' multiplier at the end of "
                           f"training), got {meta.regularizer_final}")

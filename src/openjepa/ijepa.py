@@ -42,6 +42,8 @@ class IJEPA(nn.Module):
         if not 1 <= target_layers <= len(encoder.blocks):
             raise ValueError(f"target_layers must be between 1 and the encoder's {len(encoder.blocks)} blocks, "
                              f"got {target_layers}")
+        if target == "pixels" and regularizer is not None and regularizer.invariance_weight:
+            raise ValueError("the invariance term compares pooled representations: it has no meaning with pixel targets")
         if target_layers > 1 and target == "pixels":
             raise ValueError("target_layers averages the target encoder's blocks: it has no meaning with pixel targets")
         self.target_layers = target_layers
@@ -108,7 +110,8 @@ class IJEPA(nn.Module):
             targets.append(target)
         loss = torch.stack(losses).sum()  # one group: its loss exactly (x * 1.0)
         if self.regularizer is not None:
-            loss = loss + self.regularizer(contexts, step)
+            pooled = [h.float().mean(dim=1) for h in features] if self.regularizer.invariance_weight else None
+            loss = loss + self.regularizer(contexts, step, target=pooled)
         return (loss, targets) if return_target else loss
 
     @torch.no_grad()

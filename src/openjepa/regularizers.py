@@ -1,6 +1,6 @@
 """Opt-in terms against (dimensional) collapse, added to the I-JEPA loss; all off by default.
 
-Both act on the context encoder's output averaged over its tokens, one vector per image: a
+All act on the context encoder's output averaged over its tokens, one vector per image: a
 representation that stops depending on the image (every image mapped to the same pooled vector,
 patch features that encode position only) is exactly what they penalise. Per-token statistics
 cannot see that collapse, since position alone gives tokens spread.
@@ -8,6 +8,10 @@ cannot see that collapse, since position alone gives tokens spread.
 - ``variance_covariance``: C-JEPA's terms (Mo & Tong, NeurIPS 2024), as VICReg's: a hinge that
   keeps each dimension's standard deviation across images at least ``gamma``, and the sum of the
   squared off-diagonal covariances divided by the width.
+- ``invariance_loss``: C-JEPA's third VICReg term, the invariance of the mean: the squared distance
+  between the context's pooled features (layer-normed per token, as the targets are) and the mean of
+  the training targets over the whole image (no gradient: the target encoder's side). It asks the
+  pooled feature of a masked view to be that of the full image, which no per-token prediction asks.
 - ``sigreg``: LeJEPA's SIGReg (Balestriero & LeCun, 2025): the Epps-Pulley statistic of random
   1-D projections of the embeddings against a standard Gaussian; the directions are drawn anew
   every step from (seed, step), so every process uses the same ones.
@@ -65,6 +69,11 @@ def covariance_loss(z: torch.Tensor) -> torch.Tensor:
     return off.pow(2).sum() / d
 
 
+def invariance_loss(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over images and dimensions of (z - target)^2; ``target`` [N, D] is treated as fixed."""
+    return (z - target.detach()).square().mean()
+
+
 def random_directions(dim: int, slices: int, seed: int, step: int, device, dtype=torch.float32) -> torch.Tensor:
     """[dim, slices] unit vectors, a pure function of (seed, step): the same on every process."""
     g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % 2**63)  # no hash(): salted per process
@@ -98,19 +107,21 @@ def sigreg(z: torch.Tensor, seed: int, step: int, slices: int = 256, t_max: floa
 
 class CollapseRegularizer:
     """The weighted sum of the terms a config turns on (``meta.variance_weight``,
-    ``meta.covariance_weight``, ``meta.sigreg_weight``), on the pooled context features."""
+    ``meta.covariance_weight``, ``meta.sigreg_weight``, ``meta.invariance_weight``), on the pooled
+    context features."""
 
     def __init__(self, variance_weight: float = 0.0, covariance_weight: float = 0.0, variance_gamma: float = 1.0,
                  sigreg_weight: float = 0.0, sigreg_slices: int = 256, seed: int = 0, final: float = 1.0,
-                 total_steps: int = 0):
+                 total_steps: int = 0, invariance_weight: float = 0.0):
         self.variance_weight, self.covariance_weight, self.variance_gamma = variance_weight, covariance_weight, variance_gamma
+        self.invariance_weight = invariance_weight
         self.sigreg_weight, self.sigreg_slices, self.seed = sigreg_weight, sigreg_slices, seed
         self.final, self.total_steps = final, total_steps  # total_steps 0: no schedule known, factor 1
 
     @classmethod
     def from_config(cls, meta) -> "CollapseRegularizer":
         return cls(meta.variance_weight, meta.covariance_weight, meta.variance_gamma, meta.sigreg_weight,
-                   meta.sigreg_slices, meta.seed, meta.regularizer_final)
+                   meta.sigreg_slices, meta.seed, meta.regularizer_final, invariance_weight=meta.invariance_weight)
 
     def factor(self, step: int) -> float:
         """The weights' multiplier at this step: cosine from 1 at step 0 to ``final`` at ``total_steps``."""
@@ -121,15 +132,27 @@ class CollapseRegularizer:
 
     @property
     def active(self) -> bool:
-        return bool(self.variance_weight or self.covariance_weight or self.sigreg_weight)
+        return bool(self.variance_weight or self.covariance_weight or self.sigreg_weight or self.invariance_weight)
 
-    def __call__(self, context, step: int) -> torch.Tensor:
+    def __call__(self, context, step: int, target=None) -> torch.Tensor:
         """context [B, Kc, D] (the context encoder's output), or a list of such for groups of images
-        whose contexts differ in length -> the weighted regulariser over all of them, a scalar."""
+        whose contexts differ in length -> the weighted regulariser over all of them, a scalar.
+        ``target`` [B, D] (or a list, one per group): the mean of each image's training targets over
+        the whole image, which the invariance term needs (and only it)."""
         groups = [context] if isinstance(context, torch.Tensor) else list(context)
         with torch.autocast(groups[0].device.type, enabled=False):  # statistics in fp32, whatever the step's autocast
-            pooled = torch.cat([c.float().mean(dim=1) for c in groups])
-            return self.factor(step) * self._terms(gather_batch(pooled), step)
+            total = groups[0].new_zeros((), dtype=torch.float32)
+            if self.variance_weight or self.covariance_weight or self.sigreg_weight:
+                pooled = torch.cat([c.float().mean(dim=1) for c in groups])
+                total = total + self._terms(gather_batch(pooled), step)
+            if self.invariance_weight:
+                if target is None:
+                    raise ValueError("the invariance term needs the pooled targets (target=...)")
+                target = torch.cat([target] if isinstance(target, torch.Tensor) else list(target)).float()
+                pooled = torch.cat([F.layer_norm(c.float(), (c.size(-1),)).mean(dim=1) for c in groups])
+                # over the global batch like the other terms, so uneven shares still give one process's loss
+                total = total + self.invariance_weight * invariance_loss(gather_batch(pooled), gather_batch(target))
+            return self.factor(step) * total
 
     def _terms(self, z: torch.Tensor, step: int) -> torch.Tensor:
         total = z.new_zeros(())
