@@ -94,7 +94,7 @@ class MetaConfig:
     covariance_weight: float = 0.0  # C-JEPA / VICReg off-diagonal covariance
     sigreg_weight: float = 0.0  # LeJEPA's SIGReg (Epps-Pulley on random 1-D projections)
     sigreg_slices: int = 256  # random directions per step
-    invariance_weight: float = 0.0  # C-JEPA's invariance of the mean: pooled context vs pooled full-image targets
+    invariance_weight: float = 0.0  # C-JEPA's invariance of the mean: pooled context vs the target encoder's pooled output
     regularizer_final: float = 1.0  # the weights' multiplier at the end of training, by a cosine from 1; 1 = constant
     seed: int = 0
     grad_checkpointing: bool = False
@@ -440,9 +440,9 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"meta.{key} must be a finite number >= 0, got {value}")
     if (meta.variance_weight or meta.covariance_weight or meta.sigreg_weight) and d.batch_size < 2:
         raise ConfigError("the collapse regularisers measure spread across images: data.batch_size must be >= 2")
-    if meta.invariance_weight and meta.target == "pixels":
-        raise ConfigError("meta.invariance_weight compares the pooled context with the pooled target representations; "
-                          "it has no meaning with meta.target: pixels")
+    if meta.invariance_weight and (meta.target == "pixels" or meta.target_layers > 1):
+        raise ConfigError("meta.invariance_weight compares the pooled context with the target encoder's pooled output: "
+                          "it needs meta.target: representations and meta.target_layers: 1")
     if not 0.0 <= meta.regularizer_final <= 1.0:
         raise ConfigError(f"meta.regularizer_final must be between 0 and 1 (the weights' multiplier at the end of "
                           f"training), got {meta.regularizer_final}")

@@ -42,8 +42,9 @@ class IJEPA(nn.Module):
         if not 1 <= target_layers <= len(encoder.blocks):
             raise ValueError(f"target_layers must be between 1 and the encoder's {len(encoder.blocks)} blocks, "
                              f"got {target_layers}")
-        if target == "pixels" and regularizer is not None and regularizer.invariance_weight:
-            raise ValueError("the invariance term compares pooled representations: it has no meaning with pixel targets")
+        if regularizer is not None and regularizer.invariance_weight and (target == "pixels" or target_layers > 1):
+            raise ValueError("the invariance term compares the context with the target encoder's output: it needs "
+                             "representation targets from the last block (no pixel targets, target_layers 1)")
         if target_layers > 1 and target == "pixels":
             raise ValueError("target_layers averages the target encoder's blocks: it has no meaning with pixel targets")
         self.target_layers = target_layers
@@ -53,17 +54,21 @@ class IJEPA(nn.Module):
         self.loss, self.target = loss, target
         self.regularizer = regularizer if regularizer is not None and regularizer.active else None
 
-    def target_features(self, images: torch.Tensor) -> torch.Tensor:
+    def target_features(self, images: torch.Tensor, with_output: bool = False):
         """[B, N, D]: layer_norm(target_encoder(image)), or the normalised pixels (no gradient).
 
         With ``target_layers`` k > 1 (data2vec's targets, off by default): the mean of the last k
-        blocks' outputs, each layer-normed, layer-normed again (the encoder's final norm unused)."""
+        blocks' outputs, each layer-normed, layer-normed again (the encoder's final norm unused).
+        ``with_output``: also the target encoder's output itself (targets from its last block only)."""
         with torch.no_grad():
+            if with_output and (self.target == "pixels" or self.target_layers > 1):
+                raise ValueError("the target encoder's output is its last block's: not with pixel or multi-layer targets")
             if self.target == "pixels":
                 return patchify_pixels(images, self.encoder.patch_size)
             if self.target_layers == 1:
                 h = self.target_encoder(images)
-                return F.layer_norm(h, (h.size(-1),))
+                features = F.layer_norm(h, (h.size(-1),))
+                return (features, h) if with_output else features
             dim = (self.encoder.embed_dim,)
             layers = self.target_encoder(images, layers=self.target_layers)
             h = torch.stack([F.layer_norm(x, dim) for x in layers]).mean(0)
@@ -100,7 +105,12 @@ class IJEPA(nn.Module):
         if sum(sizes) != images.size(0) or len(target_idx) != len(sizes):
             raise ValueError(f"mask groups of {sizes} images (and {len(target_idx)} target groups) for a batch of "
                              f"{images.size(0)}")
-        features = self.target_features(images).split(sizes)
+        invariance = self.regularizer is not None and self.regularizer.invariance_weight
+        if invariance:  # the invariance term also needs the target encoder's output, pooled per image
+            features, output = self.target_features(images, with_output=True)
+            features, pooled = features.split(sizes), output.float().mean(dim=1)
+        else:
+            features, pooled = self.target_features(images).split(sizes), None
         losses, contexts, targets = [], [], []
         for x, h, c, t in zip(images.split(sizes), features, context_idx, target_idx):
             target = gather_targets(h, t)
@@ -110,7 +120,6 @@ class IJEPA(nn.Module):
             targets.append(target)
         loss = torch.stack(losses).sum()  # one group: its loss exactly (x * 1.0)
         if self.regularizer is not None:
-            pooled = [h.float().mean(dim=1) for h in features] if self.regularizer.invariance_weight else None
             loss = loss + self.regularizer(contexts, step, target=pooled)
         return (loss, targets) if return_target else loss
 

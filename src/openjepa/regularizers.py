@@ -9,9 +9,10 @@ cannot see that collapse, since position alone gives tokens spread.
   keeps each dimension's standard deviation across images at least ``gamma``, and the sum of the
   squared off-diagonal covariances divided by the width.
 - ``invariance_loss``: C-JEPA's third VICReg term, the invariance of the mean: the squared distance
-  between the context's pooled features (layer-normed per token, as the targets are) and the mean of
-  the training targets over the whole image (no gradient: the target encoder's side). It asks the
-  pooled feature of a masked view to be that of the full image, which no per-token prediction asks.
+  between the context's pooled features (the vector the other terms see) and the target encoder's
+  output on the whole image averaged over its tokens (no gradient: the vector a probe reads). It asks
+  the pooled feature of a masked view to be that of the full image, which no per-token prediction
+  asks; the variance/covariance terms on the same vector keep that from being met by a constant.
 - ``sigreg``: LeJEPA's SIGReg (Balestriero & LeCun, 2025): the Epps-Pulley statistic of random
   1-D projections of the embeddings against a standard Gaussian; the directions are drawn anew
   every step from (seed, step), so every process uses the same ones.
@@ -137,21 +138,18 @@ class CollapseRegularizer:
     def __call__(self, context, step: int, target=None) -> torch.Tensor:
         """context [B, Kc, D] (the context encoder's output), or a list of such for groups of images
         whose contexts differ in length -> the weighted regulariser over all of them, a scalar.
-        ``target`` [B, D] (or a list, one per group): the mean of each image's training targets over
-        the whole image, which the invariance term needs (and only it)."""
+        ``target`` [B, D] (or a list, one per group): the target encoder's output on each whole image
+        averaged over its tokens, which the invariance term needs (and only it)."""
         groups = [context] if isinstance(context, torch.Tensor) else list(context)
+        if self.invariance_weight and target is None:
+            raise ValueError("the invariance term needs the target encoder's pooled output (target=...)")
         with torch.autocast(groups[0].device.type, enabled=False):  # statistics in fp32, whatever the step's autocast
-            total = groups[0].new_zeros((), dtype=torch.float32)
-            if self.variance_weight or self.covariance_weight or self.sigreg_weight:
-                pooled = torch.cat([c.float().mean(dim=1) for c in groups])
-                total = total + self._terms(gather_batch(pooled), step)
+            pooled = gather_batch(torch.cat([c.float().mean(dim=1) for c in groups]))
+            total = self._terms(pooled, step)
             if self.invariance_weight:
-                if target is None:
-                    raise ValueError("the invariance term needs the pooled targets (target=...)")
-                target = torch.cat([target] if isinstance(target, torch.Tensor) else list(target)).float()
-                pooled = torch.cat([F.layer_norm(c.float(), (c.size(-1),)).mean(dim=1) for c in groups])
                 # over the global batch like the other terms, so uneven shares still give one process's loss
-                total = total + self.invariance_weight * invariance_loss(gather_batch(pooled), gather_batch(target))
+                target = torch.cat([target] if isinstance(target, torch.Tensor) else list(target)).float()
+                total = total + self.invariance_weight * invariance_loss(pooled, gather_batch(target))
             return self.factor(step) * total
 
     def _terms(self, z: torch.Tensor, step: int) -> torch.Tensor:
