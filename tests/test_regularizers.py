@@ -83,8 +83,7 @@ def test_invariance_equals_the_formula_written_out_and_leaves_the_target_alone()
     loss.backward()
     assert target.grad is None and torch.isfinite(context.grad).all() and context.grad.abs().sum() > 0
     # groups of images with different context lengths: the same as scoring each image on its own
-    groups = CollapseRegularizer(invariance_weight=1.0)([context[:1, :3], context[1:]], step=0,
-                                                        target=[target[:1], target[1:]])
+    groups = CollapseRegularizer(invariance_weight=1.0)([context[:1, :3], context[1:]], step=0, target=target)
     one = [CollapseRegularizer(invariance_weight=1.0)(c, 0, target=t).item() for c, t in
            ((context[:1, :3], target[:1]), (context[1:], target[1:]))]
     assert groups.item() == pytest.approx((one[0] * 1 + one[1] * 3) / 4)

@@ -105,8 +105,7 @@ class IJEPA(nn.Module):
         if sum(sizes) != images.size(0) or len(target_idx) != len(sizes):
             raise ValueError(f"mask groups of {sizes} images (and {len(target_idx)} target groups) for a batch of "
                              f"{images.size(0)}")
-        invariance = self.regularizer is not None and self.regularizer.invariance_weight
-        if invariance:  # the invariance term also needs the target encoder's output, pooled per image
+        if self.regularizer is not None and self.regularizer.invariance_weight:  # it also needs the output, pooled
             features, output = self.target_features(images, with_output=True)
             features, pooled = features.split(sizes), output.float().mean(dim=1)
         else:

@@ -138,8 +138,8 @@ class CollapseRegularizer:
     def __call__(self, context, step: int, target=None) -> torch.Tensor:
         """context [B, Kc, D] (the context encoder's output), or a list of such for groups of images
         whose contexts differ in length -> the weighted regulariser over all of them, a scalar.
-        ``target`` [B, D] (or a list, one per group): the target encoder's output on each whole image
-        averaged over its tokens, which the invariance term needs (and only it)."""
+        ``target`` [B, D] (all groups' images, in order): the target encoder's output on each whole
+        image averaged over its tokens, which the invariance term needs (and only it)."""
         groups = [context] if isinstance(context, torch.Tensor) else list(context)
         if self.invariance_weight and target is None:
             raise ValueError("the invariance term needs the target encoder's pooled output (target=...)")
@@ -148,8 +148,7 @@ class CollapseRegularizer:
             total = self._terms(pooled, step)
             if self.invariance_weight:
                 # over the global batch like the other terms, so uneven shares still give one process's loss
-                target = torch.cat([target] if isinstance(target, torch.Tensor) else list(target)).float()
-                total = total + self.invariance_weight * invariance_loss(pooled, gather_batch(target))
+                total = total + self.invariance_weight * invariance_loss(pooled, gather_batch(target.float()))
             return self.factor(step) * total
 
     def _terms(self, z: torch.Tensor, step: int) -> torch.Tensor:
