@@ -7,18 +7,21 @@
 # Each evaluation appends its row to the CSV as it ends, so a part cut short keeps what it measured.
 # The CSV, the logs and every eval JSON are copied to $OUT (the device tool's folder; default
 # runs/gpu_session); checkpoints stay in runs/ (too large to bring back). CHECK_S=0 skips the step
-# check; DEVICE=cpu RECIPE_ARGS="--fraction 0.01" tries the recipe part on a CPU in a few minutes.
+# check; CHECK_S=0 DEVICE=cpu JOBS=1 RECIPE_ARGS="--fraction 0.01" tries the recipe part on a CPU
+# (about 5 minutes on 2 cores).
 #
 # On the device machine (its own torch, no venv; Fashion-MNIST carried from this checkout):
 #   mkdir -p data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz data/fashion-mnist/
 #   device run, carry data/fashion-mnist:  PY=python3 bash bench/gpu_session.sh
+# The two parts take at most 8 minutes: give the device call timeout_s 540, which with the machine's
+# start (a few minutes) stays inside the 15 minutes a session is lent.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PY=${PY:-.venv/bin/python}
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:-runs/gpu_session}
-CHECK_S=${CHECK_S:-240}
-RECIPE_S=${RECIPE_S:-360}
+CHECK_S=${CHECK_S:-180}
+RECIPE_S=${RECIPE_S:-300}
 EPOCHS=${EPOCHS:-10}
 EVAL_EPOCHS=${EVAL_EPOCHS:-2,5}
 VARIANTS=${VARIANTS:-base,vit_base:meta.model_name=vit_base}  # base: the config as it is
