@@ -23,7 +23,8 @@ from openjepa.bench import flops_per_image
 from openjepa.config import load_config
 from openjepa.models.vit import resolve_size
 from openjepa.ijepa import build_ijepa
-from openjepa.train import build_optimizer, mask_sampler_for
+from openjepa.masks import mask_sampler_for
+from openjepa.pretrain import build_optimizer
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
 

@@ -49,7 +49,7 @@ def frozen_probe(checkpoint: Path, fraction: float) -> str:
 
 
 def run_one(checkpoint: Path, init: str, fraction: float, args) -> dict:
-    from openjepa.downstream import finetune, load_settings
+    from openjepa.finetune import finetune, load_settings
 
     epochs, every = BUDGETS[fraction]
     ft = load_settings(args.override, epochs=epochs, eval_every=every, labels_fraction=fraction,

@@ -24,7 +24,7 @@ import torch
 
 from openjepa.config import load_config
 from openjepa.evaluate import evaluate, format_table
-from openjepa.train import train
+from openjepa.pretrain import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"cpu": ROOT / "configs/fmnist_cpu.yaml", "cpu-plain": ROOT / "configs/fmnist_cpu_plain.yaml",

@@ -14,7 +14,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from openjepa.config import load_config
 from openjepa.ijepa import build_ijepa
-from openjepa.train import build_optimizer, mask_sampler_for
+from openjepa.masks import mask_sampler_for
+from openjepa.pretrain import build_optimizer
 
 
 def main() -> None:

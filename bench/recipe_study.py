@@ -95,7 +95,7 @@ def run_one(spec: str, args) -> list[dict]:
     from openjepa.config import load_config
     from openjepa.data import build_dataset
     from openjepa.evaluate import evaluate
-    from openjepa.train import train
+    from openjepa.pretrain import train
 
     name, overrides = parse_variant(spec)
     run_dir = args.runs_dir / name

@@ -10,7 +10,8 @@ import torch.distributed as dist
 
 from openjepa.data import MaskCollator
 from openjepa.ijepa import build_ijepa
-from openjepa.train import accumulate, mask_sampler_for
+from openjepa.masks import mask_sampler_for
+from openjepa.pretrain import accumulate
 
 from conftest import tiny_config
 

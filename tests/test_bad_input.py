@@ -17,7 +17,7 @@ from openjepa.checkpoint import load_checkpoint
 from openjepa.cli import main
 from openjepa.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from openjepa.interop import export_encoder, load_encoder
-from openjepa.train import train
+from openjepa.pretrain import train
 
 from conftest import labelled_folder, signal_a_training_run, tiny_config
 

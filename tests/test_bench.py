@@ -50,12 +50,12 @@ def test_loader_bench_reads_the_configs_own_images_through_the_training_loader(t
 
 
 def test_bench_times_the_training_loops_own_step(tmp_path, monkeypatch):
-    """The timed step is train.accumulate and train.optimizer_step, not a copy: each is called once
+    """The timed step is pretraining's accumulate and optimizer_step, not a copy: each is called once
     per warm-up, timed and split step."""
     import importlib
 
-    bench, train = (importlib.import_module(f"openjepa.{name}") for name in ("bench", "train"))  # the modules
-    assert bench.accumulate is train.accumulate and bench.optimizer_step is train.optimizer_step
+    bench, step = (importlib.import_module(f"openjepa.{name}") for name in ("bench", "pretrain.step"))  # the modules
+    assert bench.accumulate is step.accumulate and bench.optimizer_step is step.optimizer_step
     calls = {"accumulate": 0, "optimizer_step": 0}
     for name in calls:
         real = getattr(bench, name)

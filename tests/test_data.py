@@ -10,7 +10,7 @@ from PIL import Image
 from openjepa.data import (ArrayDataset, DataError, ImageFolder, PretrainTransform, build_pretrain_loader,
                            crop_box, fashion_mnist, load_image, UnreadableImage)
 from openjepa.masks import build_mask_sampler
-from openjepa.train import train
+from openjepa.pretrain import train
 
 from conftest import tiny_config
 

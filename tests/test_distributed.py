@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from openjepa.checkpoint import load_checkpoint
-from openjepa.train import train
+from openjepa.pretrain import train
 
 from conftest import tiny_config
 

@@ -15,15 +15,19 @@ from PIL import Image
 from openjepa.checkpoint import load_checkpoint
 from openjepa.cli import main
 from openjepa.config import ConfigError
-from openjepa.downstream import Classifier, FinetuneConfig, embed, finetune
+from openjepa.data import DataError
+from openjepa.evaluate.embed import embed
+from openjepa.finetune import FinetuneConfig, finetune
+from openjepa.models.heads import Classifier
 from openjepa.errors import EXIT_INTERRUPTED
 from openjepa.interop import export_encoder, load_classifier, load_encoder, preprocess
 from openjepa.models.vit import VisionTransformer
-from openjepa.train import Preempted, train
+from openjepa.engine import Preempted, warmup_cosine
+from openjepa.pretrain import train
 
 from conftest import tiny_config
 
-ft_module = importlib.import_module("openjepa.downstream.finetune")
+ft_module = importlib.import_module("openjepa.finetune")
 
 
 def three_splits(root, n=(48, 16, 16), size=16):
@@ -76,7 +80,7 @@ def test_finetune_learns_and_keeps_the_best_epoch(source, tmp_path):
 
 
 def stop_then_resume(monkeypatch, when, run, run_dir):
-    """``run()`` with SIGTERM raised while the training item at key (index, epoch, position) ``when``
+    """``run()`` with SIGTERM raised while the training item at key (index, batch, epoch, position) ``when``
     picks is read; it must stop with Preempted. Returns ``run_dir``'s latest.pt; reading is real again after."""
     real = ft_module.Augmented.__getitem__
 
@@ -97,7 +101,7 @@ def test_finetune_resumes_exactly_after_an_interruption(source, tmp_path, monkey
     ft = settings(epochs=3, mixup=0.4, cutmix=0.5, randaug="rand-m5-n1", drop_path=0.2)  # every random part on
     whole = finetune(ckpt, tmp_path / "whole", str(data), ft)
     # the same run, stopped by SIGTERM inside epoch 2, then started again
-    stopped = stop_then_resume(monkeypatch, lambda key: key[1] == 1 and key[2] == ft.batch_size,  # epoch 2's 2nd batch
+    stopped = stop_then_resume(monkeypatch, lambda key: key[2] == 1 and key[3] == ft.batch_size,  # epoch 2's 2nd batch
                                lambda: finetune(ckpt, tmp_path / "cut", str(data), ft), tmp_path / "cut")
     assert (stopped["epoch"], stopped["position"]) == (1, 2)  # epoch 2 (0-based 1) stopped after its second batch
     resumed = finetune(ckpt, tmp_path / "cut", str(data), ft)
@@ -115,7 +119,7 @@ def test_finetune_stopped_on_an_epochs_last_step_resumes(source, tmp_path, monke
     ckpt, data, _ = source
     ft = settings(epochs=2, batch_size=64)
     whole = finetune(ckpt, tmp_path / "whole", str(data), ft)
-    stopped = stop_then_resume(monkeypatch, lambda key: key[1:] == (0, 0),
+    stopped = stop_then_resume(monkeypatch, lambda key: key[2:] == (0, 0),
                                lambda: finetune(ckpt, tmp_path / "cut", str(data), ft), tmp_path / "cut")
     assert (stopped["epoch"], stopped["position"], len(stopped["history"])) == (1, 0, 1)
     resumed = finetune(ckpt, tmp_path / "cut", str(data), ft)
@@ -145,7 +149,7 @@ def test_finetune_on_a_datasetdict_and_unlabelled_items(source, tmp_path):
     bad = tmp_path / "dd_bad"  # a test split without labels cannot be scored: refused before any run folder
     datasets.DatasetDict({"train": split("train"), "validation": split("val"),
                           "test": split("test", unlabelled=16)}).save_to_disk(str(bad))
-    with pytest.raises(ft_module.DataError, match="test split has 16 unlabelled"):
+    with pytest.raises(DataError, match="test split has 16 unlabelled"):
         finetune(ckpt, tmp_path / "never", str(bad), settings(epochs=1))
     assert not (tmp_path / "never").exists()
 
@@ -176,8 +180,10 @@ def test_layer_decay_and_schedule(source):
     assert scale[id(model.encoder.blocks[0].attn.qkv.bias)] == (0.5 ** depth, 0.0)
     assert scale[id(model.head.weight)] == (1.0, 0.05) and scale[id(model.encoder.norm.weight)] == (1.0, 0.0)
     assert len(scale) == len(list(model.parameters()))
-    lrs = [ft_module.lr_at(s, 1.0, 0.0, 10, 100) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    # fine-tuning's LR is the engine's one warmup + cosine, evaluated after the step as every loop does
+    lrs = [warmup_cosine(s + 1, 0.0, 1.0, 0.0, 10, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[-2] == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert lrs[-1] == 0.0  # the last step reaches min_lr
 
 
 def test_drop_path_is_identity_when_off_and_unbiased_when_on():

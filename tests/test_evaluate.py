@@ -10,7 +10,7 @@ from openjepa.evaluate import (evaluate, attentive_probe, cached_extract, extrac
                                lowshot_subset, rankme, stratified_split)
 from openjepa.evaluate.features import cache_path, prepare
 from openjepa.models.vit import VisionTransformer
-from openjepa.train import train
+from openjepa.pretrain import train
 
 from conftest import labelled_folder, tiny_config
 

@@ -10,7 +10,8 @@ import torch
 import openjepa.models.vit as vit
 from openjepa.ijepa import build_ijepa
 from openjepa.masks import build_mask_sampler
-from openjepa.train import autocast_for, build_optimizer
+from openjepa.device import autocast, training_bf16
+from openjepa.pretrain import build_optimizer
 
 from conftest import tiny_config
 
@@ -62,7 +63,7 @@ def weights(model):
 def test_fast_path_equals_plain_eager_fp32(tmp_path, monkeypatch):
     cfg, fast, batch = setup(tmp_path, fused_adamw=True)
     eager = copy.deepcopy(fast)
-    fast_loss = [one_step(fast, build_optimizer(fast, cfg.optimization), batch, autocast_for(cfg.meta, torch.device("cpu")),
+    fast_loss = [one_step(fast, build_optimizer(fast, cfg.optimization), batch, autocast(torch.device("cpu"), training_bf16(cfg.meta, torch.device("cpu"))),
                           lerp_ema)]
     plain_cfg = copy.deepcopy(cfg.optimization)
     plain_cfg.fused_adamw = False
@@ -80,7 +81,7 @@ def test_bf16_autocast_matches_fp32_to_bf16_precision(tmp_path):
     bf16, start = copy.deepcopy(fp32), copy.deepcopy(fp32.encoder.state_dict())
     loss32 = one_step(fp32, build_optimizer(fp32, cfg.optimization), batch, torch.autocast("cpu", enabled=False), lerp_ema)
     cfg.meta.cpu_bfloat16 = True
-    loss16 = one_step(bf16, build_optimizer(bf16, cfg.optimization), batch, autocast_for(cfg.meta, torch.device("cpu")),
+    loss16 = one_step(bf16, build_optimizer(bf16, cfg.optimization), batch, autocast(torch.device("cpu"), training_bf16(cfg.meta, torch.device("cpu"))),
                       lerp_ema)
     assert loss16 == pytest.approx(float(loss32), rel=2e-2)  # bf16 keeps 8 bits of mantissa
     # the AdamW updates point the same way (bf16 gradients may flip the sign of a few tiny components)
@@ -124,7 +125,7 @@ def test_cpu_bfloat16_auto_follows_the_cpus_native_bf16(tmp_path, monkeypatch):
     or AVX512-BF16), fp32 elsewhere; true and false force it; anything else is refused."""
     from openjepa.config import ConfigError, load_config
     from openjepa import device as machine
-    from openjepa.train import bf16_autocast
+    from openjepa.device import training_bf16 as bf16_autocast
 
     cpu = torch.device("cpu")
     cfg = load_config(None, ["meta.model_name=vit_tiny"])

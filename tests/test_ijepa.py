@@ -130,7 +130,7 @@ def test_ijepa_rejects_unknown_options(model):
 
 def test_predictor_depth_follows_the_model_size_unless_given(tmp_path):
     from openjepa.config import Config, load_config
-    from openjepa.ijepa import predictor_depth
+    from openjepa.ijepa import predictor_depth, resolve_config
 
     meta = Config().meta
     assert meta.pred_depth is None
@@ -138,10 +138,12 @@ def test_predictor_depth_follows_the_model_size_unless_given(tmp_path):
     for name, depth in expected.items():
         meta.model_name = name
         assert predictor_depth(meta) == depth, name
-        assert load_config(None, [f"meta.model_name={name}"]).meta.pred_depth == depth  # resolved, saved so
+        loaded = load_config(None, [f"meta.model_name={name}"])
+        assert loaded.meta.pred_depth is None  # validation only checks: the depth is resolved for the model
+        assert resolve_config(loaded).meta.pred_depth == depth  # resolved, and saved so in config.yaml
     meta.pred_depth = 3
     assert predictor_depth(meta) == 3  # a config that sets it keeps its own
-    assert load_config(Path(__file__).parents[1] / "configs/vit_h14_in1k_ep300.yaml").meta.pred_depth == 12
+    assert resolve_config(load_config(Path(__file__).parents[1] / "configs/vit_h14_in1k_ep300.yaml")).meta.pred_depth == 12
     cfg = tiny_config(tmp_path)
     cfg.meta.pred_depth = None
     assert len(build_ijepa(cfg).predictor.predictor_blocks) == 6

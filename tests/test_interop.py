@@ -10,7 +10,7 @@ from openjepa.checkpoint import CheckpointError
 from openjepa.cli import main
 from openjepa.models.predictor import Predictor
 from openjepa.models.vit import VisionTransformer
-from openjepa.train import train
+from openjepa.pretrain import train
 
 from conftest import tiny_config
 

@@ -1,7 +1,7 @@
 import torch
 
 from openjepa.launch import TrainJob, submit
-from openjepa.train import train
+from openjepa.pretrain import train
 
 from conftest import tiny_config
 

@@ -201,15 +201,15 @@ def test_the_weights_decay_by_a_cosine_to_the_final_factor():
 
 def test_training_runs_the_decay_over_the_whole_schedule(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, meta={"variance_weight": 1.0, "regularizer_final": 0.0})
-    train = importlib.import_module("openjepa.train")
-    seen, original = {}, train.build_ijepa
+    run = importlib.import_module("openjepa.pretrain.run")
+    seen, original = {}, run.build_ijepa
 
-    def spy(c):
-        seen["model"] = original(c)
+    def spy(c, *args, **kwargs):
+        seen["model"] = original(c, *args, **kwargs)
         return seen["model"]
 
-    monkeypatch.setattr(train, "build_ijepa", spy)
-    train.train(cfg, max_steps=1)
+    monkeypatch.setattr(run, "build_ijepa", spy)
+    run.train(cfg, max_steps=1)
     steps_per_epoch = cfg.data.synthetic_size // cfg.data.batch_size
     assert seen["model"].regularizer.total_steps == cfg.optimization.epochs * steps_per_epoch
 

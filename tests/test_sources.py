@@ -12,7 +12,7 @@ from openjepa.cli import main
 from openjepa.config import ConfigError
 from openjepa.data import DataError, PretrainTransform, build_dataset
 from openjepa.data.shards import ShardBatches
-from openjepa.train import train
+from openjepa.pretrain import train
 
 from conftest import tiny_config
 

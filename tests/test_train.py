@@ -7,7 +7,8 @@ import torch
 from openjepa.checkpoint import CheckpointError, load_checkpoint
 from openjepa.config import OptimizationConfig, load_config
 from openjepa.ijepa import build_ijepa
-from openjepa.train import Schedules, param_groups, train
+from openjepa.engine import Schedules
+from openjepa.pretrain import param_groups, train
 
 from conftest import signal_a_training_run, tiny_config
 
@@ -107,7 +108,7 @@ def test_gradient_accumulation_and_clipping_run(tmp_path):
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from openjepa.ijepa import IJEPA
-    from openjepa.train import TrainingError
+    from openjepa.engine import TrainingError
 
     calls = {"n": 0}
     real_loss = IJEPA.forward_loss
@@ -127,7 +128,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 def test_target_std_measures_spread_and_the_watch_flags_collapse_once():
-    from openjepa.train import CollapseWatch, target_std
+    from openjepa.pretrain import CollapseWatch, target_std
 
     spread = torch.randn(4, 2, 8, 16)
     collapsed = torch.randn(1, 1, 1, 16).expand(4, 2, 8, 16) + 1e-3 * torch.randn(4, 2, 8, 16)
@@ -206,7 +207,7 @@ def test_keep_last_keeps_the_newest_periodic_checkpoints(tmp_path):
 
 def test_skip_nonfinite_steps_skips_up_to_the_limit(tmp_path, monkeypatch):
     from openjepa.ijepa import IJEPA
-    from openjepa.train import TrainingError
+    from openjepa.engine import TrainingError
 
     real_loss, calls = IJEPA.forward_loss, {"n": 0}
 
@@ -260,7 +261,7 @@ def test_collapse_probe_warns_once_below_its_floors_but_not_at_step_0(tmp_path, 
     import logging
 
     from openjepa.data import ArrayDataset
-    from openjepa.train import CollapseProbe
+    from openjepa.pretrain import CollapseProbe
 
     class Constant(torch.nn.Module):  # an encoder whose output ignores the image
         img_size, patch_size = (16, 16), 4
@@ -298,7 +299,7 @@ def test_collapse_probe_leaves_out_unreadable_images(tmp_path, caplog):
     import logging
 
     from openjepa.data import ArrayDataset, UnreadableImage
-    from openjepa.train import CollapseProbe
+    from openjepa.pretrain import CollapseProbe
 
     class SomeBroken(ArrayDataset):
         def __getitem__(self, i):
@@ -361,7 +362,7 @@ def test_sigusr2_saves_then_hands_the_signal_to_the_previous_handler(tmp_path):
     import signal
 
     from openjepa.data import SyntheticDataset
-    from openjepa.train import Preempted
+    from openjepa.engine import Preempted
 
     class SignalsAt(SyntheticDataset):  # sends SIGUSR2 while the loader reads an image of the 3rd batch
         def __getitem__(self, i):

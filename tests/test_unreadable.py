@@ -14,7 +14,7 @@ from openjepa.cli import main
 from openjepa.data import DataError, ImageFolder
 from openjepa.evaluate import extract
 from openjepa.models.vit import VisionTransformer
-from openjepa.train import train
+from openjepa.pretrain import train
 from openjepa.viz import pick_images, sample_images
 
 from conftest import labelled_folder, tiny_config

@@ -8,7 +8,7 @@ import torch
 from openjepa.cli import main
 from openjepa.evaluate import evaluate
 from openjepa.masks import build_mask_sampler
-from openjepa.train import train
+from openjepa.pretrain import train
 from openjepa.viz import STRATEGIES, mask_grid, mask_overlay, pca_rgb, pick_images, retrieve, write_report
 from openjepa.ijepa import image_patches
 from openjepa.data.transforms import prepare

@@ -1,17 +1,36 @@
-"""openjepa: I-JEPA pretraining, evaluation and reuse on PyTorch."""
-from .config import Config, ConfigError, load_config
-from .evaluate import evaluate
-from .ijepa import IJEPA, build_ijepa
-from .interop import export_encoder, load_classifier, load_encoder, load_ijepa, load_predictor, preprocess
-from .downstream import Classifier, embed, finetune
-from .masks import build_mask_sampler
-from .models.predictor import Predictor
-from .models.vit import VIT_SIZES, VisionTransformer, build_encoder
-from .train import train
-from .viz import write_report
+"""openjepa: I-JEPA pretraining, evaluation and reuse on PyTorch.
 
-__version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "load_config", "IJEPA", "build_ijepa", "build_mask_sampler", "Predictor",
-           "VIT_SIZES", "VisionTransformer", "build_encoder", "train", "load_encoder", "load_ijepa", "load_predictor",
-           "export_encoder", "preprocess", "evaluate", "write_report", "load_classifier", "Classifier", "finetune",
-           "embed", "__version__"]
+The public API is loaded lazily (PEP 562): ``import openjepa`` is cheap, and importing one part
+(``openjepa.data``, say) never imports training, fine-tuning, evaluation or the pictures.
+"""
+from importlib import import_module
+
+from .version import __version__
+
+_API = {
+    "Config": "config", "ConfigError": "config", "load_config": "config",
+    "IJEPA": "ijepa", "build_ijepa": "ijepa",
+    "build_mask_sampler": "masks",
+    "Predictor": "models.predictor",
+    "VIT_SIZES": "models.vit", "VisionTransformer": "models.vit", "build_encoder": "models.vit",
+    "Classifier": "models.heads",
+    "train": "pretrain",
+    "finetune": "finetune",
+    "evaluate": "evaluate", "embed": "evaluate.embed",
+    "load_encoder": "interop", "load_ijepa": "interop", "load_predictor": "interop", "export_encoder": "interop",
+    "preprocess": "interop", "load_classifier": "interop",
+    "write_report": "viz",
+}
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'openjepa' has no attribute {name!r}")
+    value = getattr(import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -16,10 +16,12 @@ import torch
 
 from .config import Config, validate
 from .data import DataError, MaskCollator, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch
+from .device import autocast, resolve_device, training_bf16
+from .engine import memory_mb
 from .ijepa import build_ijepa, predictor_depth
+from .masks import mask_sampler_for
 from .models.vit import resolve_size
-from .device import resolve_device
-from .train import accumulate, autocast_for, build_optimizer, mask_sampler_for, memory_mb, optimizer_step
+from .pretrain import accumulate, build_optimizer, optimizer_step
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}  # bf16 dense
 
@@ -54,7 +56,7 @@ def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak:
     B, size = cfg.data.batch_size, cfg.data.crop_size
     collator = MaskCollator(mask_sampler_for(cfg), cfg.meta.seed, B, group=cfg.mask.pack_group)
     images = torch.randn(B, cfg.data.in_chans, size, size, device=device)
-    autocast = autocast_for(cfg.meta, device)
+    amp = autocast(device, training_bf16(cfg.meta, device))
     tokens, count = [], iter(range(10 ** 9))
     names = ("masks", "target", "context", "backward", "optimizer", "ema")
     phases, marks, split = {k: [] for k in names}, {}, [False]
@@ -83,7 +85,7 @@ def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak:
         tokens.append((sum(c.size(0) * c.size(1) for c in batch["context_idx"]) / B,
                        sum(t.size(0) * t.size(2) for t in batch["target_idx"]) / B, batch["target_idx"][0].size(1)))
         mark("masks")
-        accumulate(model, [batch], device, autocast, 1.0)
+        accumulate(model, [batch], device, amp, 1.0)
         mark("backward")
         optimizer_step(model, optimizer, params, cfg.optimization.clip_grad, 0.996)
         mark("ema")

@@ -11,6 +11,9 @@ import torch
 
 from .errors import BadInput
 
+PRETRAIN_FORMAT = "openjepa"  # a pretraining checkpoint (pretrain.state)
+FINETUNE_FORMAT = "openjepa-finetune"  # a fine-tuning checkpoint (finetune.run)
+
 
 class CheckpointError(BadInput):
     """A checkpoint that cannot be used; the message names the file."""

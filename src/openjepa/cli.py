@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .config import load_config
 from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, BadInput, check_output_file
-from .train import Preempted, TrainingError, train
+from .engine import Preempted, TrainingError
+from .pretrain import train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,7 +81,7 @@ def _fraction(text: str) -> float:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from .downstream import finetune, load_settings
+    from .finetune import finetune, load_settings
 
     ft = load_settings(args.overrides, epochs=args.epochs, labels_fraction=args.labels_fraction, which=args.which,
                        head=args.head, device=args.device, random_init=args.random_init or None,
@@ -93,7 +94,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .downstream import embed
+    from .evaluate.embed import embed
 
     summary = embed(args.checkpoint, args.data, args.out, args.which, args.pooling, args.batch_size, args.num_workers,
                     args.device, args.precision, progress=not args.no_progress)

@@ -17,6 +17,10 @@ class BadInput(ValueError):
     """An input (argument, config, file, folder) that cannot be used; the message names it."""
 
 
+class ConfigError(BadInput):
+    """A configuration or setting that cannot run; the message names the key and the problem."""
+
+
 def check_output_file(path: str | Path, what: str) -> Path:
     """A file we are about to write: not a directory, in a folder that exists (or can be made)
     and can be written. Checked before the work starts, so a bad path costs nothing."""

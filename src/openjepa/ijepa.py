@@ -142,8 +142,17 @@ def predictor_depth(meta) -> int:
     return meta.pred_depth if meta.pred_depth is not None else resolve_size(meta.model_name).predictor_depth
 
 
-def build_ijepa(cfg) -> IJEPA:
-    """The three networks a config describes (``cfg`` a ``Config``)."""
+def resolve_config(cfg):
+    """A copy of ``cfg`` with what it leaves to the model size filled in (``meta.pred_depth`` null:
+    the paper's depth), as a run's config.yaml and checkpoints record it."""
+    cfg = copy.deepcopy(cfg)
+    cfg.meta.pred_depth = predictor_depth(cfg.meta)
+    return cfg
+
+
+def build_ijepa(cfg, total_steps: int = 0) -> IJEPA:
+    """The three networks a config describes (``cfg`` a ``Config``); ``total_steps``, the run's
+    schedule length, is what the regularisers' decay (``meta.regularizer_final``) spans."""
     d, m, meta = cfg.data, cfg.mask, cfg.meta
     encoder = build_encoder(meta.model_name, d.crop_size, m.patch_size, d.in_chans)
     size = resolve_size(meta.model_name)
@@ -154,7 +163,7 @@ def build_ijepa(cfg) -> IJEPA:
     if meta.grad_checkpointing:
         encoder.set_grad_checkpointing()
         predictor.set_grad_checkpointing()
-    model = IJEPA(encoder, predictor, meta.loss, meta.target, CollapseRegularizer.from_config(meta),
+    model = IJEPA(encoder, predictor, meta.loss, meta.target, CollapseRegularizer.from_config(meta, total_steps),
                   meta.target_layers)
     if meta.compile:
         for blocks in (model.encoder.blocks, model.target_encoder.blocks, model.predictor.predictor_blocks):

@@ -28,7 +28,7 @@ class TrainJob:
         self.config = config
 
     def __call__(self) -> str:
-        from .train import train
+        from .pretrain import train
 
         submitit = _submitit()
         try:
@@ -56,7 +56,7 @@ def submit(cfg: Config, folder: str | Path, nodes: int = 1, gpus_per_node: int =
         raise ConfigError("openjepa submit queues on SLURM, and this machine has no SLURM (sbatch not found): "
                           "use openjepa train here, or --local to test the launch path")
     from .errors import check_writable_folder
-    from .train import check_run_dir
+    from .engine import check_run_dir
 
     check_run_dir(Path(cfg.logging.folder))  # refused now, not when the job starts
     check_writable_folder(folder, "the job log folder")

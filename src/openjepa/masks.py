@@ -292,3 +292,17 @@ def build_mask_sampler(name: str, grid: Grid, reference: bool = False, **options
         return cls(tuple(grid), **options)
     except TypeError as e:
         raise MaskError(f"mask strategy {name!r}: {e}") from None
+
+
+def mask_sampler_for(cfg) -> MaskSampler:
+    """The sampler a config's ``mask`` section describes, on its grid (``data.crop_size`` over
+    ``mask.patch_size`` patches a side)."""
+    m, grid = cfg.mask, (cfg.data.crop_size // cfg.mask.patch_size,) * 2
+    if m.strategy == "block":
+        return build_mask_sampler("block", grid, **{"min_keep": m.min_keep, **m.options})
+    if m.strategy != "multiblock":
+        return build_mask_sampler(m.strategy, grid, **m.options)
+    return build_mask_sampler("multiblock", grid, reference=m.reference_sampler, num_targets=m.num_pred_masks,
+                              target_scale=m.pred_mask_scale, target_aspect=m.aspect_ratio,
+                              context_scale=m.enc_mask_scale, min_keep=m.min_keep,
+                              allow_overlap=m.allow_overlap, **m.options)

@@ -27,11 +27,12 @@ parameter gradients, N processes train exactly as one process at the same global
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from .data.seeds import SIGREG, generator_for
+from .engine.schedules import warmup_cosine
 
 
 class _AllGather(torch.autograd.Function):
@@ -95,7 +96,7 @@ def invariance_loss(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def random_directions(dim: int, slices: int, seed: int, step: int, device, dtype=torch.float32) -> torch.Tensor:
     """[dim, slices] unit vectors, a pure function of (seed, step): the same on every process."""
-    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % 2**63)  # no hash(): salted per process
+    g = generator_for(seed, SIGREG, step)
     a = torch.randn(dim, slices, generator=g)
     return (a / a.norm(dim=0, keepdim=True)).to(device=device, dtype=dtype)
 
@@ -138,16 +139,17 @@ class CollapseRegularizer:
         self.final, self.total_steps = final, total_steps  # total_steps 0: no schedule known, factor 1
 
     @classmethod
-    def from_config(cls, meta) -> "CollapseRegularizer":
+    def from_config(cls, meta, total_steps: int = 0) -> "CollapseRegularizer":
+        """The terms ``meta`` turns on; ``total_steps``: the run's schedule length, which
+        ``meta.regularizer_final``'s cosine spans (0: unknown, the weights stay constant)."""
         return cls(meta.variance_weight, meta.covariance_weight, meta.variance_gamma, meta.sigreg_weight,
-                   meta.sigreg_slices, meta.seed, meta.regularizer_final, invariance_weight=meta.invariance_weight)
+                   meta.sigreg_slices, meta.seed, meta.regularizer_final, total_steps, meta.invariance_weight)
 
     def factor(self, step: int) -> float:
         """The weights' multiplier at this step: cosine from 1 at step 0 to ``final`` at ``total_steps``."""
         if self.final == 1.0 or self.total_steps <= 0:
             return 1.0
-        progress = min(1.0, max(0, step) / self.total_steps)
-        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_cosine(max(0, step), 1.0, 1.0, self.final, 0, self.total_steps)
 
     @property
     def active(self) -> bool:

@@ -13,15 +13,17 @@ from .transforms import PretrainTransform
 
 
 class NumberedBatches(torch.utils.data.Sampler):
-    """Yields micro-batches ``start .. total-1`` as lists of (dataset index, batch number). Batch b
-    is slice ``b % per_epoch`` of epoch ``b // per_epoch``'s permutation, drawn from (seed, epoch);
-    rank r of w takes the r-th of w consecutive slices."""
+    """The one epoch sampler: yields batches ``start .. total-1`` as lists of keys (dataset index,
+    batch number, epoch, position in the epoch's order). Batch b is slice ``b % per_epoch`` of
+    epoch ``b // per_epoch``'s permutation of ``indices`` (all ``dataset_size`` items when None),
+    drawn from (seed, ``stream``, epoch); rank r of w takes the r-th of w consecutive slices."""
 
     def __init__(self, dataset_size: int, batch_size: int, per_epoch: int, start: int, total: int,
-                 seed: int, rank: int = 0, world_size: int = 1):
+                 seed: int, rank: int = 0, world_size: int = 1, indices: torch.Tensor | None = None,
+                 stream: int = ORDER):
         self.n, self.batch_size, self.per_epoch = dataset_size, batch_size, per_epoch
-        self.start, self.total, self.seed = start, total, seed
-        self.rank, self.world_size = rank, world_size
+        self.start, self.total, self.seed, self.stream = start, total, seed, stream
+        self.rank, self.world_size, self.indices = rank, world_size, indices
 
     def __len__(self) -> int:
         return max(self.total - self.start, 0)
@@ -31,9 +33,12 @@ class NumberedBatches(torch.utils.data.Sampler):
         for b in range(self.start, self.total):
             if b // self.per_epoch != epoch:
                 epoch = b // self.per_epoch
-                order = torch.randperm(self.n, generator=generator_for(self.seed, ORDER, epoch))
+                n = self.n if self.indices is None else len(self.indices)
+                order = torch.randperm(n, generator=generator_for(self.seed, self.stream, epoch))
+                if self.indices is not None:
+                    order = self.indices[order]
             first = ((b % self.per_epoch) * self.world_size + self.rank) * self.batch_size
-            yield [(int(i), b) for i in order[first:first + self.batch_size]]
+            yield [(int(order[p]), b, epoch, p) for p in range(first, first + self.batch_size)]
 
 
 class NumberedDataset(torch.utils.data.Dataset):
@@ -49,8 +54,8 @@ class NumberedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, key: tuple[int, int]):
-        index, batch = key
+    def __getitem__(self, key: tuple[int, int, int, int]):
+        index, batch = key[:2]
         try:
             img, _ = self.read(index)
         except UnreadableImage as e:
@@ -161,6 +166,15 @@ def decode_batch(batch: dict, transform: PretrainTransform, device: torch.device
     if not images:
         return {**out, "images": None}
     return {**out, "images": torch.stack(images), **select_rows(batch, keep)}
+
+
+def close_loader(batches) -> None:
+    """Stop a loader iterator's worker processes now. They ignore SIGTERM (the main process acts on
+    it at a step boundary), so left to the interpreter's exit, multiprocessing would send them a
+    SIGTERM they ignore and wait for them forever: a pre-empted run saved its checkpoint, then hung."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process loader iterator
+    if shutdown is not None:
+        shutdown()
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

@@ -1,7 +1,8 @@
-"""Seeds of the input pipeline. Every random choice (data order, crop, flip, masks) is drawn from a
-generator seeded by (seed, stream, micro-batch number[, position]), never from a worker's global
-RNG: a batch depends only on the seed and its number, the same on 0 or 8 workers, and a resumed run
-sees exactly the batches an uninterrupted one would."""
+"""Seeds, and the one registry of random streams. Every random choice (data order, crop, flip,
+masks, fine-tuning's augmentations, the regularisers' random directions) is drawn from a generator
+seeded by (seed, stream, step or batch number[, position]), never from a worker's global RNG: a
+batch depends only on the seed and its number, the same on 0 or 8 workers, and a resumed run sees
+exactly the batches an uninterrupted one would."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,5 +18,9 @@ def generator_for(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed_for(*parts))
 
 
-# Streams of randomness, one per use, so that changing one never shifts another.
-ORDER, CROP, MASK = 1, 2, 3
+# The streams, one per use, so that changing one never shifts another. A number, once given, is
+# never reused: checkpoints resume with the same draws.
+ORDER, CROP, MASK = 1, 2, 3  # pretraining: the epoch's permutation, each image's crop, each group's masks
+SHUFFLE = 4  # tar shards: each loader slot's shuffle buffer
+FT_ORDER, FT_AUGMENT, FT_RANDAUG, FT_DROP_PATH, FT_MIXUP, FT_SPLIT = 11, 12, 13, 14, 15, 16  # fine-tuning
+SIGREG = 21  # the SIGReg regulariser's random directions, per step

@@ -31,11 +31,12 @@ from pathlib import Path
 import torch
 
 from .images import IMAGE_EXTENSIONS, DataError, UnreadableImage, load_image
-from .seeds import CROP, ORDER, generator_for
+from .seeds import CROP, ORDER, SHUFFLE, generator_for
+from .sources import ArrayDataset
+from .transforms import resize_center_crop
 
 log = logging.getLogger("openjepa")
 IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
-SHUFFLE = 4
 
 
 def _webdataset():
@@ -149,9 +150,6 @@ class TarShards:
         """The first ``n`` readable images of the first shards (in their order), each brought to
         ``size`` x ``size`` as it is read (resize, centre crop), with their labels: an in-memory
         dataset (uint8, n x size x size x channels bytes)."""
-        from .sources import ArrayDataset
-        from .transforms import resize_center_crop
-
         images, labels = [], []
         for sample in self.raw(self.urls):
             try:

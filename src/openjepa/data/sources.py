@@ -169,22 +169,3 @@ class SyntheticDataset(torch.utils.data.Dataset):
         low = torch.rand(1, self.in_chans, 4, 4, generator=g)
         img = F.interpolate(low, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)[0]
         return img, i % 10
-
-
-def build_dataset(data_cfg, split: str = "train") -> torch.utils.data.Dataset:
-    """The dataset a config names. Raises DataError (naming the path) before any compute is spent."""
-    d = data_cfg
-    if d.dataset == "fashion_mnist":
-        return fashion_mnist(d.root_path or None, split, d.in_chans)
-    if d.dataset == "synthetic":
-        return SyntheticDataset(d.synthetic_size, d.crop_size, d.in_chans)
-    if not d.root_path:
-        raise DataError(f"data.root_path is empty: data.dataset={d.dataset} reads its images from there")
-    if d.dataset == "webdataset":
-        from .shards import TarShards
-        return TarShards(d.root_path, d.samples_per_epoch, d.in_chans, d.shuffle_buffer)
-    if d.dataset == "huggingface":
-        from .hf import HFImages
-        return HFImages(d.root_path, d.split, d.image_key, d.label_key, d.in_chans)
-    root = Path(d.root_path) / d.image_folder if d.image_folder else Path(d.root_path)
-    return ImageFolder(root, d.in_chans)

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import types
 import platform
 import time
 from pathlib import Path
 
 import torch
 
-from ..data import DataError, ImageFolder, fashion_mnist
-from ..data.hf import HFImages, is_hf_folder
+from ..data.labelled import load_eval_data
+from ..device import resolve_precision
 from ..models.vit import VisionTransformer
 from .attentive import AttentiveProbe, attentive_probe
-from .features import (Features, cache_path, cached_extract, extract, file_key, pixel_features, prepare,
-                       resolve_precision, source_of, warn_skipped)
+from .features import (Features, cache_path, cached_extract, extract, file_key, pixel_features, prepare, source_of,
+                       warn_skipped)
 from .knn import knn_eval, knn_predict
 from .linear import linear_probe, stratified_split
 from .lowshot import lowshot_eval, lowshot_subset
@@ -31,44 +33,6 @@ PROTOCOLS = ("linear", "knn", "lowshot", "attentive")
 BASELINES = ("random", "pixels")
 PIXEL_PROTOCOLS = ("linear", "knn", "lowshot")  # the attentive probe needs patch tokens
 LISTED = 100  # unreadable files named per split in a result (all are counted)
-
-
-def load_eval_data(data: str, in_chans: int, root: str | None = None):
-    """(train, test) labelled datasets: ``fashion_mnist`` (its own train / test split), a folder
-    with ``train/`` and ``val/`` (or ``test/``) sub-folders, each of class sub-folders, or a Hugging
-    Face DatasetDict folder (save_to_disk) with a ``train`` and a ``validation`` or ``test`` split."""
-    if data == "fashion_mnist":
-        return fashion_mnist(root, "train", in_chans), fashion_mnist(root, "test", in_chans)
-    folder = Path(data)
-    if not folder.is_dir():
-        raise DataError(f"evaluation data {data!r} is neither 'fashion_mnist' nor a folder")
-    if is_hf_folder(folder):
-        return hf_eval_splits(folder, in_chans)
-    test_dir = next((folder / n for n in ("val", "test") if (folder / n).is_dir()), None)
-    if not (folder / "train").is_dir() or test_dir is None:
-        raise DataError(f"evaluation folder {folder} needs train/ and val/ (or test/) sub-folders of class folders")
-    train, test = ImageFolder(folder / "train", in_chans), ImageFolder(test_dir, in_chans)
-    for split in (train, test):
-        if not split.classes:
-            raise DataError(f"{split.root} has no class sub-folders: labels are needed for evaluation")
-    if train.classes != test.classes:
-        raise DataError(f"{folder}: train/ and {test_dir.name}/ have different class folders")
-    if len(train.classes) < 2:
-        raise DataError(f"{folder} has one class ({train.classes[0]}): a classifier needs at least two")
-    return train, test
-
-
-def hf_eval_splits(folder: Path, in_chans: int):
-    splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", []) \
-        if (folder / "dataset_dict.json").exists() else []
-    test = next((s for s in ("validation", "val", "test") if s in splits), None)
-    if "train" not in splits or test is None:
-        raise DataError(f"evaluation dataset {folder} needs a train and a validation (or test) split; it has "
-                        f"{', '.join(splits) or 'none'}")
-    train_set, test_set = HFImages(folder, "train", in_chans=in_chans), HFImages(folder, test, in_chans=in_chans)
-    if train_set.label_key is None:
-        raise DataError(f"{folder} has no label column ('label' or 'labels'): labels are needed for evaluation")
-    return train_set, test_set
 
 
 def random_encoder(like: VisionTransformer, seed: int = 0) -> VisionTransformer:
@@ -269,3 +233,14 @@ def default_result_path(checkpoint: Path, which: str) -> Path:
 __all__ = ["evaluate", "extract", "cached_extract", "prepare", "linear_probe", "knn_predict", "knn_eval",
            "lowshot_eval", "lowshot_subset", "attentive_probe", "AttentiveProbe", "rankme", "feature_std",
            "stratified_split", "random_encoder", "format_table", "headline_cells", "load_eval_data", "PROTOCOLS", "BASELINES"]
+
+
+class _CallablePackage(types.ModuleType):
+    """``openjepa.evaluate`` names both this package and its function: once the package is imported,
+    the name holds the package, so calling it calls the function."""
+
+    def __call__(self, *args, **kwargs):
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

@@ -9,27 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..engine.schedules import warmup_cosine
+from ..models.heads import AttentiveProbe
 from .linear import accuracy, stratified_split
-
-
-class AttentiveProbe(nn.Module):
-    def __init__(self, dim: int, num_classes: int, num_heads: int = 4, mlp_ratio: float = 2.0):
-        super().__init__()
-        self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        nn.init.trunc_normal_(self.query, std=0.02)
-        self.norm_kv = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.norm_mlp = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
-        self.norm_out = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        kv = self.norm_kv(tokens)
-        x = self.query.expand(len(tokens), -1, -1)
-        x = x + self.attn(x, kv, kv, need_weights=False)[0]
-        x = x + self.mlp(self.norm_mlp(x))
-        return self.head(self.norm_out(x[:, 0]))
 
 
 @torch.no_grad()
@@ -54,7 +36,7 @@ def attentive_probe(train_tokens: torch.Tensor, train_y: torch.Tensor, test_toke
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+                group["lr"] = warmup_cosine(step, lr, lr, 0.0, 0, steps)
             loss = F.cross_entropy(probe(train_tokens[idx].float()), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

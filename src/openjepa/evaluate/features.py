@@ -22,11 +22,10 @@ from tqdm.auto import tqdm
 from ..checkpoint import CheckpointError, atomic_save, load_checkpoint
 from ..data.images import DataError, UnreadableImage
 from ..data.transforms import Resized, prepare
-from ..device import cpu_has_fast_bf16
+from ..device import PRECISIONS, resolve_precision
 from ..models.vit import VisionTransformer
 
 CACHE_VERSION = 2  # 2: the features remember the unreadable files they skipped
-PRECISIONS = ("auto", "fp32", "bf16")
 SHOWN = 3  # unreadable paths named in a log line
 log = logging.getLogger("openjepa")
 
@@ -93,15 +92,6 @@ def nothing_readable(dataset, skipped) -> DataError:
     """The error for a dataset none of whose images can be read (``skipped``: all of them)."""
     example = f" (e.g. {skipped[0]})" if skipped else ""
     return DataError(f"no image of {source_of(dataset, skipped)} can be read: {len(skipped)} unreadable{example}")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()) else "fp32"
 
 
 @dataclass

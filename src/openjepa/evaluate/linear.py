@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import DataError
+from ..engine.schedules import warmup_cosine
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 WDS = (0.0, 1e-2, 1e-1, 5e-1)
@@ -80,7 +81,7 @@ def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs=LRS, wds
         loss = F.cross_entropy(logits.flatten(0, 1), y[idx].repeat(len(grid)), reduction="sum") / batch_size
         (grad,) = torch.autograd.grad(loss, heads)
         with torch.no_grad():
-            step_lr = lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / steps))
+            step_lr = warmup_cosine(step - 1, lr, lr, 0.0, 0, steps)
             heads.mul_(1 - step_lr * decay)
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)

@@ -20,18 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import FINETUNE_FORMAT, PRETRAIN_FORMAT, CheckpointError, load_checkpoint
 from ..errors import check_writable_folder, set_default_mode
 from ..config import IMAGENET_MEAN, IMAGENET_STD, Config, from_dict
 from ..data import normalize, resize_center_crop, to_channels
 from ..ijepa import IJEPA, build_ijepa
+from ..models.heads import Classifier
 from ..models.predictor import Predictor
 from ..models.vit import VisionTransformer, build_encoder
 from .hf import classifier_head_hf, load_hf, read_hf_state, save_hf
 from .official import build_encoder_from_state, build_predictor_from_state, is_reference, strip_prefix
 from .timm import load_timm, save_timm
-
-FINETUNE_FORMAT = "openjepa-finetune"  # downstream.finetune's checkpoints
 
 ENTRY = {"target": "target_encoder", "context": "encoder"}
 FORMATS = ("hf", "timm", "safetensors")
@@ -49,7 +48,7 @@ def _read(path: Path) -> tuple[str, object]:
         raise CheckpointError(f"{path} is neither a Hugging Face folder (config.json) nor an openjepa "
                               f"safetensors or timm export (encoder.json, timm.json)")
     obj = load_checkpoint(path)
-    if obj.get("format") == "openjepa":
+    if obj.get("format") == PRETRAIN_FORMAT:
         return "openjepa", obj
     if obj.get("format") == FINETUNE_FORMAT:
         return "finetune", obj
@@ -196,15 +195,13 @@ def export_encoder(path: str | Path, fmt: str, out: str | Path, which: str = "ta
 
 
 def _classifier_from(obj: dict, path: Path):
-    from ..downstream.classifier import Classifier
-
     classifier = Classifier.from_config(obj["classifier"])
     classifier.load_state_dict(obj["model"])
     return classifier
 
 
 def load_classifier(path: str | Path):
-    """A fine-tuned classifier (``downstream.Classifier``, eval mode): ``model(images)`` -> logits,
+    """A fine-tuned classifier (``models.heads.Classifier``, eval mode): ``model(images)`` -> logits,
     ``model.classes`` their names, ``model.mean`` / ``model.std`` its normalisation (``preprocess(images,
     model.encoder)`` prepares a batch). Reads ``openjepa finetune``'s checkpoints (``best.pt``,
     ``latest.pt``) and their exports (Hugging Face ``IJepaForImageClassification``, timm with a head,
@@ -215,8 +212,6 @@ def load_classifier(path: str | Path):
 
 def _classifier_of(fmt: str, obj, path: Path):
     """load_classifier on what ``_read(path)`` returned."""
-    from ..downstream.classifier import Classifier
-
     try:
         if fmt == "finetune":
             return _classifier_from(obj, path).eval()

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..masks import mask_sampler_for
+
 STRATEGIES = ("multiblock", "block", "rasterized", "random")
 TARGET_COLOURS = np.array([(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                            (70, 240, 240), (240, 50, 230), (210, 245, 60)], dtype=np.float64)
@@ -50,8 +52,6 @@ def mask_overlay(image: torch.Tensor, context_idx: torch.Tensor, target_idx: tor
 
 
 def sampler_for(cfg, strategy: str):
-    from ..train import mask_sampler_for
-
     cfg = copy.deepcopy(cfg)
     if strategy != cfg.mask.strategy:
         cfg.mask.options = {}

@@ -74,7 +74,7 @@ def eval_tables(run_dir: Path) -> str:
 def summary(run_dir: Path) -> str:
     """The report's first lines: did it learn? The collapse probe's last reading against its step-0
     reading (the random encoder) and floors, and the newest evaluation against its baselines."""
-    from ..train import CollapseProbe
+    from ..pretrain.probes import CollapseProbe
     from .curves import read_columns
 
     lines = []

@@ -22,7 +22,7 @@ import torch
 from ..data import DataError, ImageFolder
 from ..device import resolve_device
 from ..errors import BadInput, check_output_file, set_default_mode
-from ..evaluate.features import extract, warn_skipped
+from .features import extract, warn_skipped
 
 log = logging.getLogger("openjepa")
 POOLINGS = ("mean", "last4")

@@ -1,20 +1,40 @@
-"""A classifier on a pretrained encoder: the encoder's patch features, pooled, then a head.
+"""Heads on a pretrained encoder: the attentive-pooling probe, and the classifier fine-tuning makes.
 
-'linear' (the default) averages the patch features (after the encoder's final norm) and applies
-one linear layer: the paper's choice, and exactly what ``transformers.IJepaForImageClassification``
-and timm's ``VisionTransformer(global_pool="avg", fc_norm=False)`` compute, so it exports to both.
-'attentive' pools with one learned query attending over the patch features (the attentive probe of
-``evaluate.attentive``): often better on frozen features, and only ours to load.
+'linear' (the classifier's default) averages the patch features (after the encoder's final norm)
+and applies one linear layer: the paper's choice, and exactly what
+``transformers.IJepaForImageClassification`` and timm's ``VisionTransformer(global_pool="avg",
+fc_norm=False)`` compute, so it exports to both. 'attentive' pools with one learned query attending
+over the patch features (``AttentiveProbe``, V-JEPA's image evaluation): often better on frozen
+features, and only ours to load.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from ..evaluate.attentive import AttentiveProbe
-from ..models.vit import VisionTransformer
+from .vit import VisionTransformer
 
 HEADS = ("linear", "attentive")
+
+
+class AttentiveProbe(nn.Module):
+    def __init__(self, dim: int, num_classes: int, num_heads: int = 4, mlp_ratio: float = 2.0):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+        self.norm_out = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_kv(tokens)
+        x = self.query.expand(len(tokens), -1, -1)
+        x = x + self.attn(x, kv, kv, need_weights=False)[0]
+        x = x + self.mlp(self.norm_mlp(x))
+        return self.head(self.norm_out(x[:, 0]))
 
 
 class Classifier(nn.Module):
@@ -59,6 +79,3 @@ class Classifier(nn.Module):
         encoder = VisionTransformer(**config["encoder"])
         encoder.mean, encoder.std = list(config["mean"]), list(config["std"])
         return cls(encoder, config["classes"], config["head"])
-
-
-__all__ = ["Classifier", "HEADS"]

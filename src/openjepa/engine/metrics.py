@@ -1,0 +1,123 @@
+"""What a run reports while it trains: the log file, the CSV log, TensorBoard, the progress bar,
+and the window of sums kept on the device between log rows (one host read-back per row)."""
+from __future__ import annotations
+
+import csv
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..distributed import World
+from .signals import TrainingError
+
+log = logging.getLogger("openjepa")
+
+
+def setup_logging(run_dir: Path | None, name: str = "train.log") -> None:
+    """stderr and ``run_dir/name``; None (a process other than 0): warnings to stderr only."""
+    log.setLevel(logging.INFO if run_dir is not None else logging.WARNING)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None:
+        handlers.append(logging.FileHandler(run_dir / name))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    log.propagate = False
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak memory so far: the device's allocator on CUDA, the process's resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class CSVLog:
+    """A CSV log (log.csv, monitor.csv): the header written once; a resumed run appends, dropping
+    rows past its step. ``rows`` holds the rows kept."""
+
+    def __init__(self, path: Path, resume_step: int, columns: tuple[str, ...]):
+        self.path, self.columns = path, columns
+        if path.exists() and path.stat().st_size:
+            with open(path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        else:
+            self.rows = []
+        with open(path, "w", newline="") as f:  # rewrite without rows from after the checkpoint
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.columns).writerow(row)
+
+
+def tensorboard(folder: Path, start_step: int, enabled: bool = True):
+    """A TensorBoard writer for ``folder`` that drops events past ``start_step`` (a resumed run's
+    future); None when ``enabled`` is false."""
+    if not enabled:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(folder), purge_step=start_step or None)
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+class Window:
+    """Sums between log rows, kept on the device: the loss (per batch), the images, and any other
+    values a task adds (device tensors or numbers). ``read`` brings them to the host once, averaged
+    over processes (device tensors) and reset; ``check_finite`` stops a run whose loss was not
+    finite before it logs or saves past it."""
+
+    def __init__(self, device: torch.device, world: World | None = None):
+        self.device, self.world = device, world or World()
+        self.finite = torch.ones((), dtype=torch.bool, device=device)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.sums: dict[str, object] = {}
+        self.counts: dict[str, int] = {}
+        self.batches = self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, images: int, **values) -> None:
+        """One batch: its loss (a device scalar), its image count and other values to sum."""
+        self.loss += loss.float()
+        self.finite &= torch.isfinite(loss)
+        self.batches += 1
+        self.images += images
+        for key, value in values.items():
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def check_finite(self, message: str) -> None:
+        """TrainingError(``message``) on every process if the loss was not finite on one of them."""
+        if self.world.any(not bool(self.finite), self.device):
+            raise TrainingError(message)
+
+    def read(self) -> dict:
+        """{'batches', 'images', 'loss' (mean per batch; None without a batch), 'img_per_s' (all
+        processes), the other sums ('counts': how many batches gave each)}; then reset."""
+        for value in [self.loss, *(v for v in self.sums.values() if isinstance(v, torch.Tensor))]:
+            self.world.mean(value)
+        out = {"batches": self.batches, "images": self.images,
+               "loss": float(self.loss) / self.batches if self.batches else None,
+               "img_per_s": self.images * self.world.size / max(time.perf_counter() - self.start, 1e-9),
+               "counts": dict(self.counts),
+               **{k: float(v) if isinstance(v, torch.Tensor) else v for k, v in self.sums.items()}}
+        self._reset()
+        return out
