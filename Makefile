@@ -51,7 +51,11 @@ browser:
 	  apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 	{ echo "the report test needs headless Chromium: install Debian's chromium package"; exit 1; }
 
+# The house rules first (lint, format, the import layers: README's Contributing), then the suite.
 test: install browser
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 clean:

@@ -11,6 +11,7 @@ softmax, AdamW, EMA and masks cost nothing. It also profiles a few of our traini
 reports the share of their CPU time spent in matrix multiplies (aten::mm / addmm / bmm) and the
 largest other operations. Last line: one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,9 @@ import torch
 
 from openjepa.bench import flops_per_image
 from openjepa.config import load_config
-from openjepa.models.vit import resolve_size
 from openjepa.ijepa import build_ijepa
 from openjepa.masks import mask_sampler_for
+from openjepa.models.vit import resolve_size
 from openjepa.pretrain import build_optimizer
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
@@ -79,8 +80,11 @@ def main() -> None:
     kt = round(sum(t.size(2) for _, t in draws) / len(draws))
     m = draws[0][1].size(1)
     d, h, pd = size.dim, int(size.dim * size.mlp_ratio), cfg.meta.pred_emb_dim
-    shapes = {(rows, i, o) for rows, dim, hidden in ((B * n, d, h), (B * kc, d, h), (B * m * (kc + kt), pd, 4 * pd))
-              for i, o in ((dim, 3 * dim), (dim, dim), (dim, hidden), (hidden, dim))}
+    shapes = {
+        (rows, i, o)
+        for rows, dim, hidden in ((B * n, d, h), (B * kc, d, h), (B * m * (kc + kt), pd, 4 * pd))
+        for i, o in ((dim, 3 * dim), (dim, dim), (dim, hidden), (hidden, dim))
+    }
     rates = {s: matmul_gflops(*s) for s in sorted(shapes)}
     best = max(rates.values())
     gflop = flops_per_image(cfg, kc, kt, m) / 1e9
@@ -89,9 +93,19 @@ def main() -> None:
     print(f"best fp32 matmul rate {best:.0f} GFLOP/s, {gflop:.3f} GFLOP per image -> at most {best / gflop:.1f} img/s")
     share, others = profile_step(cfg)
     print(f"our step: {100 * share:.0f}% of CPU time in matmuls; largest other ops (ms/step): {others}")
-    print(json.dumps({"threads": torch.get_num_threads(), "best_gflops": round(best, 1), "gflop_per_img": round(gflop, 3),
-                      "ceiling_img_per_s": round(best / gflop, 1), "matmul_share": round(share, 3), "other_ops_ms": others,
-                      "rates": {f"{a}x{b}x{c}": round(r, 1) for (a, b, c), r in rates.items()}}))
+    print(
+        json.dumps(
+            {
+                "threads": torch.get_num_threads(),
+                "best_gflops": round(best, 1),
+                "gflop_per_img": round(gflop, 3),
+                "ceiling_img_per_s": round(best / gflop, 1),
+                "matmul_share": round(share, 3),
+                "other_ops_ms": others,
+                "rates": {f"{a}x{b}x{c}": round(r, 1) for (a, b, c), r in rates.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Throughput is log.csv's img_per_s (all processes together), the median of the lo
 after the first (warm-up, compilation, allocator growth). Efficiency at n processes is
 throughput(n) / (n x throughput(1)). Prints a Markdown table and, last, one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,14 +37,35 @@ def throughput(run_dir: Path) -> float:
 
 def run(config: str, procs: int, args, folder: Path) -> float:
     global_batch = args.batch * procs
-    overrides = ["data.dataset=synthetic", f"data.synthetic_size={global_batch * args.steps}",
-                 f"logging.folder={folder}", f"logging.log_every={args.log_every}", "logging.tensorboard=false",
-                 "logging.progress_bar=false", "logging.monitor_every=0", "logging.checkpoint_every_steps=0",
-                 "optimization.epochs=1", *(["meta.fsdp=true"] if args.fsdp else []), *args.overrides]
+    overrides = [
+        "data.dataset=synthetic",
+        f"data.synthetic_size={global_batch * args.steps}",
+        f"logging.folder={folder}",
+        f"logging.log_every={args.log_every}",
+        "logging.tensorboard=false",
+        "logging.progress_bar=false",
+        "logging.monitor_every=0",
+        "logging.checkpoint_every_steps=0",
+        "optimization.epochs=1",
+        *(["meta.fsdp=true"] if args.fsdp else []),
+        *args.overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-           "-m", "openjepa.cli", "train", config, *overrides, "--max-steps", str(args.steps)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={procs}",
+        "-m",
+        "openjepa.cli",
+        "train",
+        config,
+        *overrides,
+        "--max-steps",
+        str(args.steps),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{procs} process(es) failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -55,7 +77,7 @@ def main() -> None:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="section.key=value, applied to every run")
     gpus = torch.cuda.device_count()
-    default = ",".join(str(2 ** i) for i in range(8) if 2 ** i <= max(gpus, 1)) if gpus else "1,2"
+    default = ",".join(str(2**i) for i in range(8) if 2**i <= max(gpus, 1)) if gpus else "1,2"
     p.add_argument("--procs", default=default, help=f"process counts (default here: {default})")
     p.add_argument("--steps", type=int, default=60, help="optimiser steps per run")
     p.add_argument("--log-every", type=int, default=10)
@@ -78,9 +100,18 @@ def main() -> None:
     for n, ips in results.items():
         eff = f"{ips / (n * base):.2f}" if base else "n/a"
         print(f"| {n} | {n * args.batch} | {ips:.1f} | {eff} |")
-    print(json.dumps({"config": args.config, "fsdp": args.fsdp, "device": device, "batch_per_process": args.batch,
-                      "img_per_s": results, "efficiency": {n: round(v / (n * base), 3) for n, v in results.items()}
-                      if base else None}))
+    print(
+        json.dumps(
+            {
+                "config": args.config,
+                "fsdp": args.fsdp,
+                "device": device,
+                "batch_per_process": args.batch,
+                "img_per_s": results,
+                "efficiency": {n: round(v / (n * base), 3) for n, v in results.items()} if base else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

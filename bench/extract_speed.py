@@ -1,8 +1,9 @@
 """Feature-extraction throughput of a frozen encoder in fp32 and in bf16 autocast on this machine.
 
-    python bench/extract_speed.py                       # ViT-Tiny/4 at 28x28, 1 channel, batch 512
-    python bench/extract_speed.py --model vit_base --img 224 --patch 16 --chans 3 --batch 64
+python bench/extract_speed.py                       # ViT-Tiny/4 at 28x28, 1 channel, batch 512
+python bench/extract_speed.py --model vit_base --img 224 --patch 16 --chans 3 --batch 64
 """
+
 import argparse
 import time
 

@@ -13,6 +13,7 @@ in ``--runs-dir/<init>_<fraction>`` (resumed if stopped). Every finished run app
 10% of the training labels) and of the last epoch, minutes, the machine. The frozen probes come
 from the checkpoint's ``openjepa eval`` result (``eval/<name>_target.json`` beside it) when there is one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,22 @@ from fmnist import csv_table, machine, write_table  # noqa: E402  (same folder)
 
 # label fraction -> (epochs, validate every N epochs)
 BUDGETS = {0.01: (50, 5), 0.1: (10, 2), 1.0: (1, 1)}
-COLUMNS = ("date", "checkpoint", "init", "labels", "epochs", "steps", "minutes", "test_acc", "test_acc_last",
-           "best_epoch", "val_acc", "frozen_probe", "settings", "machine")
+COLUMNS = (
+    "date",
+    "checkpoint",
+    "init",
+    "labels",
+    "epochs",
+    "steps",
+    "minutes",
+    "test_acc",
+    "test_acc_last",
+    "best_epoch",
+    "val_acc",
+    "frozen_probe",
+    "settings",
+    "machine",
+)
 RESULTS = ROOT / "bench/results/finetune_fmnist.csv"
 START, END = "<!-- finetune_fmnist:start -->", "<!-- finetune_fmnist:results -->"
 
@@ -52,18 +67,34 @@ def run_one(checkpoint: Path, init: str, fraction: float, args) -> dict:
     from openjepa.finetune import finetune, load_settings
 
     epochs, every = BUDGETS[fraction]
-    ft = load_settings(args.override, epochs=epochs, eval_every=every, labels_fraction=fraction,
-                       random_init=init == "random", num_workers=args.num_workers, progress_bar=False)
+    ft = load_settings(
+        args.override,
+        epochs=epochs,
+        eval_every=every,
+        labels_fraction=fraction,
+        random_init=init == "random",
+        num_workers=args.num_workers,
+        progress_bar=False,
+    )
     out = args.runs_dir / f"{init}_{fraction:g}"
     t0 = time.perf_counter()
     record = finetune(checkpoint, out, "fashion_mnist", ft)
-    row = {"date": time.strftime("%Y-%m-%d"), "checkpoint": str(checkpoint), "init": init, "labels": f"{fraction:.0%}",
-           "epochs": epochs, "steps": record["steps_per_epoch"] * epochs,
-           "minutes": f"{record['train_minutes']:.1f}", "test_acc": f"{100 * record['test_acc']:.1f}",
-           "test_acc_last": f"{100 * record['test_acc_last']:.1f}", "best_epoch": record["best_epoch"],
-           "val_acc": f"{100 * record['val_acc']:.1f}" if record["val_acc"] is not None else "",
-           "frozen_probe": frozen_probe(checkpoint, fraction) if init == "pretrained" else "",
-           "settings": " ".join(args.override) or "defaults", "machine": machine()}
+    row = {
+        "date": time.strftime("%Y-%m-%d"),
+        "checkpoint": str(checkpoint),
+        "init": init,
+        "labels": f"{fraction:.0%}",
+        "epochs": epochs,
+        "steps": record["steps_per_epoch"] * epochs,
+        "minutes": f"{record['train_minutes']:.1f}",
+        "test_acc": f"{100 * record['test_acc']:.1f}",
+        "test_acc_last": f"{100 * record['test_acc_last']:.1f}",
+        "best_epoch": record["best_epoch"],
+        "val_acc": f"{100 * record['val_acc']:.1f}" if record["val_acc"] is not None else "",
+        "frozen_probe": frozen_probe(checkpoint, fraction) if init == "pretrained" else "",
+        "settings": " ".join(args.override) or "defaults",
+        "machine": machine(),
+    }
     new = not args.results.exists()
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with open(args.results, "a", newline="") as f:
@@ -77,12 +108,29 @@ def run_one(checkpoint: Path, init: str, fraction: float, args) -> dict:
 
 
 def report(results: Path, md: Path) -> None:
-    header = ("| date | encoder | init | labels | settings | epochs | steps | minutes | test acc (best.pt) | "
-              "test acc (last) | best epoch | frozen probe | machine |")
-    _, lines = csv_table(results, header, lambda r: [
-        r["date"], Path(r["checkpoint"]).parent.parent.name, r["init"], r["labels"], f"`{r['settings']}`",
-        r["epochs"], r["steps"], r["minutes"], r["test_acc"], r["test_acc_last"], str(r["best_epoch"]),
-        r["frozen_probe"] or "-", r["machine"]])
+    header = (
+        "| date | encoder | init | labels | settings | epochs | steps | minutes | test acc (best.pt) | "
+        "test acc (last) | best epoch | frozen probe | machine |"
+    )
+    _, lines = csv_table(
+        results,
+        header,
+        lambda r: [
+            r["date"],
+            Path(r["checkpoint"]).parent.parent.name,
+            r["init"],
+            r["labels"],
+            f"`{r['settings']}`",
+            r["epochs"],
+            r["steps"],
+            r["minutes"],
+            r["test_acc"],
+            r["test_acc_last"],
+            str(r["best_epoch"]),
+            r["frozen_probe"] or "-",
+            r["machine"],
+        ],
+    )
     write_table(md, START, END, lines)
 
 

@@ -5,13 +5,13 @@ the process's memory (resident, and peak) over what the import took. Run it agai
     python bench/folder_index.py --root /tmp/index1m --make --files 1000000
     python bench/folder_index.py --root /tmp/index1m            # first call scans, the second reads the index
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -53,8 +53,14 @@ def main() -> None:
         t0 = time.perf_counter()
         make_tree(args.root, args.files)
         print(f"made {args.files} files in {time.perf_counter() - t0:.0f} s")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
     for run in range(args.runs):
         out = subprocess.run([sys.executable, "-c", CHILD, str(args.root)], capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])

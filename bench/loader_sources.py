@@ -5,6 +5,7 @@ training loop's loader) at batch 64 and 224 px.
 
     python bench/loader_sources.py --root /tmp/loader_sources --n 10000 --workers 0,2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,21 +32,29 @@ def make_sources(root: Path, n: int, shards: int) -> dict[str, list[str]]:
         per = (len(files) + shards - 1) // shards
         for s in range(shards):
             with wds.TarWriter(str(shard_dir / f"train-{s:04d}.tar")) as w:
-                for path in files[s * per:(s + 1) * per]:
+                for path in files[s * per : (s + 1) * per]:
                     w.write({"__key__": path.stem, "jpg": path.read_bytes(), "cls": "0"})
     hf_dir = root / "hf"
     if not hf_dir.exists():
         import datasets
 
         features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
-        ds = datasets.Dataset.from_dict({"image": [str(p) for p in files], "label": [0] * len(files)}, features=features)
+        ds = datasets.Dataset.from_dict(
+            {"image": [str(p) for p in files], "label": [0] * len(files)}, features=features
+        )
         ds = ds.cast_column("image", datasets.Image(decode=False)).map(
-            lambda row: {"image": {"bytes": Path(row["image"]["path"]).read_bytes(), "path": None}})
+            lambda row: {"image": {"bytes": Path(row["image"]["path"]).read_bytes(), "path": None}}
+        )
         ds.save_to_disk(str(hf_dir))
-    return {"folder": ["data.dataset=folder", f"data.root_path={folder}"],
-            "webdataset": ["data.dataset=webdataset", f"data.root_path={shard_dir}/train-{{0000..{shards - 1:04d}}}.tar",
-                           f"data.samples_per_epoch={len(files)}"],
-            "huggingface": ["data.dataset=huggingface", f"data.root_path={hf_dir}"]}
+    return {
+        "folder": ["data.dataset=folder", f"data.root_path={folder}"],
+        "webdataset": [
+            "data.dataset=webdataset",
+            f"data.root_path={shard_dir}/train-{{0000..{shards - 1:04d}}}.tar",
+            f"data.samples_per_epoch={len(files)}",
+        ],
+        "huggingface": ["data.dataset=huggingface", f"data.root_path={hf_dir}"],
+    }
 
 
 def main() -> None:
@@ -62,17 +71,35 @@ def main() -> None:
     from openjepa.config import load_config
 
     workers = tuple(int(w) for w in args.workers.split(","))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
     for round_ in range(args.rounds):  # alternating sources: the machine's speed drifts
         for name, overrides in sources.items():
-            cfg = load_config(ROOT / "configs/vit_b16_in1k_ep600.yaml",
-                              [*overrides, "data.batch_size=64", "data.image_folder=", "meta.device=cpu"])
+            cfg = load_config(
+                ROOT / "configs/vit_b16_in1k_ep600.yaml",
+                [*overrides, "data.batch_size=64", "data.image_folder=", "meta.device=cpu"],
+            )
             t0 = time.perf_counter()
             result = bench_loader(cfg, batches=args.batches, workers=workers)
-            print(json.dumps({"source": name, "round": round_, "images": result["images"],
-                              "img_per_s": result["img_per_s"], "setup_and_run_s": round(time.perf_counter() - t0, 1),
-                              "cpu": cpu}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "source": name,
+                        "round": round_,
+                        "images": result["images"],
+                        "img_per_s": result["img_per_s"],
+                        "setup_and_run_s": round(time.perf_counter() - t0, 1),
+                        "cpu": cpu,
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """A folder of ImageNet-sized JPEGs (500x375, quality 90, smooth colour plus noise) for the loader
 benchmark: ``python bench/make_jpegs.py DIR --n 1024``. Existing files are kept."""
+
 from __future__ import annotations
 
 import argparse

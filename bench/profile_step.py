@@ -4,6 +4,7 @@ under bf16 autocast, the top operations by self CPU time (what found the slow bf
     python bench/profile_step.py configs/fmnist_vit_tiny.yaml bf16 [overrides]
     python bench/profile_step.py configs/fmnist_vit_tiny.yaml fp32
 """
+
 from __future__ import annotations
 
 import sys

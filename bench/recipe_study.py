@@ -15,6 +15,7 @@ A variant whose run folder exists is resumed (or, when finished, only evaluated 
 ``--eval-epochs 1,2`` also evaluates the periodic checkpoints of those epochs, which gives each
 variant a line of accuracy against pretraining minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,25 @@ VARIANTS = {
     "pixels": ["meta.target=pixels"],
     "bf16": ["meta.cpu_bfloat16=true"],
 }
-COLUMNS = ("date", "variant", "changed", "epochs", "steps", "pretrain_min", "img_per_s", "linear", "knn20", "lowshot1",
-           "probe_steps", "rankme", "target_std", "image_rankme", "image_spread", "machine", "jobs")
+COLUMNS = (
+    "date",
+    "variant",
+    "changed",
+    "epochs",
+    "steps",
+    "pretrain_min",
+    "img_per_s",
+    "linear",
+    "knn20",
+    "lowshot1",
+    "probe_steps",
+    "rankme",
+    "target_std",
+    "image_rankme",
+    "image_spread",
+    "machine",
+    "jobs",
+)
 RESULTS = ROOT / "bench/results/recipe_study.csv"
 MARK = "<!-- recipe_study:results -->"
 
@@ -99,8 +117,17 @@ def run_one(spec: str, args) -> list[dict]:
 
     name, overrides = parse_variant(spec)
     run_dir = args.runs_dir / name
-    cfg = load_config(args.base, [*overrides, f"logging.folder={run_dir}", "logging.checkpoint_every=1",
-                                  "logging.progress_bar=false", "logging.monitor_every=0", *args.override])
+    cfg = load_config(
+        args.base,
+        [
+            *overrides,
+            f"logging.folder={run_dir}",
+            "logging.checkpoint_every=1",
+            "logging.progress_bar=false",
+            "logging.monitor_every=0",
+            *args.override,
+        ],
+    )
     o = cfg.optimization
     if args.fraction:  # the recipe's whole schedule squeezed into this fraction of one epoch, warmup in proportion
         o.warmup, o.epochs, o.ipe_scale = o.warmup / o.epochs * args.fraction, 1, args.fraction
@@ -117,21 +144,39 @@ def run_one(spec: str, args) -> list[dict]:
     epochs = sorted({e for e in args.eval_epochs if e < last} | {last})
     for epoch in epochs:
         ckpt = run_dir / "checkpoints" / (f"epoch_{epoch:04d}.pt" if epoch < last else "latest.pt")
-        record = evaluate(ckpt, "fashion_mnist", ("linear", "knn", "lowshot"), (), progress=False,
-                          device=args.device, linear_steps=args.linear_steps)
+        record = evaluate(
+            ckpt,
+            "fashion_mnist",
+            ("linear", "knn", "lowshot"),
+            (),
+            progress=False,
+            device=args.device,
+            linear_steps=args.linear_steps,
+        )
         r = record["results"]["ijepa"]
         upto = [row for row in log if int(row["step"]) <= epoch * steps_per_epoch]
         seconds = float(upto[-1]["elapsed_s"]) if epoch < last else pretrain_seconds(run_dir)
-        rows.append({
-            "date": time.strftime("%Y-%m-%d"), "variant": name, "changed": " ".join(overrides + args.override) or "-",
-            "epochs": epoch, "steps": round(epoch * steps_per_epoch), "pretrain_min": f"{seconds / 60:.2f}",
-            "img_per_s": f"{statistics.median(float(row['img_per_s']) for row in upto[1:] or upto):.0f}",
-            "linear": f"{100 * r['linear']['test_acc']:.1f}", "knn20": f"{100 * r['knn']['k=20']:.1f}",
-            "lowshot1": f"{100 * r['lowshot']['0.01']['mean']:.1f}", "probe_steps": r["linear"]["steps"],
-            "rankme": f"{r['rankme']:.1f}",
-            "target_std": f"{float(upto[-1]['target_std']):.3f}", "image_rankme": upto[-1].get("image_rankme", ""),
-            "image_spread": upto[-1].get("image_spread", ""), "machine": machine(), "jobs": args.jobs,
-        })
+        rows.append(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "variant": name,
+                "changed": " ".join(overrides + args.override) or "-",
+                "epochs": epoch,
+                "steps": round(epoch * steps_per_epoch),
+                "pretrain_min": f"{seconds / 60:.2f}",
+                "img_per_s": f"{statistics.median(float(row['img_per_s']) for row in upto[1:] or upto):.0f}",
+                "linear": f"{100 * r['linear']['test_acc']:.1f}",
+                "knn20": f"{100 * r['knn']['k=20']:.1f}",
+                "lowshot1": f"{100 * r['lowshot']['0.01']['mean']:.1f}",
+                "probe_steps": r["linear"]["steps"],
+                "rankme": f"{r['rankme']:.1f}",
+                "target_std": f"{float(upto[-1]['target_std']):.3f}",
+                "image_rankme": upto[-1].get("image_rankme", ""),
+                "image_spread": upto[-1].get("image_spread", ""),
+                "machine": machine(),
+                "jobs": args.jobs,
+            }
+        )
         append_row(args.results, rows[-1])
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -153,18 +198,34 @@ def run_concurrently(specs: list[str], args) -> None:
     pending, running = list(specs), []
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    passthrough = [f"--epochs={args.epochs}", f"--fraction={args.fraction}", f"--runs-dir={args.runs_dir}", f"--results={args.results}",
-                   f"--base={args.base}", f"--device={args.device}", f"--jobs={args.jobs}",
-                   f"--eval-epochs={','.join(map(str, args.eval_epochs))}",
-                   *([f"--linear-steps={args.linear_steps}"] if args.linear_steps else []),
-                   *(f"--override={o}" for o in args.override)]
+    passthrough = [
+        f"--epochs={args.epochs}",
+        f"--fraction={args.fraction}",
+        f"--runs-dir={args.runs_dir}",
+        f"--results={args.results}",
+        f"--base={args.base}",
+        f"--device={args.device}",
+        f"--jobs={args.jobs}",
+        f"--eval-epochs={','.join(map(str, args.eval_epochs))}",
+        *([f"--linear-steps={args.linear_steps}"] if args.linear_steps else []),
+        *(f"--override={o}" for o in args.override),
+    ]
     while pending or running:
         while pending and len(running) < args.jobs:
             spec = pending.pop(0)
             logf = open(args.runs_dir / f"{spec.partition(':')[0]}.out", "w")
-            running.append((spec, logf, subprocess.Popen([sys.executable, __file__, "--variants", spec, "--jobs", "1",
-                                                          *passthrough, "--child"], stdout=logf, stderr=subprocess.STDOUT,
-                                                         env=env)))
+            running.append(
+                (
+                    spec,
+                    logf,
+                    subprocess.Popen(
+                        [sys.executable, __file__, "--variants", spec, "--jobs", "1", *passthrough, "--child"],
+                        stdout=logf,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    ),
+                )
+            )
         time.sleep(2)
         for item in list(running):
             spec, logf, proc = item
@@ -176,13 +237,32 @@ def run_concurrently(specs: list[str], args) -> None:
 
 def report(results: Path, md: Path, plot: Path) -> None:
     """The CSV as the BENCHMARKS.md table (rows newer than the table's replace it) and the plot."""
-    header = ("| date | variant | changed (vs configs/fmnist_cpu_plain.yaml) | epochs | steps | pretrain min | img/s | "
-              "linear | kNN@20 | 1% | probe steps | RankMe | target_std | image_rankme | image_spread | machine |")
-    rows, lines = csv_table(results, header, lambda r: [
-        r["date"], r["variant"], f"`{r['changed']}`" if r["changed"] != "-" else "-", r["epochs"], r["steps"],
-        r["pretrain_min"], r["img_per_s"], r["linear"], r["knn20"], r["lowshot1"], r["probe_steps"], r["rankme"],
-        r["target_std"], r["image_rankme"], r["image_spread"],
-        r["machine"] + (f", {r['jobs']} runs at once" if r["jobs"] not in ("", "1") else "")])
+    header = (
+        "| date | variant | changed (vs configs/fmnist_cpu_plain.yaml) | epochs | steps | pretrain min | img/s | "
+        "linear | kNN@20 | 1% | probe steps | RankMe | target_std | image_rankme | image_spread | machine |"
+    )
+    rows, lines = csv_table(
+        results,
+        header,
+        lambda r: [
+            r["date"],
+            r["variant"],
+            f"`{r['changed']}`" if r["changed"] != "-" else "-",
+            r["epochs"],
+            r["steps"],
+            r["pretrain_min"],
+            r["img_per_s"],
+            r["linear"],
+            r["knn20"],
+            r["lowshot1"],
+            r["probe_steps"],
+            r["rankme"],
+            r["target_std"],
+            r["image_rankme"],
+            r["image_spread"],
+            r["machine"] + (f", {r['jobs']} runs at once" if r["jobs"] not in ("", "1") else ""),
+        ],
+    )
     write_table(md, "<!-- recipe_study:start -->", MARK, lines)
     plot_study(rows, plot)
 
@@ -206,11 +286,22 @@ def plot_study(rows: list[dict], path: Path) -> None:
             for i, (name, rs) in enumerate(sorted(by_variant.items())):
                 rs = sorted(rs, key=lambda r: float(r["pretrain_min"]))
                 # ten colours, then the next marker: each variant its own colour and marker pair
-                ax.plot([float(r["pretrain_min"]) for r in rs], [float(r[key]) for r in rs], color=f"C{i % 10}",
-                        marker="osD^v<>ph*"[i // 10 % 10], label=name)
+                ax.plot(
+                    [float(r["pretrain_min"]) for r in rs],
+                    [float(r[key]) for r in rs],
+                    color=f"C{i % 10}",
+                    marker="osD^v<>ph*"[i // 10 % 10],
+                    label=name,
+                )
             ax.axhline(pixels, color="gray", linestyle="--", linewidth=1)
-            ax.annotate(f"raw pixels {pixels}", (0.01, pixels), xycoords=("axes fraction", "data"), color="gray",
-                        fontsize=8, va="bottom")
+            ax.annotate(
+                f"raw pixels {pixels}",
+                (0.01, pixels),
+                xycoords=("axes fraction", "data"),
+                color="gray",
+                fontsize=8,
+                va="bottom",
+            )
             ax.set_xlabel("pretraining minutes")
             ax.set_ylabel(f"{title}, Fashion-MNIST test %")
             ax.set_title(f"{title}: {mach}", fontsize=9)
@@ -226,8 +317,12 @@ def main() -> None:
     p.add_argument("--variants", default="base", help="comma-separated names, 'all', or name:key=value;key=value")
     p.add_argument("--base", type=Path, default=BASE)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--fraction", type=float, default=0.0,
-                   help="instead of --epochs: this fraction of one epoch, with the whole schedule squeezed into it")
+    p.add_argument(
+        "--fraction",
+        type=float,
+        default=0.0,
+        help="instead of --epochs: this fraction of one epoch, with the whole schedule squeezed into it",
+    )
     p.add_argument("--eval-epochs", default="", help="also evaluate these epochs' checkpoints, e.g. 1,2")
     p.add_argument("--override", action="append", default=[], help="applied to every variant (section.key=value)")
     p.add_argument("--jobs", type=int, default=1, help="variants trained at once, each in its own process")

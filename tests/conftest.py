@@ -55,8 +55,10 @@ def labelled_folder(root, n_per_class=12, size=16, channels=1, vary=False):
             (root / split / name).mkdir(parents=True)
             for i in range(n_per_class):
                 img = rng.integers(0, 60, (size, size + (2 * (i % 3) if vary else 0)), dtype=np.uint8)
-                img[(0 if c == 0 else size // 2):(size // 2 if c == 0 else size)] += 150
-                Image.fromarray(np.stack([img] * 3, -1) if channels == 3 else img).save(root / split / name / f"{i}.png")
+                img[(0 if c == 0 else size // 2) : (size // 2 if c == 0 else size)] += 150
+                Image.fromarray(np.stack([img] * 3, -1) if channels == 3 else img).save(
+                    root / split / name / f"{i}.png"
+                )
     return root
 
 
@@ -69,11 +71,16 @@ def signal_a_training_run(tmp_path, signum):
 
     import yaml
 
-    cfg = tiny_config(tmp_path / "run", optimization={"epochs": 200}, logging={"log_every": 1, "progress_bar": False},
-                      data={"num_workers": 1})
+    cfg = tiny_config(
+        tmp_path / "run",
+        optimization={"epochs": 200},
+        logging={"log_every": 1, "progress_bar": False},
+        data={"num_workers": 1},
+    )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    proc = subprocess.Popen([sys.executable, "-m", "openjepa.cli", "train", str(tmp_path / "c.yaml")],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openjepa.cli", "train", str(tmp_path / "c.yaml")], stderr=subprocess.PIPE, text=True
+    )
     log_csv = tmp_path / "run/log.csv"
     deadline = time.time() + 60
     while time.time() < deadline and (not log_csv.exists() or len(log_csv.read_text().splitlines()) < 3):

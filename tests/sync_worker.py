@@ -1,5 +1,6 @@
 """Run under torchrun by test_distributed.py: counts the gradient collectives of one optimiser step
 of ``accum`` micro-batches (train.accumulate), under DDP or FSDP, and prints the count as JSON."""
+
 import json
 import os
 import sys
@@ -8,12 +9,11 @@ import tempfile
 import torch
 import torch.distributed as dist
 
+from conftest import tiny_config
 from openjepa.data import MaskCollator
 from openjepa.ijepa import build_ijepa
 from openjepa.masks import mask_sampler_for
 from openjepa.pretrain import accumulate
-
-from conftest import tiny_config
 
 
 def main(mode: str, accum: int) -> None:
@@ -34,7 +34,7 @@ def main(mode: str, accum: int) -> None:
 
         step_model.register_comm_hook(None, counting_allreduce)
     else:
-        from torch.distributed.fsdp._fully_shard import _fsdp_param_group
+        from torch.distributed.fsdp._fully_shard import _fsdp_param_group  # noqa: PLC2701 (what the test counts)
 
         from openjepa.distributed import shard_ijepa
 
@@ -48,11 +48,20 @@ def main(mode: str, accum: int) -> None:
 
         _fsdp_param_group.foreach_reduce = counting_reduce
     collator = MaskCollator(mask_sampler_for(cfg), 0, 4, dist.get_rank(), dist.get_world_size())
-    micro = [{"images": torch.randn(4, 3, 16, 16), **collator.masks(b, list(range(4 * dist.get_rank(), 4 * dist.get_rank() + 4)))}
-             for b in range(accum)]
+    micro = [
+        {
+            "images": torch.randn(4, 3, 16, 16),
+            **collator.masks(b, list(range(4 * dist.get_rank(), 4 * dist.get_rank() + 4))),
+        }
+        for b in range(accum)
+    ]
     accumulate(step_model, micro, torch.device("cpu"), torch.autocast("cpu", enabled=False), 1.0 / accum)
-    grads = torch.cat([p.grad.full_tensor().flatten() if hasattr(p.grad, "full_tensor") else p.grad.flatten()
-                       for p in model.encoder.parameters()])
+    grads = torch.cat(
+        [
+            p.grad.full_tensor().flatten() if hasattr(p.grad, "full_tensor") else p.grad.flatten()
+            for p in model.encoder.parameters()
+        ]
+    )
     gathered = [torch.zeros_like(grads) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, grads)
     if dist.get_rank() == 0:

@@ -7,6 +7,7 @@ so one noisy window does not decide. A second, synchronised pass splits the step
 (hooks mark the end of the target encoder, of the predictor and of AdamW). Model FLOPs follow REFERENCE.md §3: per image 3·F_enc(n_ctx) + F_enc(N) + 3·M·F_pred(n_ctx +
 n_tgt) with F(n) = depth · (24·n·d² + 4·n²·d).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -27,14 +28,16 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G
 
 
 def block_flops(tokens: float, dim: int, depth: int) -> float:
-    return depth * (24 * tokens * dim ** 2 + 4 * tokens ** 2 * dim)
+    return depth * (24 * tokens * dim**2 + 4 * tokens**2 * dim)
 
 
 def flops_per_image(cfg: Config, context_tokens: float, target_tokens: float, num_targets: int) -> float:
     size = resolve_size(cfg.meta.model_name)
     n = (cfg.data.crop_size // cfg.mask.patch_size) ** 2
     enc = 3 * block_flops(context_tokens, size.dim, size.depth) + block_flops(n, size.dim, size.depth)
-    pred = 3 * num_targets * block_flops(context_tokens + target_tokens, cfg.meta.pred_emb_dim, predictor_depth(cfg.meta))
+    pred = (
+        3 * num_targets * block_flops(context_tokens + target_tokens, cfg.meta.pred_emb_dim, predictor_depth(cfg.meta))
+    )
     return enc + pred
 
 
@@ -57,7 +60,7 @@ def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak:
     collator = MaskCollator(mask_sampler_for(cfg), cfg.meta.seed, B, group=cfg.mask.pack_group)
     images = torch.randn(B, cfg.data.in_chans, size, size, device=device)
     amp = autocast(device, training_bf16(cfg.meta, device))
-    tokens, count = [], iter(range(10 ** 9))
+    tokens, count = [], iter(range(10**9))
     names = ("masks", "target", "context", "backward", "optimizer", "ema")
     phases, marks, split = {k: [] for k in names}, {}, [False]
 
@@ -82,8 +85,13 @@ def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak:
         marks.clear()
         marks["start"] = time.perf_counter()
         batch = {"images": images, **collator.masks(next(count), list(range(B)))}
-        tokens.append((sum(c.size(0) * c.size(1) for c in batch["context_idx"]) / B,
-                       sum(t.size(0) * t.size(2) for t in batch["target_idx"]) / B, batch["target_idx"][0].size(1)))
+        tokens.append(
+            (
+                sum(c.size(0) * c.size(1) for c in batch["context_idx"]) / B,
+                sum(t.size(0) * t.size(2) for t in batch["target_idx"]) / B,
+                batch["target_idx"][0].size(1),
+            )
+        )
         mark("masks")
         accumulate(model, [batch], device, amp, 1.0)
         mark("backward")
@@ -115,13 +123,20 @@ def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak:
     flops = flops_per_image(cfg, kc, kt, round(m))
     peak = peak or peak_tflops(device)
     result = {
-        "impl": "openjepa", "img_per_s": round(B / step_s, 1), "step_ms": round(step_s * 1e3, 2),
+        "impl": "openjepa",
+        "img_per_s": round(B / step_s, 1),
+        "step_ms": round(step_s * 1e3, 2),
         "peak_mem_mb": round(memory_mb(device), 1),
         "gflop_per_img": round(flops / 1e9, 3),
         "phases_ms": {k: round(statistics.median(v) * 1e3, 2) for k, v in phases.items()},
-        "context_tokens": round(kc, 1), "target_tokens": round(kt, 1), "windows_ms": [round(t * 1e3, 2) for t in timed],
-        "device": torch.cuda.get_device_name(device) if cuda else "cpu", "threads": torch.get_num_threads(),
-        "batch": B, "model": cfg.meta.model_name, "torch": torch.__version__,
+        "context_tokens": round(kc, 1),
+        "target_tokens": round(kt, 1),
+        "windows_ms": [round(t * 1e3, 2) for t in timed],
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "threads": torch.get_num_threads(),
+        "batch": B,
+        "model": cfg.meta.model_name,
+        "torch": torch.__version__,
     }
     if peak:
         result["mfu"] = round(flops * B / step_s / (peak * 1e12), 4)
@@ -146,12 +161,31 @@ def bench_loader(cfg: Config, batches: int = 20, workers: tuple[int, ...] = (0, 
     for _ in range(batches):
         sampler(d.batch_size, generator)
     masks_us = (time.perf_counter() - start) / batches / d.batch_size * 1e6
-    result = {"impl": "openjepa-loader", "dataset": d.dataset, "images": len(dataset),
-              "decode_on": str(device) if d.decode_on_device else "workers", "batch": d.batch_size,
-              "crop_size": d.crop_size, "masks_us_per_img": round(masks_us, 2), "img_per_s": {}, "img_per_s_per_worker": {}}
+    result = {
+        "impl": "openjepa-loader",
+        "dataset": d.dataset,
+        "images": len(dataset),
+        "decode_on": str(device) if d.decode_on_device else "workers",
+        "batch": d.batch_size,
+        "crop_size": d.crop_size,
+        "masks_us_per_img": round(masks_us, 2),
+        "img_per_s": {},
+        "img_per_s_per_worker": {},
+    }
     for n in workers:
-        loader = build_pretrain_loader(dataset, transform, sampler, d.batch_size, per_epoch, 0, warmup + batches,
-                                       cfg.meta.seed, n, encoded=d.decode_on_device, pack_group=cfg.mask.pack_group)
+        loader = build_pretrain_loader(
+            dataset,
+            transform,
+            sampler,
+            d.batch_size,
+            per_epoch,
+            0,
+            warmup + batches,
+            cfg.meta.seed,
+            n,
+            encoded=d.decode_on_device,
+            pack_group=cfg.mask.pack_group,
+        )
         it = iter(loader)
         for _ in range(warmup):  # worker start-up and the first prefetches are not the steady state
             next(it)

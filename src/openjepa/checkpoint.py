@@ -1,4 +1,5 @@
 """Checkpoints: atomic save, safe load (weights only, never pickled code)."""
+
 from __future__ import annotations
 
 import os
@@ -67,13 +68,17 @@ def load_checkpoint(path: str | Path) -> dict:
         # mmap needs torch's zip format; an older (legacy) file is read whole
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"checkpoint {path} holds more than weights and was refused (loading it "
-                              f"could run code){_what_was_refused(str(e))}") from None
+        raise CheckpointError(
+            f"checkpoint {path} holds more than weights and was refused (loading it "
+            f"could run code){_what_was_refused(str(e))}"
+        ) from None
     except OSError as e:  # permission, I/O error: the file may be fine, the reading is not
         raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
     except Exception as e:  # zip and pickle errors of many types: the bytes are not a whole checkpoint
-        raise CorruptCheckpoint(f"checkpoint {path} cannot be read (truncated or corrupt?): "
-                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise CorruptCheckpoint(
+            f"checkpoint {path} cannot be read (truncated or corrupt?): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     if not isinstance(obj, dict):
         raise CorruptCheckpoint(f"checkpoint {path} is a {type(obj).__name__}, not a dict of states")
     return obj

@@ -1,4 +1,5 @@
 """`openjepa` command line: parsing only; the work is done by functions anyone can call."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,8 @@ import sys
 from pathlib import Path
 
 from .config import load_config
-from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, BadInput, check_output_file
 from .engine import Preempted, TrainingError
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, BadInput, check_output_file
 from .pretrain import train
 
 
@@ -28,6 +29,7 @@ def _int_at_least(low: int):
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
+
     parse.__name__ = f"integer >= {low}"
     return parse
 
@@ -83,12 +85,21 @@ def _fraction(text: str) -> float:
 def _finetune(args: argparse.Namespace) -> int:
     from .finetune import finetune, load_settings
 
-    ft = load_settings(args.overrides, epochs=args.epochs, labels_fraction=args.labels_fraction, which=args.which,
-                       head=args.head, device=args.device, random_init=args.random_init or None,
-                       progress_bar=False if args.no_progress else None)
+    ft = load_settings(
+        args.overrides,
+        epochs=args.epochs,
+        labels_fraction=args.labels_fraction,
+        which=args.which,
+        head=args.head,
+        device=args.device,
+        random_init=args.random_init or None,
+        progress_bar=False if args.no_progress else None,
+    )
     record = finetune(args.checkpoint, args.out, args.data, ft, args.data_root)
-    print(f"test accuracy {100 * record['test_acc']:.2f}% (best epoch {record['best_epoch']} of "
-          f"{ft.epochs} on the validation split; the last epoch's weights: {100 * record['test_acc_last']:.2f}%)")
+    print(
+        f"test accuracy {100 * record['test_acc']:.2f}% (best epoch {record['best_epoch']} of "
+        f"{ft.epochs} on the validation split; the last epoch's weights: {100 * record['test_acc_last']:.2f}%)"
+    )
     print(f"run directory: {args.out} (checkpoints/best.pt, result.json)")
     return 0
 
@@ -96,10 +107,22 @@ def _finetune(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from .evaluate.embed import embed
 
-    summary = embed(args.checkpoint, args.data, args.out, args.which, args.pooling, args.batch_size, args.num_workers,
-                    args.device, args.precision, progress=not args.no_progress)
-    print(f"wrote {summary['images']} {summary['dim']}-d embeddings to {summary['out']}"
-          + (f" ({summary['skipped']} unreadable image(s) left out and listed)" if summary["skipped"] else ""))
+    summary = embed(
+        args.checkpoint,
+        args.data,
+        args.out,
+        args.which,
+        args.pooling,
+        args.batch_size,
+        args.num_workers,
+        args.device,
+        args.precision,
+        progress=not args.no_progress,
+    )
+    print(
+        f"wrote {summary['images']} {summary['dim']}-d embeddings to {summary['out']}"
+        + (f" ({summary['skipped']} unreadable image(s) left out and listed)" if summary["skipped"] else "")
+    )
     return 0
 
 
@@ -107,11 +130,26 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table
 
     split = lambda text: [t for t in text.split(",") if t]  # noqa: E731
-    record = evaluate(args.checkpoint, args.data, split(args.protocol), split(args.baselines), args.which, args.layers,
-                      args.data_root, args.cache_dir, args.out, args.seed, args.batch_size, args.num_workers,
-                      progress=not args.no_progress, device=args.device, precision=args.precision,
-                      linear_steps=args.linear_steps, attentive_epochs=args.attentive_epochs,
-                      train_limit=args.train_limit)
+    record = evaluate(
+        args.checkpoint,
+        args.data,
+        split(args.protocol),
+        split(args.baselines),
+        args.which,
+        args.layers,
+        args.data_root,
+        args.cache_dir,
+        args.out,
+        args.seed,
+        args.batch_size,
+        args.num_workers,
+        progress=not args.no_progress,
+        device=args.device,
+        precision=args.precision,
+        linear_steps=args.linear_steps,
+        attentive_epochs=args.attentive_epochs,
+        train_limit=args.train_limit,
+    )
     print(format_table(record["results"]))
     for note in record.get("notes", []):
         print(f"note: {note}")
@@ -123,8 +161,15 @@ def _submit(args: argparse.Namespace) -> int:
     from .launch import submit
 
     cfg = load_config(args.config, args.overrides)
-    job = submit(cfg, args.log_dir, args.nodes, args.gpus_per_node, args.partition, args.timeout_min,
-                 cluster="local" if args.local else None)
+    job = submit(
+        cfg,
+        args.log_dir,
+        args.nodes,
+        args.gpus_per_node,
+        args.partition,
+        args.timeout_min,
+        cluster="local" if args.local else None,
+    )
     print(f"submitted job {job.job_id}; its logs: {args.log_dir}; the run directory: {cfg.logging.folder}")
     if args.wait:
         print(f"run directory: {job.result()}")
@@ -168,9 +213,11 @@ def _bench(args: argparse.Namespace) -> int:
         from .bench import bench_loader
 
         result = bench_loader(cfg, batches=args.steps, workers=args.workers, warmup=args.warmup)
-        print(f"loader, {result['dataset']} ({result['images']} images, decoded on {result['decode_on']}), "
-              f"batch {result['batch']} at "
-              f"{result['crop_size']} px; masks {result['masks_us_per_img']} us/image")
+        print(
+            f"loader, {result['dataset']} ({result['images']} images, decoded on {result['decode_on']}), "
+            f"batch {result['batch']} at "
+            f"{result['crop_size']} px; masks {result['masks_us_per_img']} us/image"
+        )
         for n, rate in result["img_per_s"].items():
             print(f"  {n} worker(s): {rate} img/s ({result['img_per_s_per_worker'][n]} per worker)")
         print(json.dumps(result))
@@ -189,59 +236,103 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. optimization.epochs=10")
     p.add_argument("--max-steps", type=POSITIVE, default=None, help="stop (with a checkpoint) after this many steps")
     p.set_defaults(func=_train)
-    p = commands.add_parser("eval", help="linear / kNN / low-shot / attentive probes of a frozen encoder, with baselines")
+    p = commands.add_parser(
+        "eval", help="linear / kNN / low-shot / attentive probes of a frozen encoder, with baselines"
+    )
     p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")
-    p.add_argument("--data", default="fashion_mnist",
-                   help="fashion_mnist, or a folder with train/ and val/ (or test/) sub-folders of class folders")
+    p.add_argument(
+        "--data",
+        default="fashion_mnist",
+        help="fashion_mnist, or a folder with train/ and val/ (or test/) sub-folders of class folders",
+    )
     p.add_argument("--data-root", default=None, help="where the Fashion-MNIST idx files are (default: searched)")
     p.add_argument("--protocol", default="linear,knn,lowshot,attentive", help="comma-separated protocols")
-    p.add_argument("--baselines", default="random,pixels",
-                   help="comma-separated: random (same encoder, random init), pixels; '' for none")
+    p.add_argument(
+        "--baselines",
+        default="random,pixels",
+        help="comma-separated: random (same encoder, random init), pixels; '' for none",
+    )
     p.add_argument("--which", default="target", choices=["target", "context"])
-    p.add_argument("--layers", default="last", choices=["last", "last4"],
-                   help="pooled last layer, or the concatenated pooled last 4 layers (the paper's ViT-H protocol)")
+    p.add_argument(
+        "--layers",
+        default="last",
+        choices=["last", "last4"],
+        help="pooled last layer, or the concatenated pooled last 4 layers (the paper's ViT-H protocol)",
+    )
     p.add_argument("--out", default=None, help="result JSON (default: RUN/eval/<checkpoint>_<which>.json)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: beside the result)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=POSITIVE, default=256)
     p.add_argument("--num-workers", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="feature extraction; auto: bf16 on CUDA and on CPUs with native bf16")
-    p.add_argument("--linear-steps", type=POSITIVE, default=None,
-                   help="optimiser steps of each linear probe (default: 100 epochs of its training split, at least 2000)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="feature extraction; auto: bf16 on CUDA and on CPUs with native bf16",
+    )
+    p.add_argument(
+        "--linear-steps",
+        type=POSITIVE,
+        default=None,
+        help="optimiser steps of each linear probe (default: 100 epochs of its training split, at least 2000)",
+    )
     p.add_argument("--attentive-epochs", type=POSITIVE, default=4)
-    p.add_argument("--train-limit", type=_int_at_least(10), default=None,
-                   help="use this many training images (a seeded random subset) for a quick evaluation")
+    p.add_argument(
+        "--train-limit",
+        type=_int_at_least(10),
+        default=None,
+        help="use this many training images (a seeded random subset) for a quick evaluation",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
     p = commands.add_parser("finetune", help="fine-tune an encoder end to end with a classification head")
     p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")
-    p.add_argument("overrides", nargs="*", help="key=value fine-tuning settings, e.g. blr=5e-4 layer_decay=0.65 "
-                                                "mixup=0.8 (README: Fine-tune and embed)")
-    p.add_argument("--data", default="fashion_mnist",
-                   help="fashion_mnist, or a folder with train/ and val/ (and test/) sub-folders of class folders")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value fine-tuning settings, e.g. blr=5e-4 layer_decay=0.65 mixup=0.8 (README: Fine-tune and embed)",
+    )
+    p.add_argument(
+        "--data",
+        default="fashion_mnist",
+        help="fashion_mnist, or a folder with train/ and val/ (and test/) sub-folders of class folders",
+    )
     p.add_argument("--data-root", default=None, help="where the Fashion-MNIST idx files are (default: searched)")
     p.add_argument("--out", required=True, help="the run directory (run the same command again to resume)")
     p.add_argument("--epochs", type=POSITIVE, default=None, help="default 10")
-    p.add_argument("--labels-fraction", type=_fraction, default=None,
-                   help="use this fraction of the training labels (stratified); default 1")
+    p.add_argument(
+        "--labels-fraction",
+        type=_fraction,
+        default=None,
+        help="use this fraction of the training labels (stratified); default 1",
+    )
     p.add_argument("--which", default=None, choices=["target", "context"], help="the encoder to start from (target)")
-    p.add_argument("--head", default=None, choices=["linear", "attentive"],
-                   help="linear on the mean of the patch features (default; exports to HF and timm) or attentive pooling")
-    p.add_argument("--random-init", action="store_true",
-                   help="the baseline: the checkpoint's architecture, freshly initialised")
+    p.add_argument(
+        "--head",
+        default=None,
+        choices=["linear", "attentive"],
+        help="linear on the mean of the patch features (default; exports to HF and timm) or attentive pooling",
+    )
+    p.add_argument(
+        "--random-init", action="store_true", help="the baseline: the checkpoint's architecture, freshly initialised"
+    )
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_finetune)
     p = commands.add_parser("embed", help="pooled features of every image of a folder, with their paths")
-    p.add_argument("checkpoint", help="our checkpoint (best.pt of a fine-tuning too), a reference .pth.tar, or an "
-                                      "exported folder")
+    p.add_argument(
+        "checkpoint", help="our checkpoint (best.pt of a fine-tuning too), a reference .pth.tar, or an exported folder"
+    )
     p.add_argument("--data", required=True, help="a folder of images (searched recursively; any size)")
     p.add_argument("--out", required=True, help="the file to write: .npz or .parquet")
     p.add_argument("--which", default="target", choices=["target", "context"])
-    p.add_argument("--pooling", default="mean", choices=["mean", "last4"],
-                   help="mean of the last layer's patch features (default) or the last 4 layers' means, concatenated")
+    p.add_argument(
+        "--pooling",
+        default="mean",
+        choices=["mean", "last4"],
+        help="mean of the last layer's patch features (default) or the last 4 layers' means, concatenated",
+    )
     p.add_argument("--batch-size", type=POSITIVE, default=256)
     p.add_argument("--num-workers", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="auto")
@@ -279,22 +370,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=POSITIVE, default=10, help="steps per timed window")
     p.add_argument("--windows", type=POSITIVE, default=3, help="timed windows; the median is reported")
     p.add_argument("--warmup", type=NON_NEGATIVE, default=3)
-    p.add_argument("--peak-tflops", type=_positive_float, default=None, help="peak for MFU (default: from the GPU's name)")
-    p.add_argument("--loader", action="store_true",
-                   help="time the input pipeline alone on the config's data (read, decode, crop, masks); --steps batches")
+    p.add_argument(
+        "--peak-tflops", type=_positive_float, default=None, help="peak for MFU (default: from the GPU's name)"
+    )
+    p.add_argument(
+        "--loader",
+        action="store_true",
+        help="time the input pipeline alone on the config's data (read, decode, crop, masks); --steps batches",
+    )
     p.add_argument("--workers", type=_int_list, default=(0, 1, 2), help="with --loader: the worker counts to time")
     p.set_defaults(func=_bench)
-    p = commands.add_parser("export", help="write a checkpoint's encoder (a fine-tuned one with its head) for "
-                                           "Hugging Face, timm or safetensors")
+    p = commands.add_parser(
+        "export",
+        help="write a checkpoint's encoder (a fine-tuned one with its head) for Hugging Face, timm or safetensors",
+    )
     p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")
     p.add_argument("--format", required=True, choices=["hf", "timm", "safetensors"])
     p.add_argument("--out", required=True, help="a new folder")
-    p.add_argument("--which", default="target", choices=["target", "context"],
-                   help="the EMA target encoder (the paper's choice, default) or the context encoder")
+    p.add_argument(
+        "--which",
+        default="target",
+        choices=["target", "context"],
+        help="the EMA target encoder (the paper's choice, default) or the context encoder",
+    )
     p.set_defaults(func=_export)
     args, rest = parser.parse_known_args(argv)
     # key=value overrides may also follow the options (argparse takes a positional list only before them)
-    if rest and isinstance(getattr(args, "overrides", None), list) and all("=" in r and not r.startswith("-") for r in rest):
+    if (
+        rest
+        and isinstance(getattr(args, "overrides", None), list)
+        and all("=" in r and not r.startswith("-") for r in rest)
+    ):
         args.overrides += rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

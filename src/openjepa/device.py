@@ -1,4 +1,5 @@
 """Devices: which one a name means, and the one precision rule (when a run computes in bf16)."""
+
 from __future__ import annotations
 
 from pathlib import Path

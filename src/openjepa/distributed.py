@@ -4,6 +4,7 @@
 sets RANK / WORLD_SIZE / LOCAL_RANK; we join the process group (NCCL on GPU, gloo on CPU).
 ``data.batch_size`` is per process: the global batch is batch_size x world size.
 """
+
 from __future__ import annotations
 
 import os
@@ -107,28 +108,37 @@ def gather_full_state(model, optimizer) -> dict:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     opts = _full_options()
-    state = {key: get_model_state_dict(getattr(model, key), options=opts)
-             for key in ("encoder", "predictor", "target_encoder")}
+    state = {
+        key: get_model_state_dict(getattr(model, key), options=opts)
+        for key in ("encoder", "predictor", "target_encoder")
+    }
     opt = get_optimizer_state_dict(model, optimizer, options=opts)
     if dist.get_rank() != 0:
         return {}
     index = {name: i for i, name in enumerate(_optimizer_names(model, optimizer))}
-    state["opt"] = {"state": {index[name]: value for name, value in opt["state"].items()},
-                    "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in opt["param_groups"]]}
+    state["opt"] = {
+        "state": {index[name]: value for name, value in opt["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in opt["param_groups"]],
+    }
     return state
 
 
 def load_full_state(model, optimizer, state: dict) -> None:
     """Every process: shard a full checkpoint state (as ``gather_full_state`` writes it) into a
     ``shard_ijepa`` model and its optimizer."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     opts = StateDictOptions(full_state_dict=True)
     for key in ("encoder", "predictor", "target_encoder"):
         set_model_state_dict(getattr(model, key), state[key], options=opts)
     names = _optimizer_names(model, optimizer)
     opt = state["opt"]
-    set_optimizer_state_dict(model, optimizer, options=opts, optim_state_dict={
-        "state": {names[i]: value for i, value in opt["state"].items()},
-        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in opt["param_groups"]]})
+    set_optimizer_state_dict(
+        model,
+        optimizer,
+        options=opts,
+        optim_state_dict={
+            "state": {names[i]: value for i, value in opt["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in opt["param_groups"]],
+        },
+    )

@@ -1,6 +1,7 @@
 """What the command line treats as the user's mistake. ``BadInput`` (and its subclasses
 ``ConfigError``, ``DataError``, ``CheckpointError``) is printed as one line with exit code 2;
 any other exception is a bug or a failure of the machine and keeps its traceback."""
+
 from __future__ import annotations
 
 import os

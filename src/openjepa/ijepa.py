@@ -2,6 +2,7 @@
 predicts each target block's representation from it, and the targets come from an EMA copy of
 the encoder run on the whole image, layer-normed, gathered at the target blocks.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,20 +32,29 @@ def patchify_pixels(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 class IJEPA(nn.Module):
-    def __init__(self, encoder: VisionTransformer, predictor: Predictor, loss: str = "smooth_l1",
-                 target: str = "representations", regularizer: CollapseRegularizer | None = None,
-                 target_layers: int = 1):
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        predictor: Predictor,
+        loss: str = "smooth_l1",
+        target: str = "representations",
+        regularizer: CollapseRegularizer | None = None,
+        target_layers: int = 1,
+    ):
         super().__init__()
         if loss not in ("smooth_l1", "l2"):
             raise ValueError(f"loss must be smooth_l1 or l2, got {loss!r}")
         if target not in ("representations", "pixels"):
             raise ValueError(f"target must be representations or pixels, got {target!r}")
         if not 1 <= target_layers <= len(encoder.blocks):
-            raise ValueError(f"target_layers must be between 1 and the encoder's {len(encoder.blocks)} blocks, "
-                             f"got {target_layers}")
+            raise ValueError(
+                f"target_layers must be between 1 and the encoder's {len(encoder.blocks)} blocks, got {target_layers}"
+            )
         if regularizer is not None and regularizer.invariance_weight and (target == "pixels" or target_layers > 1):
-            raise ValueError("the invariance term compares the context with the target encoder's output: it needs "
-                             "representation targets from the last block (no pixel targets, target_layers 1)")
+            raise ValueError(
+                "the invariance term compares the context with the target encoder's output: it needs "
+                "representation targets from the last block (no pixel targets, target_layers 1)"
+            )
         if target_layers > 1 and target == "pixels":
             raise ValueError("target_layers averages the target encoder's blocks: it has no meaning with pixel targets")
         self.target_layers = target_layers
@@ -62,7 +72,9 @@ class IJEPA(nn.Module):
         ``with_output``: also the target encoder's output itself (targets from its last block only)."""
         with torch.no_grad():
             if with_output and (self.target == "pixels" or self.target_layers > 1):
-                raise ValueError("the target encoder's output is its last block's: not with pixel or multi-layer targets")
+                raise ValueError(
+                    "the target encoder's output is its last block's: not with pixel or multi-layer targets"
+                )
             if self.target == "pixels":
                 return patchify_pixels(images, self.encoder.patch_size)
             if self.target_layers == 1:
@@ -78,8 +90,9 @@ class IJEPA(nn.Module):
         """[B, M, Kt, D]: layer_norm(target_encoder(image)) at each target block (no gradient)."""
         return gather_targets(self.target_features(images), target_idx)
 
-    def forward_context(self, images: torch.Tensor, context_idx: torch.Tensor,
-                        target_idx: torch.Tensor) -> torch.Tensor:
+    def forward_context(
+        self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor
+    ) -> torch.Tensor:
         """[B, M, Kt, D]: the predictor's guess of each target block from the context."""
         return self.predictor(self.encoder(images, context_idx), context_idx, target_idx)
 
@@ -103,8 +116,9 @@ class IJEPA(nn.Module):
             return (loss, targets[0]) if return_target else loss
         sizes = [c.size(0) for c in context_idx]
         if sum(sizes) != images.size(0) or len(target_idx) != len(sizes):
-            raise ValueError(f"mask groups of {sizes} images (and {len(target_idx)} target groups) for a batch of "
-                             f"{images.size(0)}")
+            raise ValueError(
+                f"mask groups of {sizes} images (and {len(target_idx)} target groups) for a batch of {images.size(0)}"
+            )
         if self.regularizer is not None and self.regularizer.invariance_weight:  # it also needs the output, pooled
             features, output = self.target_features(images, with_output=True)
             features, pooled = features.split(sizes), output.float().mean(dim=1)
@@ -156,15 +170,22 @@ def build_ijepa(cfg, total_steps: int = 0) -> IJEPA:
     d, m, meta = cfg.data, cfg.mask, cfg.meta
     encoder = build_encoder(meta.model_name, d.crop_size, m.patch_size, d.in_chans)
     size = resolve_size(meta.model_name)
-    out_dim = d.in_chans * m.patch_size ** 2 if meta.target == "pixels" else None
+    out_dim = d.in_chans * m.patch_size**2 if meta.target == "pixels" else None
     # The predictor keeps MLP ratio 4 at every size (the reference's, the giant included).
-    predictor = Predictor(encoder.grid, encoder.embed_dim, meta.pred_emb_dim, predictor_depth(meta),
-                          size.heads, out_dim=out_dim)
+    predictor = Predictor(
+        encoder.grid, encoder.embed_dim, meta.pred_emb_dim, predictor_depth(meta), size.heads, out_dim=out_dim
+    )
     if meta.grad_checkpointing:
         encoder.set_grad_checkpointing()
         predictor.set_grad_checkpointing()
-    model = IJEPA(encoder, predictor, meta.loss, meta.target, CollapseRegularizer.from_config(meta, total_steps),
-                  meta.target_layers)
+    model = IJEPA(
+        encoder,
+        predictor,
+        meta.loss,
+        meta.target,
+        CollapseRegularizer.from_config(meta, total_steps),
+        meta.target_layers,
+    )
     if meta.compile:
         for blocks in (model.encoder.blocks, model.target_encoder.blocks, model.predictor.predictor_blocks):
             compile_blocks(blocks)

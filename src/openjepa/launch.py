@@ -5,6 +5,7 @@ signals the job; submitit then requeues the same ``TrainJob``, which resumes fro
 ``latest.pt``. Work since the last checkpoint is redone: set ``logging.checkpoint_every_steps``
 to bound it.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -45,18 +46,30 @@ class TrainJob:
         return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def submit(cfg: Config, folder: str | Path, nodes: int = 1, gpus_per_node: int = 1, partition: str | None = None,
-           timeout_min: int = 4320, cpus_per_task: int = 10, cluster: str | None = None, **slurm):
+def submit(
+    cfg: Config,
+    folder: str | Path,
+    nodes: int = 1,
+    gpus_per_node: int = 1,
+    partition: str | None = None,
+    timeout_min: int = 4320,
+    cpus_per_task: int = 10,
+    cluster: str | None = None,
+    **slurm,
+):
     """Queue ``cfg``'s training; returns the submitit job. ``cluster`` None picks SLURM where it
     exists; 'local' runs it as a local process (for testing the launch path)."""
     if nodes < 1 or gpus_per_node < 1 or timeout_min < 1:
-        raise ConfigError(f"nodes, gpus_per_node and timeout_min must be at least 1, got {nodes}, {gpus_per_node}, "
-                          f"{timeout_min}")
+        raise ConfigError(
+            f"nodes, gpus_per_node and timeout_min must be at least 1, got {nodes}, {gpus_per_node}, {timeout_min}"
+        )
     if cluster is None and shutil.which("sbatch") is None:
-        raise ConfigError("openjepa submit queues on SLURM, and this machine has no SLURM (sbatch not found): "
-                          "use openjepa train here, or --local to test the launch path")
-    from .errors import check_writable_folder
+        raise ConfigError(
+            "openjepa submit queues on SLURM, and this machine has no SLURM (sbatch not found): "
+            "use openjepa train here, or --local to test the launch path"
+        )
     from .engine import check_run_dir
+    from .errors import check_writable_folder
 
     check_run_dir(Path(cfg.logging.folder))  # refused now, not when the job starts
     check_writable_folder(folder, "the job log folder")
@@ -64,7 +77,12 @@ def submit(cfg: Config, folder: str | Path, nodes: int = 1, gpus_per_node: int =
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     params = {"nodes": nodes, "tasks_per_node": gpus_per_node, "timeout_min": timeout_min, "name": "openjepa"}
     if executor.cluster == "slurm":
-        params.update(gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, slurm_signal_delay_s=120,
-                      **({"slurm_partition": partition} if partition else {}), **slurm)
+        params.update(
+            gpus_per_node=gpus_per_node,
+            cpus_per_task=cpus_per_task,
+            slurm_signal_delay_s=120,
+            **({"slurm_partition": partition} if partition else {}),
+            **slurm,
+        )
     executor.update_parameters(**params)
     return executor.submit(TrainJob(cfg.to_dict()))

@@ -19,10 +19,11 @@ and column included (the reference never reaches them: its PR #40).
 ``multiblock`` with ``reference=True`` reproduces the reference sampler instead, RNG call for RNG
 call, for comparison; it is biased and should not be used for training.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -63,8 +64,9 @@ def _uniform(low_high: tuple[float, float], generator: torch.Generator | None) -
     return lo + float(torch.rand((), generator=generator)) * (hi - lo)
 
 
-def place_blocks(batch: int, count: int, size: tuple[int, int], grid: Grid,
-                 generator: torch.Generator | None) -> torch.Tensor:
+def place_blocks(
+    batch: int, count: int, size: tuple[int, int], grid: Grid, generator: torch.Generator | None
+) -> torch.Tensor:
     """[batch, count, H, W] boolean masks of h x w blocks, each corner uniform over all
     (H - h + 1) x (W - w + 1) valid positions."""
     (h, w), (H, W) = size, grid
@@ -94,9 +96,17 @@ class MultiBlockSampler:
     (targets are then whole blocks of one length, so no target patch is ever dropped); scale and
     aspect ratio are drawn independently (the reference draws both from one number)."""
 
-    def __init__(self, grid: Grid, num_targets: int = 4, target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5),
-                 context_scale=(0.85, 1.0), context_aspect=(1.0, 1.0), min_keep: int = 10,
-                 allow_overlap: bool = False):
+    def __init__(
+        self,
+        grid: Grid,
+        num_targets: int = 4,
+        target_scale=(0.15, 0.2),
+        target_aspect=(0.75, 1.5),
+        context_scale=(0.85, 1.0),
+        context_aspect=(1.0, 1.0),
+        min_keep: int = 10,
+        allow_overlap: bool = False,
+    ):
         self.grid = (int(grid[0]), int(grid[1]))
         self.num_patches = self.grid[0] * self.grid[1]
         if num_targets < 1:
@@ -125,9 +135,11 @@ class MultiBlockSampler:
             targets[bad] = place_blocks(n, self.num_targets, t_size, grid, g)
             context[bad] = self._context(targets[bad], c_size, g)
         else:
-            raise MaskError(f"could not place a context of min_keep={self.min_keep} patches beside "
-                             f"{self.num_targets} targets of {t_size} on a {grid} grid; "
-                             f"lower min_keep or the target scale")
+            raise MaskError(
+                f"could not place a context of min_keep={self.min_keep} patches beside "
+                f"{self.num_targets} targets of {t_size} on a {grid} grid; "
+                f"lower min_keep or the target scale"
+            )
         target_idx = pack(targets.flatten(2), g)
         context_idx = pack(context.flatten(1).unsqueeze(1), g).squeeze(1)
         return context_idx, target_idx
@@ -159,8 +171,10 @@ class BlockSampler:
         size = block_size(self.grid, _uniform(self.target_scale, g), _uniform(self.target_aspect, g))
         target = place_blocks(batch_size, 1, size, self.grid, g)
         if (~target[0, 0]).sum() < self.min_keep:
-            raise MaskError(f"a target block of {size} on a {self.grid} grid leaves fewer than "
-                             f"min_keep={self.min_keep} context patches; lower target_scale")
+            raise MaskError(
+                f"a target block of {size} on a {self.grid} grid leaves fewer than "
+                f"min_keep={self.min_keep} context patches; lower target_scale"
+            )
         return pack((~target).flatten(2), g).squeeze(1), pack(target.flatten(2), g)
 
 
@@ -201,7 +215,7 @@ class RandomSampler:
         n = self.grid[0] * self.grid[1]
         order = torch.rand(batch_size, n, generator=generator).argsort(dim=1)
         target_idx = order[:, : self.num_target_patches].sort(dim=1).values.unsqueeze(1)
-        context_idx = order[:, self.num_target_patches:].sort(dim=1).values
+        context_idx = order[:, self.num_target_patches :].sort(dim=1).values
         return context_idx, target_idx
 
 
@@ -212,9 +226,17 @@ class ReferenceMultiBlockSampler:
     context relaxed after 20 failed tries, and every mask cut to the batch's shortest by dropping
     its last tokens in raster order. For comparison only."""
 
-    def __init__(self, grid: Grid, num_targets: int = 4, target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5),
-                 context_scale=(0.85, 1.0), context_aspect=(1.0, 1.0), min_keep: int = 10,
-                 allow_overlap: bool = False):
+    def __init__(
+        self,
+        grid: Grid,
+        num_targets: int = 4,
+        target_scale=(0.15, 0.2),
+        target_aspect=(0.75, 1.5),
+        context_scale=(0.85, 1.0),
+        context_aspect=(1.0, 1.0),
+        min_keep: int = 10,
+        allow_overlap: bool = False,
+    ):
         self.grid = (int(grid[0]), int(grid[1]))
         self.num_targets = num_targets
         self.target_scale, self.target_aspect = tuple(target_scale), tuple(target_aspect)
@@ -276,8 +298,12 @@ class ReferenceMultiBlockSampler:
         return torch.tensor([c[:kc] for c in contexts], dtype=torch.long), target_idx
 
 
-SAMPLERS = {"multiblock": MultiBlockSampler, "block": BlockSampler,
-            "rasterized": RasterizedSampler, "random": RandomSampler}
+SAMPLERS = {
+    "multiblock": MultiBlockSampler,
+    "block": BlockSampler,
+    "rasterized": RasterizedSampler,
+    "random": RandomSampler,
+}
 
 
 def build_mask_sampler(name: str, grid: Grid, reference: bool = False, **options) -> MaskSampler:
@@ -302,7 +328,15 @@ def mask_sampler_for(cfg) -> MaskSampler:
         return build_mask_sampler("block", grid, **{"min_keep": m.min_keep, **m.options})
     if m.strategy != "multiblock":
         return build_mask_sampler(m.strategy, grid, **m.options)
-    return build_mask_sampler("multiblock", grid, reference=m.reference_sampler, num_targets=m.num_pred_masks,
-                              target_scale=m.pred_mask_scale, target_aspect=m.aspect_ratio,
-                              context_scale=m.enc_mask_scale, min_keep=m.min_keep,
-                              allow_overlap=m.allow_overlap, **m.options)
+    return build_mask_sampler(
+        "multiblock",
+        grid,
+        reference=m.reference_sampler,
+        num_targets=m.num_pred_masks,
+        target_scale=m.pred_mask_scale,
+        target_aspect=m.aspect_ratio,
+        context_scale=m.enc_mask_scale,
+        min_keep=m.min_keep,
+        allow_overlap=m.allow_overlap,
+        **m.options,
+    )

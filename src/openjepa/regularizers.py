@@ -25,6 +25,7 @@ Under several processes the statistics are taken over the global batch: embeddin
 with a gather whose backward sums each process's gradient, so that, after DDP averages the
 parameter gradients, N processes train exactly as one process at the same global batch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -119,7 +120,9 @@ def epps_pulley(x: torch.Tensor, t_max: float = 3.0, knots: int = 17) -> torch.T
     return n * 2 * (err * window * weights).sum(-1)
 
 
-def sigreg(z: torch.Tensor, seed: int, step: int, slices: int = 256, t_max: float = 3.0, knots: int = 17) -> torch.Tensor:
+def sigreg(
+    z: torch.Tensor, seed: int, step: int, slices: int = 256, t_max: float = 3.0, knots: int = 17
+) -> torch.Tensor:
     """Mean Epps-Pulley statistic of ``slices`` random 1-D projections of ``z`` [N, D]."""
     directions = random_directions(z.size(1), slices, seed, step, z.device)
     return epps_pulley(z.float() @ directions, t_max, knots).mean()
@@ -130,20 +133,42 @@ class CollapseRegularizer:
     ``meta.covariance_weight``, ``meta.sigreg_weight``, ``meta.invariance_weight``), on the pooled
     context features."""
 
-    def __init__(self, variance_weight: float = 0.0, covariance_weight: float = 0.0, variance_gamma: float = 1.0,
-                 sigreg_weight: float = 0.0, sigreg_slices: int = 256, seed: int = 0, final: float = 1.0,
-                 total_steps: int = 0, invariance_weight: float = 0.0):
-        self.variance_weight, self.covariance_weight, self.variance_gamma = variance_weight, covariance_weight, variance_gamma
+    def __init__(
+        self,
+        variance_weight: float = 0.0,
+        covariance_weight: float = 0.0,
+        variance_gamma: float = 1.0,
+        sigreg_weight: float = 0.0,
+        sigreg_slices: int = 256,
+        seed: int = 0,
+        final: float = 1.0,
+        total_steps: int = 0,
+        invariance_weight: float = 0.0,
+    ):
+        self.variance_weight, self.covariance_weight, self.variance_gamma = (
+            variance_weight,
+            covariance_weight,
+            variance_gamma,
+        )
         self.invariance_weight = invariance_weight
         self.sigreg_weight, self.sigreg_slices, self.seed = sigreg_weight, sigreg_slices, seed
         self.final, self.total_steps = final, total_steps  # total_steps 0: no schedule known, factor 1
 
     @classmethod
-    def from_config(cls, meta, total_steps: int = 0) -> "CollapseRegularizer":
+    def from_config(cls, meta, total_steps: int = 0) -> CollapseRegularizer:
         """The terms ``meta`` turns on; ``total_steps``: the run's schedule length, which
         ``meta.regularizer_final``'s cosine spans (0: unknown, the weights stay constant)."""
-        return cls(meta.variance_weight, meta.covariance_weight, meta.variance_gamma, meta.sigreg_weight,
-                   meta.sigreg_slices, meta.seed, meta.regularizer_final, total_steps, meta.invariance_weight)
+        return cls(
+            meta.variance_weight,
+            meta.covariance_weight,
+            meta.variance_gamma,
+            meta.sigreg_weight,
+            meta.sigreg_slices,
+            meta.seed,
+            meta.regularizer_final,
+            total_steps,
+            meta.invariance_weight,
+        )
 
     def factor(self, step: int) -> float:
         """The weights' multiplier at this step: cosine from 1 at step 0 to ``final`` at ``total_steps``."""
@@ -180,4 +205,3 @@ class CollapseRegularizer:
         if self.sigreg_weight:
             total = total + self.sigreg_weight * sigreg(z, self.seed, step, self.sigreg_slices)
         return total
-

@@ -1,5 +1,6 @@
 """Reading a config: YAML files (ours or the reference's), ``section.key=value`` overrides, each
 value checked against its key's type; unknown keys name the closest valid one."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,13 @@ def _unknown(kind: str, name: str, valid: list[str]) -> ConfigError:
     return ConfigError(f"unknown {kind} {name!r}{hint}")
 
 
-_SCALARS = {bool: ((bool,), "true or false"), int: ((int,), "an integer"), float: ((int, float), "a number"),
-            str: ((str,), "a string"), dict: ((dict,), "a mapping")}
+_SCALARS = {
+    bool: ((bool,), "true or false"),
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+    dict: ((dict,), "a mapping"),
+}
 
 
 def _coerce(key: str, value, hint):
@@ -104,8 +110,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise ConfigError(f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
-                                  f"keep one")
+                raise ConfigError(
+                    f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); keep one"
+                )
             seen.add(key)
         return super().construct_mapping(node, deep)
 

@@ -1,4 +1,5 @@
 """The config's sections and keys: dataclasses with the reference's names and our defaults."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,7 +70,9 @@ class MetaConfig:
     pred_emb_dim: int = 384
     loss: str = "smooth_l1"  # smooth_l1 (reference code) | l2 (paper text)
     target: str = "representations"  # representations | pixels (the paper's Table 7 ablation)
-    target_layers: int = 1  # targets: the mean of the target encoder's last k blocks, each layer-normed (data2vec); 1 = the paper's
+    target_layers: int = (
+        1  # targets: the mean of the target encoder's last k blocks, each layer-normed (data2vec); 1 = the paper's
+    )
     use_bfloat16: bool = True  # bf16 autocast on CUDA
     cpu_bfloat16: bool | str = "auto"  # bf16 autocast on CPU too; auto: where the CPU has AMX / AVX512-BF16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -79,7 +82,9 @@ class MetaConfig:
     covariance_weight: float = 0.0  # C-JEPA / VICReg off-diagonal covariance
     sigreg_weight: float = 0.0  # LeJEPA's SIGReg (Epps-Pulley on random 1-D projections)
     sigreg_slices: int = 256  # random directions per step
-    invariance_weight: float = 0.0  # C-JEPA's invariance of the mean: pooled context vs the target encoder's pooled output
+    invariance_weight: float = (
+        0.0  # C-JEPA's invariance of the mean: pooled context vs the target encoder's pooled output
+    )
     regularizer_final: float = 1.0  # the weights' multiplier at the end of training, by a cosine from 1; 1 = constant
     seed: int = 0
     grad_checkpointing: bool = False

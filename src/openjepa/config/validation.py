@@ -1,5 +1,6 @@
 """Validation: impossible values are refused before any compute is spent. It only checks: nothing
 here changes the config."""
+
 from __future__ import annotations
 
 from ..errors import ConfigError
@@ -25,18 +26,23 @@ def validate(cfg: Config) -> Config:
         import importlib.util
 
         if d.dataset != "folder":
-            raise ConfigError(f"data.decode_on_device decodes the JPEG files of a folder dataset; "
-                              f"data.dataset is {d.dataset!r}")
+            raise ConfigError(
+                f"data.decode_on_device decodes the JPEG files of a folder dataset; data.dataset is {d.dataset!r}"
+            )
         if importlib.util.find_spec("torchvision") is None:
             raise ConfigError("data.decode_on_device needs torchvision (pip install 'openjepa[jpeg]')")
     if d.dataset != "webdataset" and not isinstance(d.root_path, str):
         raise ConfigError(f"data.root_path is a list only for data.dataset=webdataset (shards); got {d.root_path}")
     if d.dataset == "webdataset" and d.samples_per_epoch < 1:
-        raise ConfigError("data.dataset=webdataset needs data.samples_per_epoch: the samples one epoch reads "
-                          "(at most the samples its shards hold), for the schedules and exact resume")
+        raise ConfigError(
+            "data.dataset=webdataset needs data.samples_per_epoch: the samples one epoch reads "
+            "(at most the samples its shards hold), for the schedules and exact resume"
+        )
     if d.shuffle_buffer < 1 or d.samples_per_epoch < 0:
-        raise ConfigError(f"data.shuffle_buffer must be >= 1 and data.samples_per_epoch >= 0, got "
-                          f"{d.shuffle_buffer} and {d.samples_per_epoch}")
+        raise ConfigError(
+            f"data.shuffle_buffer must be >= 1 and data.samples_per_epoch >= 0, got "
+            f"{d.shuffle_buffer} and {d.samples_per_epoch}"
+        )
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
     _check_pair("data.crop_scale", d.crop_scale, 0.0, 1.0)
@@ -47,8 +53,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.std must be positive, got {d.std}")
     for key in ("use_gaussian_blur", "use_color_distortion"):
         if getattr(d, key):
-            raise ConfigError(f"data.{key}: I-JEPA uses no augmentation beyond the random resized crop "
-                              f"(and optional flip); set it to false")
+            raise ConfigError(
+                f"data.{key}: I-JEPA uses no augmentation beyond the random resized crop "
+                f"(and optional flip); set it to false"
+            )
     if d.color_jitter_strength != 0:
         raise ConfigError("data.color_jitter_strength must be 0: I-JEPA uses no colour augmentation")
     if m.patch_size < 1 or d.crop_size % m.patch_size:
@@ -74,9 +82,16 @@ def validate(cfg: Config) -> Config:
     except ValueError:
         raise ConfigError(f"meta.model_name {meta.model_name!r} is not one of {', '.join(VIT_SIZES)}") from None
     # meta.pred_depth null: the paper's depth for this size, resolved where the model is built
-    if (meta.pred_depth is not None and meta.pred_depth < 1) or meta.pred_emb_dim < 1 or meta.pred_emb_dim % size.heads or meta.pred_emb_dim % 4:
-        raise ConfigError(f"meta.pred_emb_dim must be a positive multiple of 4 and of the encoder's "
-                          f"{size.heads} heads, and meta.pred_depth positive; got {meta.pred_emb_dim}, {meta.pred_depth}")
+    if (
+        (meta.pred_depth is not None and meta.pred_depth < 1)
+        or meta.pred_emb_dim < 1
+        or meta.pred_emb_dim % size.heads
+        or meta.pred_emb_dim % 4
+    ):
+        raise ConfigError(
+            f"meta.pred_emb_dim must be a positive multiple of 4 and of the encoder's "
+            f"{size.heads} heads, and meta.pred_depth positive; got {meta.pred_emb_dim}, {meta.pred_depth}"
+        )
     if isinstance(meta.cpu_bfloat16, str) and meta.cpu_bfloat16 != "auto":
         raise ConfigError(f"meta.cpu_bfloat16 must be true, false or auto, got {meta.cpu_bfloat16!r}")
     if meta.loss not in LOSSES:
@@ -84,11 +99,14 @@ def validate(cfg: Config) -> Config:
     if meta.target not in TARGETS:
         raise ConfigError(f"meta.target must be one of {', '.join(TARGETS)}, got {meta.target!r}")
     if not (isinstance(meta.target_layers, int) and 1 <= meta.target_layers <= size.depth):
-        raise ConfigError(f"meta.target_layers must be a whole number from 1 to {meta.model_name}'s {size.depth} "
-                          f"blocks, got {meta.target_layers!r}")
+        raise ConfigError(
+            f"meta.target_layers must be a whole number from 1 to {meta.model_name}'s {size.depth} "
+            f"blocks, got {meta.target_layers!r}"
+        )
     if meta.target_layers > 1 and meta.target == "pixels":
-        raise ConfigError("meta.target_layers averages the target encoder's blocks; it has no meaning with "
-                          "meta.target: pixels")
+        raise ConfigError(
+            "meta.target_layers averages the target encoder's blocks; it has no meaning with meta.target: pixels"
+        )
     for key in ("variance_weight", "covariance_weight", "sigreg_weight", "variance_gamma", "invariance_weight"):
         value = getattr(meta, key)
         if not (value >= 0 and value != float("inf")):
@@ -96,16 +114,22 @@ def validate(cfg: Config) -> Config:
     if (meta.variance_weight or meta.covariance_weight or meta.sigreg_weight) and d.batch_size < 2:
         raise ConfigError("the collapse regularisers measure spread across images: data.batch_size must be >= 2")
     if meta.invariance_weight and (meta.target == "pixels" or meta.target_layers > 1):
-        raise ConfigError("meta.invariance_weight compares the pooled context with the target encoder's pooled output: "
-                          "it needs meta.target: representations and meta.target_layers: 1")
+        raise ConfigError(
+            "meta.invariance_weight compares the pooled context with the target encoder's pooled output: "
+            "it needs meta.target: representations and meta.target_layers: 1"
+        )
     if not 0.0 <= meta.regularizer_final <= 1.0:
-        raise ConfigError(f"meta.regularizer_final must be between 0 and 1 (the weights' multiplier at the end of "
-                          f"training), got {meta.regularizer_final}")
+        raise ConfigError(
+            f"meta.regularizer_final must be between 0 and 1 (the weights' multiplier at the end of "
+            f"training), got {meta.regularizer_final}"
+        )
     if meta.sigreg_slices < 1:
         raise ConfigError(f"meta.sigreg_slices must be at least 1, got {meta.sigreg_slices}")
     if meta.init_from and meta.load_checkpoint and meta.read_checkpoint:
-        raise ConfigError(f"meta.init_from ({meta.init_from}) and meta.read_checkpoint ({meta.read_checkpoint}) "
-                          f"both name a checkpoint to start from; keep one")
+        raise ConfigError(
+            f"meta.init_from ({meta.init_from}) and meta.read_checkpoint ({meta.read_checkpoint}) "
+            f"both name a checkpoint to start from; keep one"
+        )
     if o.epochs < 1:
         raise ConfigError(f"optimization.epochs must be at least 1, got {o.epochs}")
     if o.lr_scaling not in LR_SCALING:
@@ -113,8 +137,10 @@ def validate(cfg: Config) -> Config:
     if o.reference_batch is not None and o.reference_batch < 1:
         raise ConfigError(f"optimization.reference_batch must be at least 1 image, got {o.reference_batch}")
     if o.lr_scaling != "none" and o.reference_batch is None:
-        raise ConfigError(f"optimization.lr_scaling={o.lr_scaling} scales the LR by the global batch over "
-                          f"optimization.reference_batch, which is not set")
+        raise ConfigError(
+            f"optimization.lr_scaling={o.lr_scaling} scales the LR by the global batch over "
+            f"optimization.reference_batch, which is not set"
+        )
     if o.warmup < 0 or o.ipe_scale <= 0:
         raise ConfigError("optimization.warmup must be >= 0 and optimization.ipe_scale > 0")
     for key in ("start_lr", "lr", "final_lr", "weight_decay", "final_weight_decay", "clip_grad"):
@@ -122,15 +148,23 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"optimization.{key} must be >= 0, got {getattr(o, key)}")
     _check_pair("optimization.ema", o.ema, -1e-12, 1.0)
     if o.accum_steps < 1 or o.skip_nonfinite_steps < 0:
-        raise ConfigError(f"optimization.accum_steps must be >= 1 and optimization.skip_nonfinite_steps >= 0, "
-                          f"got {o.accum_steps} and {o.skip_nonfinite_steps}")
+        raise ConfigError(
+            f"optimization.accum_steps must be >= 1 and optimization.skip_nonfinite_steps >= 0, "
+            f"got {o.accum_steps} and {o.skip_nonfinite_steps}"
+        )
     if log.log_every < 1 or log.checkpoint_every < 1 or log.checkpoint_every_steps < 0 or log.keep_last < 0:
-        raise ConfigError("logging.log_every and logging.checkpoint_every must be >= 1, "
-                          "logging.checkpoint_every_steps and logging.keep_last >= 0")
+        raise ConfigError(
+            "logging.log_every and logging.checkpoint_every must be >= 1, "
+            "logging.checkpoint_every_steps and logging.keep_last >= 0"
+        )
     if log.collapse_every < 0 or log.collapse_images < 16:
-        raise ConfigError(f"logging.collapse_every must be >= 0 and logging.collapse_images >= 16, "
-                          f"got {log.collapse_every} and {log.collapse_images}")
+        raise ConfigError(
+            f"logging.collapse_every must be >= 0 and logging.collapse_images >= 16, "
+            f"got {log.collapse_every} and {log.collapse_images}"
+        )
     if log.monitor_every < 0 or (log.monitor_every and log.monitor_images < 10):
-        raise ConfigError(f"logging.monitor_every must be >= 0 and logging.monitor_images >= 10, "
-                          f"got {log.monitor_every} and {log.monitor_images}")
+        raise ConfigError(
+            f"logging.monitor_every must be >= 0 and logging.monitor_images >= 10, "
+            f"got {log.monitor_every} and {log.monitor_images}"
+        )
     return cfg

@@ -1,4 +1,5 @@
 """``build_dataset``: the dataset a config's ``data`` section names."""
+
 from __future__ import annotations
 
 from pathlib import Path

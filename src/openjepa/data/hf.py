@@ -3,6 +3,7 @@ folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, or Pa
 files (one file, or a folder of them). Random access, memory-mapped: it trains, evaluates and
 draws pictures like a folder of images. Images are decoded here (not by ``datasets``), so one
 that cannot be decoded is skipped and counted like a broken file in a folder."""
+
 from __future__ import annotations
 
 import io
@@ -19,7 +20,9 @@ def _datasets():
     try:
         import datasets
     except ImportError:
-        raise DataError("data.dataset=huggingface needs the datasets package: pip install 'openjepa[hf-data]'") from None
+        raise DataError(
+            "data.dataset=huggingface needs the datasets package: pip install 'openjepa[hf-data]'"
+        ) from None
     return datasets
 
 
@@ -42,8 +45,17 @@ def open_hf(path: str | Path, split: str = "train"):
         return ds
     files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.suffix in (".parquet", ".arrow"))
     # The Hub's layout: data/train-00000-of-00004.parquet, data/test-...: the files of the split.
-    named = [f for f in files if f.name.startswith(f"{split}-") or f.name.startswith(f"{split}.")
-             or split in f.relative_to(path).parts[:-1]] if path.is_dir() else files
+    named = (
+        [
+            f
+            for f in files
+            if f.name.startswith(f"{split}-")
+            or f.name.startswith(f"{split}.")
+            or split in f.relative_to(path).parts[:-1]
+        ]
+        if path.is_dir()
+        else files
+    )
     if named:
         files = named
     if not files:
@@ -53,8 +65,10 @@ def open_hf(path: str | Path, split: str = "train"):
             return datasets.Dataset.from_parquet([str(f) for f in files])
         return datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
     except Exception as e:  # pyarrow raises many types for files it cannot read
-        raise DataError(f"{files[0]} cannot be read as a dataset file "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise DataError(
+            f"{files[0]} cannot be read as a dataset file "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
 
 
 class HFImages(torch.utils.data.Dataset):
@@ -63,31 +77,40 @@ class HFImages(torch.utils.data.Dataset):
     column ('' = 'label' or 'labels' where present). ``classes``: the label names where the column
     is a ClassLabel."""
 
-    def __init__(self, path: str | Path, split: str = "train", image_key: str = "", label_key: str = "",
-                 in_chans: int = 3):
+    def __init__(
+        self, path: str | Path, split: str = "train", image_key: str = "", label_key: str = "", in_chans: int = 3
+    ):
         datasets = _datasets()
         ds = open_hf(path, split)
         self.root, self.in_chans = Path(path), in_chans
         images = [name for name, f in ds.features.items() if isinstance(f, datasets.Image)]
         if image_key and image_key not in ds.column_names:
-            raise DataError(f"{path} has no column {image_key!r} (data.image_key); its columns: "
-                            f"{', '.join(ds.column_names)}")
+            raise DataError(
+                f"{path} has no column {image_key!r} (data.image_key); its columns: {', '.join(ds.column_names)}"
+            )
         if not image_key and len(images) != 1:
-            raise DataError(f"{path}: {'no' if not images else 'several'} image columns ({', '.join(images) or '-'}); "
-                            f"name the one to use with data.image_key (columns: {', '.join(ds.column_names)})")
+            raise DataError(
+                f"{path}: {'no' if not images else 'several'} image columns ({', '.join(images) or '-'}); "
+                f"name the one to use with data.image_key (columns: {', '.join(ds.column_names)})"
+            )
         self.image_key = image_key or images[0]
         if label_key and label_key not in ds.column_names:
-            raise DataError(f"{path} has no column {label_key!r} (data.label_key); its columns: "
-                            f"{', '.join(ds.column_names)}")
+            raise DataError(
+                f"{path} has no column {label_key!r} (data.label_key); its columns: {', '.join(ds.column_names)}"
+            )
         self.label_key = label_key or next((k for k in LABEL_KEYS if k in ds.column_names), None)
         if len(ds) == 0:
             raise DataError(f"{path} ({split}) holds no rows")
         feature = ds.features.get(self.label_key) if self.label_key else None
         self.classes = list(feature.names) if isinstance(feature, datasets.ClassLabel) else []
-        if feature is not None and not (isinstance(feature, datasets.ClassLabel) or
-                                        (isinstance(feature, datasets.Value) and feature.dtype.startswith("int"))):
-            raise DataError(f"{path}: the label column {self.label_key!r} holds {feature}, not integer class labels; "
-                            f"name another with data.label_key")
+        if feature is not None and not (
+            isinstance(feature, datasets.ClassLabel)
+            or (isinstance(feature, datasets.Value) and feature.dtype.startswith("int"))
+        ):
+            raise DataError(
+                f"{path}: the label column {self.label_key!r} holds {feature}, not integer class labels; "
+                f"name another with data.label_key"
+            )
         if isinstance(ds.features[self.image_key], datasets.Image):  # decoded by us: a bad image is skipped, not fatal
             ds = ds.cast_column(self.image_key, datasets.Image(decode=False))
         self.ds = ds

@@ -1,6 +1,7 @@
 """Decoding images: files or bytes of any common format to float tensors [C, H, W] in [0, 1], or
 JPEG bytes left encoded for the training device. Whatever cannot be decoded raises
 ``UnreadableImage`` naming it; its callers skip and count it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ def load_image(path, in_chans: int = 3, name: str | None = None) -> torch.Tensor
 @dataclass
 class EncodedImage:
     """A JPEG file's bytes, left for the training device to decode (``data.decode_on_device``)."""
+
     data: torch.Tensor  # uint8 [file size]
     height: int
     width: int

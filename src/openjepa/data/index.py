@@ -6,6 +6,7 @@ is what every process of every run paid at start-up; the index is kept in
 valid while no directory under it changed (a file added, removed or renamed changes its
 directory's modification time). Processes that start together wait for the first one's scan.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +28,7 @@ class PathTable:
         self.root, self.blob, self.offsets = root, blob, offsets
 
     @classmethod
-    def from_strings(cls, root: Path, names: list[str]) -> "PathTable":
+    def from_strings(cls, root: Path, names: list[str]) -> PathTable:
         encoded = [n.encode("utf-8", "surrogateescape") for n in names]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=offsets[1:])
@@ -40,7 +41,7 @@ class PathTable:
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         i %= len(self)
-        return self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes().decode("utf-8", "surrogateescape")
+        return self.blob[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8", "surrogateescape")
 
     def __getitem__(self, i: int) -> Path:
         return self.root / self.name(i)
@@ -88,6 +89,7 @@ def _locked(path: Path):
     """An exclusive lock on ``path`` (processes starting together scan once); none where locks fail."""
     try:
         import fcntl
+
         handle = open(path, "a")
     except (ImportError, OSError):
         yield
@@ -140,8 +142,16 @@ def folder_index(root: Path, extensions: tuple[str, ...]) -> tuple[PathTable, li
         table = PathTable.from_strings(root, names)
         if writable and names:
             tmp = folder / f".{key}.{os.getpid()}.npz"
-            np.savez(tmp, version=INDEX_VERSION, root=str(root), blob=table.blob, offsets=table.offsets,
-                     dirs=np.array(list(dirs), dtype=str), mtimes=np.array(list(dirs.values()), dtype=np.int64),
-                     classes=np.array(classes, dtype=str), labels=labels)
+            np.savez(
+                tmp,
+                version=INDEX_VERSION,
+                root=str(root),
+                blob=table.blob,
+                offsets=table.offsets,
+                dirs=np.array(list(dirs), dtype=str),
+                mtimes=np.array(list(dirs.values()), dtype=np.int64),
+                classes=np.array(classes, dtype=str),
+                labels=labels,
+            )
             os.replace(tmp, path)
         return table, classes, labels

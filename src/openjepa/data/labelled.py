@@ -1,6 +1,7 @@
 """Labelled splits for evaluation and fine-tuning: the one place that reads which splits a labelled
 data set has (Fashion-MNIST's train / test, a folder's ``train/``, ``val/`` and ``test/`` class
 folders, a Hugging Face DatasetDict folder's splits) and the labels and class names of a split."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,10 @@ def _hf_eval_splits(folder: Path, in_chans: int):
     splits = hf_split_names(folder)
     test = next((s for s in ("validation", "val", "test") if s in splits), None)
     if "train" not in splits or test is None:
-        raise DataError(f"evaluation dataset {folder} needs a train and a validation (or test) split; it has "
-                        f"{', '.join(splits) or 'none'}")
+        raise DataError(
+            f"evaluation dataset {folder} needs a train and a validation (or test) split; it has "
+            f"{', '.join(splits) or 'none'}"
+        )
     train_set, test_set = HFImages(folder, "train", in_chans=in_chans), HFImages(folder, test, in_chans=in_chans)
     if train_set.label_key is None:
         raise DataError(f"{folder} has no label column ('label' or 'labels'): labels are needed for evaluation")

@@ -1,9 +1,10 @@
 """The pretraining loader: numbered micro-batches (a pure function of the seed and the batch number),
 the transform per sample, masks drawn in the collate, and JPEGs optionally decoded on the device."""
+
 from __future__ import annotations
 
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -18,9 +19,19 @@ class NumberedBatches(torch.utils.data.Sampler):
     epoch ``b // per_epoch``'s permutation of ``indices`` (all ``dataset_size`` items when None),
     drawn from (seed, ``stream``, epoch); rank r of w takes the r-th of w consecutive slices."""
 
-    def __init__(self, dataset_size: int, batch_size: int, per_epoch: int, start: int, total: int,
-                 seed: int, rank: int = 0, world_size: int = 1, indices: torch.Tensor | None = None,
-                 stream: int = ORDER):
+    def __init__(
+        self,
+        dataset_size: int,
+        batch_size: int,
+        per_epoch: int,
+        start: int,
+        total: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        indices: torch.Tensor | None = None,
+        stream: int = ORDER,
+    ):
         self.n, self.batch_size, self.per_epoch = dataset_size, batch_size, per_epoch
         self.start, self.total, self.seed, self.stream = start, total, seed, stream
         self.rank, self.world_size, self.indices = rank, world_size, indices
@@ -78,8 +89,9 @@ class MaskCollator:
     The batch holds one (context_idx, target_idx) pair per group present, in image order:
     ``context_idx`` and ``target_idx`` are lists, ``group_sizes`` the images of each."""
 
-    def __init__(self, sampler: Callable, seed: int, batch_size: int, rank: int = 0, world_size: int = 1,
-                 group: int = 128):
+    def __init__(
+        self, sampler: Callable, seed: int, batch_size: int, rank: int = 0, world_size: int = 1, group: int = 128
+    ):
         if group < 1:
             raise DataError(f"the pack group must hold at least one image, got {group}")
         self.sampler, self.seed, self.group = sampler, seed, group
@@ -109,8 +121,13 @@ class MaskCollator:
         first = self.rank * self.batch_size  # this process's first image in the global batch
         positions = [first + i for i, (img, _) in enumerate(items) if img is not None]
         encoded = any(isinstance(img, tuple) for img in good)
-        return {"images": good if encoded else torch.stack(good), "encoded": encoded, **self.masks(batch, positions),
-                "batch": batch, "skipped": skipped}
+        return {
+            "images": good if encoded else torch.stack(good),
+            "encoded": encoded,
+            **self.masks(batch, positions),
+            "batch": batch,
+            "skipped": skipped,
+        }
 
 
 def select_rows(batch: dict, keep: list[int]) -> dict:
@@ -185,23 +202,43 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def build_pretrain_loader(dataset, transform, sampler, batch_size: int, per_epoch: int, start: int, total: int,
-                          seed: int, num_workers: int = 0, pin_memory: bool = False,
-                          rank: int = 0, world_size: int = 1, encoded: bool = False,
-                          pack_group: int = 128) -> torch.utils.data.DataLoader:
+def build_pretrain_loader(
+    dataset,
+    transform,
+    sampler,
+    batch_size: int,
+    per_epoch: int,
+    start: int,
+    total: int,
+    seed: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    encoded: bool = False,
+    pack_group: int = 128,
+) -> torch.utils.data.DataLoader:
     """One loader for the whole run (workers start once), from micro-batch ``start`` on.
     ``encoded`` (``data.decode_on_device``): JPEGs reach the training loop undecoded.
     ``pack_group``: images per mask group (``MaskCollator``). Tar shards (``shards.TarShards``)
     are streamed by ``shards.ShardBatches`` into the same numbered micro-batches."""
     collate = MaskCollator(sampler, seed, batch_size, rank, world_size, pack_group)
-    common = dict(collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
-                  prefetch_factor=4 if num_workers else None,
-                  worker_init_fn=_ignore_stop_signals if num_workers else None)
+    common = dict(
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+        worker_init_fn=_ignore_stop_signals if num_workers else None,
+    )
     if hasattr(dataset, "stream"):
         from .shards import ShardBatches
-        stream = ShardBatches(dataset, transform, batch_size, per_epoch, start, total, seed, rank, world_size,
-                              num_workers)
+
+        stream = ShardBatches(
+            dataset, transform, batch_size, per_epoch, start, total, seed, rank, world_size, num_workers
+        )
         return torch.utils.data.DataLoader(stream, batch_size=None, **common)
     batches = NumberedBatches(len(dataset), batch_size, per_epoch, start, total, seed, rank, world_size)
-    return torch.utils.data.DataLoader(NumberedDataset(dataset, transform, seed, encoded), batch_sampler=batches,
-                                       **common)
+    return torch.utils.data.DataLoader(
+        NumberedDataset(dataset, transform, seed, encoded), batch_sampler=batches, **common
+    )

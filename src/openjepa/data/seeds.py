@@ -3,6 +3,7 @@ masks, fine-tuning's augmentations, the regularisers' random directions) is draw
 seeded by (seed, stream, step or batch number[, position]), never from a worker's global RNG: a
 batch depends only on the seed and its number, the same on 0 or 8 workers, and a resumed run sees
 exactly the batches an uninterrupted one would."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -21,6 +21,7 @@ process's micro-batches per epoch a multiple of its workers (tested); otherwise 
 epoch repeat and others wait for the next. Samples that cannot be decoded, or have no image, are skipped and counted as in
 a folder; a shard that cannot be read is named in the log and skipped.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,7 +44,9 @@ def _webdataset():
     try:
         from webdataset import tariterators
     except ImportError:
-        raise DataError("data.dataset=webdataset needs the webdataset package: pip install 'openjepa[shards]'") from None
+        raise DataError(
+            "data.dataset=webdataset needs the webdataset package: pip install 'openjepa[shards]'"
+        ) from None
     return tariterators
 
 
@@ -55,8 +58,10 @@ def expand_shards(root_path: str | list[str]) -> list[str]:
     patterns = [root_path] if isinstance(root_path, str) else list(root_path)
     urls = [url for pattern in patterns for url in braceexpand(pattern)]
     if not urls or not all(urls):
-        raise DataError("data.root_path names no shards: give a brace pattern such as "
-                        "/data/train-{000000..000099}.tar, or a list of shards")
+        raise DataError(
+            "data.root_path names no shards: give a brace pattern such as "
+            "/data/train-{000000..000099}.tar, or a list of shards"
+        )
     local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
     missing = [u for u in local if not Path(u).is_file()]
     if missing:
@@ -70,7 +75,9 @@ def sample_image(sample: dict, in_chans: int) -> torch.Tensor:
     name = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
     key = next((k for k in sample if k[:2] != "__" and k.lower().rsplit(".", 1)[-1] in IMAGE_KEYS), None)
     if key is None:
-        raise UnreadableImage(name, f"no image in the sample (its files: {', '.join(k for k in sample if k[:2] != '__')})")
+        raise UnreadableImage(
+            name, f"no image in the sample (its files: {', '.join(k for k in sample if k[:2] != '__')})"
+        )
     return load_image(io.BytesIO(sample[key]), in_chans, name=f"{name}.{key}")
 
 
@@ -87,11 +94,14 @@ class TarShards:
     schedules); ``stream`` gives a slot's samples of one epoch; ``head(n)`` the first ``n``
     readable images (an in-memory dataset with labels), for the monitor and the collapse probe."""
 
-    def __init__(self, root_path: str | list[str], samples_per_epoch: int, in_chans: int = 3,
-                 shuffle_buffer: int = 1000):
+    def __init__(
+        self, root_path: str | list[str], samples_per_epoch: int, in_chans: int = 3, shuffle_buffer: int = 1000
+    ):
         if samples_per_epoch < 1:
-            raise DataError("data.dataset=webdataset needs data.samples_per_epoch (the samples one epoch "
-                            "reads; at most the samples the shards hold)")
+            raise DataError(
+                "data.dataset=webdataset needs data.samples_per_epoch (the samples one epoch "
+                "reads; at most the samples the shards hold)"
+            )
         _webdataset()
         self.urls = expand_shards(root_path)
         self.samples_per_epoch, self.in_chans, self.shuffle_buffer = samples_per_epoch, in_chans, shuffle_buffer
@@ -102,6 +112,7 @@ class TarShards:
     def raw(self, urls: list[str]):
         """Every sample of ``urls`` in order (dicts of bytes); a shard that cannot be read is logged
         and skipped."""
+
         def skip(error: Exception) -> bool:
             log.warning("shard skipped from here on (cannot be read): %s: %s", type(error).__name__, error)
             return True
@@ -138,10 +149,16 @@ class TarShards:
                     yield pop()
             if not got:
                 if len(mine) == len(self.urls):  # it was reading them all already
-                    raise DataError(f"slot {slot} of {slots} found no sample in the shards {self.urls[0]} ...: "
-                                    f"unreadable, or fewer samples than slots")
-                log.warning("slot %d of epoch %d: its shards (%s ...) gave no sample; it reads every shard instead",
-                            slot, epoch, mine[0])
+                    raise DataError(
+                        f"slot {slot} of {slots} found no sample in the shards {self.urls[0]} ...: "
+                        f"unreadable, or fewer samples than slots"
+                    )
+                log.warning(
+                    "slot %d of epoch %d: its shards (%s ...) gave no sample; it reads every shard instead",
+                    slot,
+                    epoch,
+                    mine[0],
+                )
                 mine, split = list(self.urls), 1
             while buffer:
                 yield pop()
@@ -171,8 +188,19 @@ class ShardBatches(torch.utils.data.IterableDataset):
     With W loader workers, worker w yields the batches ``start + w``, ``start + w + W``, ... in
     order, which is the order the DataLoader interleaves them in."""
 
-    def __init__(self, source: TarShards, transform, batch_size: int, per_epoch: int, start: int, total: int,
-                 seed: int, rank: int = 0, world_size: int = 1, workers: int = 0):
+    def __init__(
+        self,
+        source: TarShards,
+        transform,
+        batch_size: int,
+        per_epoch: int,
+        start: int,
+        total: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 0,
+    ):
         self.source, self.transform, self.batch_size, self.per_epoch = source, transform, batch_size, per_epoch
         self.start, self.total, self.seed = start, total, seed
         self.rank, self.world_size, self.workers = rank, world_size, max(workers, 1)

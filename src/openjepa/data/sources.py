@@ -1,6 +1,7 @@
 """Datasets: each item is (image float [C, H, W] in [0, 1], label int; -1 when unlabelled). A folder
 of images, Fashion-MNIST's idx files, in-memory arrays, synthetic images, and (optional extras) tar
 shards and Hugging Face datasets. ``build_dataset`` picks one from a config."""
+
 from __future__ import annotations
 
 import gzip
@@ -8,8 +9,8 @@ import hashlib
 import os
 import struct
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,11 +21,23 @@ from .index import folder_index
 from .seeds import generator_for
 
 FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "data/fashion-mnist")
-FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                  "Bag", "Ankle boot")
+FMNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -104,7 +117,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 8:
         raise DataError(f"{path} is not an idx file of unsigned bytes")
     ndim = data[3]
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise DataError(f"{path} is truncated: {body.size} bytes for shape {shape}")
@@ -116,9 +129,11 @@ def find_fashion_mnist(root: str | Path | None = None) -> Path:
     for folder in candidates:
         if any((folder / (FMNIST_FILES["train"][0] + ext)).exists() for ext in ("", ".gz")):
             return folder
-    raise DataError(f"Fashion-MNIST idx files not found in {', '.join(map(str, candidates))}: install "
-                    f"Debian's dataset-fashion-mnist, run `make data`, or put {FMNIST_FILES['train'][0]}.gz "
-                    f"and the other three idx files in a folder and set data.root_path to it")
+    raise DataError(
+        f"Fashion-MNIST idx files not found in {', '.join(map(str, candidates))}: install "
+        f"Debian's dataset-fashion-mnist, run `make data`, or put {FMNIST_FILES['train'][0]}.gz "
+        f"and the other three idx files in a folder and set data.root_path to it"
+    )
 
 
 def fashion_mnist_arrays(root: str | Path | None = None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:

@@ -1,25 +1,29 @@
 """Image transforms: the pretraining crop (random resized crop, optional flip, normalisation) and
 the deterministic preprocessing that evaluation, interop and the pictures share (shorter side
 resized, centre crop, normalisation)."""
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 
-def crop_box(height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
-             generator: torch.Generator) -> tuple[int, int, int, int]:
+def crop_box(
+    height: int, width: int, scale: Sequence[float], ratio: Sequence[float], generator: torch.Generator
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a random crop covering ``scale`` of the area with aspect ``ratio``
     (w/h, sampled log-uniformly); after 10 misses, the central crop of the closest aspect."""
     area = height * width
     log_ratio = torch.log(torch.tensor(ratio, dtype=torch.float64))
     for _ in range(10):
         target = area * float(torch.empty(()).uniform_(scale[0], scale[1], generator=generator))
-        aspect = float(torch.exp(torch.empty((), dtype=torch.float64).uniform_(*log_ratio.tolist(), generator=generator)))
+        aspect = float(
+            torch.exp(torch.empty((), dtype=torch.float64).uniform_(*log_ratio.tolist(), generator=generator))
+        )
         w = int(round((target * aspect) ** 0.5))
         h = int(round((target / aspect) ** 0.5))
         if 0 < w <= width and 0 < h <= height:
@@ -37,11 +41,15 @@ def crop_box(height: int, width: int, scale: Sequence[float], ratio: Sequence[fl
 
 
 @functools.lru_cache(maxsize=16)
-def _channel_stats(mean: tuple, std: tuple, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _channel_stats(
+    mean: tuple, std: tuple, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std as [C, 1, 1] tensors, made once per device: copying a host list to a GPU
     waits for the GPU's queue to drain, which the training step must not do per image."""
-    return (torch.tensor(mean, dtype=dtype, device=device).view(-1, 1, 1),
-            torch.tensor(std, dtype=dtype, device=device).view(-1, 1, 1))
+    return (
+        torch.tensor(mean, dtype=dtype, device=device).view(-1, 1, 1),
+        torch.tensor(std, dtype=dtype, device=device).view(-1, 1, 1),
+    )
 
 
 def per_channel(values: list[float], channels: int) -> list[float]:
@@ -58,10 +66,15 @@ class PretrainTransform:
     ratio: Sequence[float] = (3 / 4, 4 / 3)
 
     @classmethod
-    def from_config(cls, d) -> "PretrainTransform":
+    def from_config(cls, d) -> PretrainTransform:
         """The transform a ``DataConfig`` describes (one mean/std value is used for every channel)."""
-        return cls(d.crop_size, d.crop_scale, per_channel(d.mean, d.in_chans), per_channel(d.std, d.in_chans),
-                   d.use_horizontal_flip)
+        return cls(
+            d.crop_size,
+            d.crop_scale,
+            per_channel(d.mean, d.in_chans),
+            per_channel(d.std, d.in_chans),
+            d.use_horizontal_flip,
+        )
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.apply(img, self.plan(img.size(1), img.size(2), generator))
@@ -74,9 +87,10 @@ class PretrainTransform:
     def apply(self, img: torch.Tensor, plan: tuple[int, int, int, int, bool]) -> torch.Tensor:
         """Crop, resize, flip and normalise ``img`` [C, H, W] in [0, 1], on whatever device it is."""
         top, left, h, w, flip = plan
-        img = img[:, top:top + h, left:left + w].unsqueeze(0)
-        img = F.interpolate(img, size=(self.crop_size, self.crop_size), mode="bilinear",
-                            align_corners=False, antialias=True)[0]
+        img = img[:, top : top + h, left : left + w].unsqueeze(0)
+        img = F.interpolate(
+            img, size=(self.crop_size, self.crop_size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
         if flip:
             img = img.flip(-1)
         mean, std = _channel_stats(tuple(self.mean), tuple(self.std), img.dtype, img.device)
@@ -89,10 +103,15 @@ def resize_center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     if (h, w) == tuple(size):
         return images
     scale = max(size[0] / h, size[1] / w)
-    images = F.interpolate(images, size=(max(size[0], round(h * scale)), max(size[1], round(w * scale))),
-                           mode="bilinear", align_corners=False, antialias=True)
+    images = F.interpolate(
+        images,
+        size=(max(size[0], round(h * scale)), max(size[1], round(w * scale))),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )
     top, left = (images.size(-2) - size[0]) // 2, (images.size(-1) - size[1]) // 2
-    return images[..., top:top + size[0], left:left + size[1]]
+    return images[..., top : top + size[0], left : left + size[1]]
 
 
 class Resized(torch.utils.data.Dataset):

@@ -1,6 +1,7 @@
 """The loop skeleton every training task runs on: run folders, stop signals, checkpoints, metrics,
 schedules, parameter groups and ``run_steps``. Pretraining and fine-tuning are two step functions
 on it (``openjepa.pretrain``, ``openjepa.finetune``)."""
+
 from .checkpointer import Checkpointer, sections, warn_changed
 from .loop import Hook, Tick, run_steps
 from .metrics import CSVLog, Window, memory_mb, progress_bar, setup_logging, tensorboard
@@ -9,7 +10,29 @@ from .rundir import RUN_MARKER, check_run_dir, is_run_dir, make_run_dir, write_a
 from .schedules import Schedules, linear, warmup_cosine
 from .signals import Preempted, StopSignals, TrainingError
 
-__all__ = ["Checkpointer", "sections", "warn_changed", "Hook", "Tick", "run_steps", "CSVLog", "Window", "memory_mb",
-           "progress_bar", "setup_logging", "tensorboard", "decay_groups", "RUN_MARKER", "check_run_dir", "is_run_dir",
-           "make_run_dir", "write_atomic", "Schedules", "linear", "warmup_cosine", "Preempted", "StopSignals",
-           "TrainingError"]
+__all__ = [
+    "Checkpointer",
+    "sections",
+    "warn_changed",
+    "Hook",
+    "Tick",
+    "run_steps",
+    "CSVLog",
+    "Window",
+    "memory_mb",
+    "progress_bar",
+    "setup_logging",
+    "tensorboard",
+    "decay_groups",
+    "RUN_MARKER",
+    "check_run_dir",
+    "is_run_dir",
+    "make_run_dir",
+    "write_atomic",
+    "Schedules",
+    "linear",
+    "warmup_cosine",
+    "Preempted",
+    "StopSignals",
+    "TrainingError",
+]

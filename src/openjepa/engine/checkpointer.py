@@ -1,6 +1,7 @@
 """Where a run keeps its checkpoints: ``latest.pt`` (what a restart resumes), periodic
 ``epoch_NNNN.pt`` files (the newest ``keep_last`` kept) and ``best.pt``; all written atomically and
 read weights-only (``openjepa.checkpoint``)."""
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,7 @@ class Checkpointer:
     def save_periodic(self, state: dict, epoch: int) -> None:
         """``epoch_NNNN.pt``, then the oldest periodic files beyond ``keep_last`` (0: all kept) removed."""
         self.save(state, f"epoch_{epoch:04d}.pt")
-        for old in sorted(self.folder.glob("epoch_*.pt"))[:-self.keep_last] if self.keep_last else []:
+        for old in sorted(self.folder.glob("epoch_*.pt"))[: -self.keep_last] if self.keep_last else []:
             old.unlink()
 
     def load_latest(self) -> dict | None:
@@ -34,8 +35,11 @@ class Checkpointer:
             return load_checkpoint(self.latest)
         except CorruptCheckpoint as e:
             periodic = sorted(self.folder.glob("epoch_*.pt"))
-            hint = f"; the newest periodic checkpoint is {periodic[-1]}: copy it over latest.pt to resume from it" \
-                if periodic else ""
+            hint = (
+                f"; the newest periodic checkpoint is {periodic[-1]}: copy it over latest.pt to resume from it"
+                if periodic
+                else ""
+            )
             raise CheckpointError(f"{e}{hint}") from None
 
 
@@ -48,9 +52,13 @@ def warn_changed(saved: dict, now: dict, ignore: frozenset[str] | set[str] = fro
     """Settings (dotted names) whose value differs between the checkpoint's ``saved`` and this run's
     ``now``, leaving out ``ignore`` (names, or whole sections by their name): settings that change
     how a run is computed, not what. Logs a warning naming them; returns them."""
-    changed = [key for key, value in now.items()
-               if key not in ignore and key.partition(".")[0] not in ignore and saved.get(key, value) != value]
+    changed = [
+        key
+        for key, value in now.items()
+        if key not in ignore and key.partition(".")[0] not in ignore and saved.get(key, value) != value
+    ]
     if changed:
-        log.warning("resuming with changed settings (%s): the run is no longer one uninterrupted run",
-                    ", ".join(changed))
+        log.warning(
+            "resuming with changed settings (%s): the run is no longer one uninterrupted run", ", ".join(changed)
+        )
     return changed

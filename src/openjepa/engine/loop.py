@@ -6,11 +6,12 @@ given. The loop decides the save points (every epoch's end, the last step, a sto
 ``save_every`` steps) and owns the one stop path: a stop signal is acted on only after the hooks
 and the checkpoint of that step, on every process at the same step.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -45,9 +46,19 @@ class Hook:
         return world.main or self.where == "all" or (self.where == "shards" and sharded)
 
 
-def run_steps(step_fn: Callable[[int], None], start: int, stop: int, steps_per_epoch: int, hooks: list[Hook],
-              world: World, device: torch.device, latest: Path, sharded: bool = False, save_every: int = 0,
-              closers: tuple[Callable[[], None], ...] = ()) -> None:
+def run_steps(
+    step_fn: Callable[[int], None],
+    start: int,
+    stop: int,
+    steps_per_epoch: int,
+    hooks: list[Hook],
+    world: World,
+    device: torch.device,
+    latest: Path,
+    sharded: bool = False,
+    save_every: int = 0,
+    closers: tuple[Callable[[], None], ...] = (),
+) -> None:
     """Steps ``start .. stop - 1``, each followed by its hooks. A stop signal (SIGTERM, SIGUSR1,
     SIGUSR2, Ctrl-C) makes that step a save point; after its hooks the run raises ``Preempted``
     naming ``latest``. ``closers`` run however the loop ends (loader workers, progress bar, writers)."""

@@ -1,5 +1,6 @@
 """What a run reports while it trains: the log file, the CSV log, TensorBoard, the progress bar,
 and the window of sums kept on the device between log rows (one host read-back per row)."""
+
 from __future__ import annotations
 
 import csv
@@ -114,10 +115,13 @@ class Window:
         processes), the other sums ('counts': how many batches gave each)}; then reset."""
         for value in [self.loss, *(v for v in self.sums.values() if isinstance(v, torch.Tensor))]:
             self.world.mean(value)
-        out = {"batches": self.batches, "images": self.images,
-               "loss": float(self.loss) / self.batches if self.batches else None,
-               "img_per_s": self.images * self.world.size / max(time.perf_counter() - self.start, 1e-9),
-               "counts": dict(self.counts),
-               **{k: float(v) if isinstance(v, torch.Tensor) else v for k, v in self.sums.items()}}
+        out = {
+            "batches": self.batches,
+            "images": self.images,
+            "loss": float(self.loss) / self.batches if self.batches else None,
+            "img_per_s": self.images * self.world.size / max(time.perf_counter() - self.start, 1e-9),
+            "counts": dict(self.counts),
+            **{k: float(v) if isinstance(v, torch.Tensor) else v for k, v in self.sums.items()},
+        }
         self._reset()
         return out

@@ -4,6 +4,7 @@ A run folder holds the ``.openjepa-run`` marker, ``checkpoints/``, the logs and 
 A command writes only into a folder that does not exist yet, an empty one, or one of its runs
 (which it resumes): a folder holding anything else is the user's and is never written into.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,10 @@ def check_run_dir(run_dir: Path, what: str = "logging.folder", allow: tuple[str,
     found = sorted(p.name for p in run_dir.iterdir() if p.name not in allow)
     if found:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        raise ConfigError(f"{what} {run_dir} holds files that are not an openjepa run ({shown}); "
-                          f"give a new or empty folder (a run never writes into a folder it did not make)")
+        raise ConfigError(
+            f"{what} {run_dir} holds files that are not an openjepa run ({shown}); "
+            f"give a new or empty folder (a run never writes into a folder it did not make)"
+        )
 
 
 def make_run_dir(run_dir: Path, what: str = "logging.folder") -> None:

@@ -4,6 +4,7 @@ One warmup + cosine rule serves every loop. Its argument is the number of optimi
 *after* this one (``step + 1``), as the reference's schedulers are stepped before use: the first
 step already has a non-zero LR, and the last one reaches the final value.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,11 +43,20 @@ class Schedules:
     ema_end: float
 
     @classmethod
-    def from_config(cls, o, steps_per_epoch: int) -> "Schedules":
+    def from_config(cls, o, steps_per_epoch: int) -> Schedules:
         """From the ``optimization`` section ``o``."""
         total = int(o.ipe_scale * o.epochs * steps_per_epoch)
-        return cls(o.start_lr, o.lr, o.final_lr, int(o.warmup * steps_per_epoch), total,
-                   o.weight_decay, o.final_weight_decay, o.ema[0], o.ema[1])
+        return cls(
+            o.start_lr,
+            o.lr,
+            o.final_lr,
+            int(o.warmup * steps_per_epoch),
+            total,
+            o.weight_decay,
+            o.final_weight_decay,
+            o.ema[0],
+            o.ema[1],
+        )
 
     def lr_at(self, step: int) -> float:
         return warmup_cosine(step + 1, self.start_lr, self.lr, self.final_lr, self.warmup_steps, self.total_steps)

@@ -4,6 +4,7 @@ SIGTERM / SIGUSR1 (what SLURM sends before pre-emption), SIGUSR2 (what submitit 
 before a time-out) and SIGINT (Ctrl-C; a second one aborts at once) are recorded; the loop checks
 for one after each step, saves ``latest.pt`` and raises ``Preempted``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,10 @@ class StopSignals:
         if signum == signal.SIGINT:
             if self.received is not None:  # a stop is already pending: Ctrl-C now aborts without waiting
                 raise KeyboardInterrupt
-            log.warning("Ctrl-C: saving a checkpoint at the end of this step, then stopping (Ctrl-C again to abort "
-                        "without saving)")
+            log.warning(
+                "Ctrl-C: saving a checkpoint at the end of this step, then stopping (Ctrl-C again to abort "
+                "without saving)"
+            )
         elif self.received is not None:
             return  # the first signal decides (e.g. SLURM's SIGUSR1, whose handler requeues the job)
         self.received, self.frame = signum, frame

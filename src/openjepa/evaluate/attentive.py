@@ -1,12 +1,12 @@
 """Attentive probe (V-JEPA's image evaluation): one cross-attention block whose single learned
 query attends over the frozen patch features, then a linear classifier. Trained with AdamW on the
 cached patch tokens; the epoch count is chosen on the validation split."""
+
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ..engine.schedules import warmup_cosine
@@ -16,12 +16,21 @@ from .linear import accuracy, stratified_split
 
 @torch.no_grad()
 def _predict(probe: AttentiveProbe, tokens: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    return torch.cat([probe(tokens[i:i + batch_size].float()) for i in range(0, len(tokens), batch_size)])
+    return torch.cat([probe(tokens[i : i + batch_size].float()) for i in range(0, len(tokens), batch_size)])
 
 
-def attentive_probe(train_tokens: torch.Tensor, train_y: torch.Tensor, test_tokens: torch.Tensor, test_y: torch.Tensor,
-                    epochs: int = 4, lr: float = 3e-3, weight_decay: float = 0.05, batch_size: int = 256,
-                    val_fraction: float = 0.1, seed: int = 0) -> dict:
+def attentive_probe(
+    train_tokens: torch.Tensor,
+    train_y: torch.Tensor,
+    test_tokens: torch.Tensor,
+    test_y: torch.Tensor,
+    epochs: int = 4,
+    lr: float = 3e-3,
+    weight_decay: float = 0.05,
+    batch_size: int = 256,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> dict:
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     fit, val = stratified_split(train_y, val_fraction, seed)
     torch.manual_seed(seed)
@@ -34,7 +43,7 @@ def attentive_probe(train_tokens: torch.Tensor, train_y: torch.Tensor, test_toke
         probe.train()
         order = fit[torch.randperm(len(fit), generator=g)]
         for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(step, lr, lr, 0.0, 0, steps)
             loss = F.cross_entropy(probe(train_tokens[idx].float()), train_y[idx])
@@ -47,5 +56,11 @@ def attentive_probe(train_tokens: torch.Tensor, train_y: torch.Tensor, test_toke
         if val_acc > best[0]:
             best = (val_acc, epoch + 1, {k: v.clone() for k, v in probe.state_dict().items()})
     probe.load_state_dict(best[2])
-    return {"test_acc": accuracy(_predict(probe, test_tokens), test_y), "val_acc": best[0], "epoch": best[1],
-            "epochs": epochs, "lr": lr, "weight_decay": weight_decay}
+    return {
+        "test_acc": accuracy(_predict(probe, test_tokens), test_y),
+        "val_acc": best[0],
+        "epoch": best[1],
+        "epochs": epochs,
+        "lr": lr,
+        "weight_decay": weight_decay,
+    }

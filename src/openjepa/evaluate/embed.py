@@ -8,6 +8,7 @@ only). ``pooling="last4"`` concatenates the averages of the last four blocks (4x
 paper's ViT-H protocol), often a little better for linear models. A fine-tuned checkpoint
 (``best.pt``) gives its fine-tuned encoder's features.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,18 @@ class _Indexed(torch.utils.data.Dataset):
         return self.folder[i][0], i
 
 
-def embed(checkpoint: str | Path, data: str | Path, out: str | Path, which: str = "target", pooling: str = "mean",
-          batch_size: int = 256, num_workers: int = 0, device: str = "auto", precision: str = "auto",
-          progress: bool = True) -> dict:
+def embed(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    which: str = "target",
+    pooling: str = "mean",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+) -> dict:
     """Write the pooled features of every readable image under ``data`` (searched recursively, any
     size: shorter side resized to the encoder's size, centre crop) to ``out``: ``.npz`` with
     ``features`` [N, D] float32 and ``paths`` (relative to ``data``), or ``.parquet`` with columns
@@ -70,8 +80,16 @@ def embed(checkpoint: str | Path, data: str | Path, out: str | Path, which: str 
     t0 = time.perf_counter()
     encoder = load_encoder(checkpoint, which).to(dev)
     folder = ImageFolder(data, encoder.in_chans)
-    feats = extract(encoder, _Indexed(folder), batch_size=batch_size, num_workers=num_workers, progress=progress,
-                    desc="embed", precision=precision, last4=pooling == "last4")
+    feats = extract(
+        encoder,
+        _Indexed(folder),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        desc="embed",
+        precision=precision,
+        last4=pooling == "last4",
+    )
     warn_skipped(f"embed ({folder.root})", feats.skipped, len(folder))
     vectors = (feats.pooled if pooling == "mean" else feats.last4).numpy().astype(np.float32)
     paths = [folder.files.name(int(i)) for i in feats.labels]
@@ -80,20 +98,30 @@ def embed(checkpoint: str | Path, data: str | Path, out: str | Path, which: str 
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     try:
         if out.suffix.lower() == ".npz":
-            info = json.dumps({"checkpoint": str(checkpoint), "which": which, "pooling": pooling,
-                               "size": list(encoder.img_size)})
+            info = json.dumps(
+                {"checkpoint": str(checkpoint), "which": which, "pooling": pooling, "size": list(encoder.img_size)}
+            )
             with open(tmp, "wb") as f:
-                np.savez(f, features=vectors, paths=np.array(paths, dtype=str), skipped=np.array(skipped, dtype=str),
-                         info=np.array(info))
+                np.savez(
+                    f,
+                    features=vectors,
+                    paths=np.array(paths, dtype=str),
+                    skipped=np.array(skipped, dtype=str),
+                    info=np.array(info),
+                )
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.table({"path": pa.array(paths, pa.string()),
-                              "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)),
-                                                                            vectors.shape[1])})
-            table = table.replace_schema_metadata({"openjepa": json.dumps(
-                {"checkpoint": str(checkpoint), "which": which, "pooling": pooling})})
+            table = pa.table(
+                {
+                    "path": pa.array(paths, pa.string()),
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+                }
+            )
+            table = table.replace_schema_metadata(
+                {"openjepa": json.dumps({"checkpoint": str(checkpoint), "which": which, "pooling": pooling})}
+            )
             pq.write_table(table, tmp)
             listed = out.with_name(out.name + ".skipped.txt")
             if skipped:
@@ -104,10 +132,24 @@ def embed(checkpoint: str | Path, data: str | Path, out: str | Path, which: str 
     finally:
         tmp.unlink(missing_ok=True)
     set_default_mode(out)
-    summary = {"out": str(out), "images": len(paths), "skipped": len(skipped), "dim": int(vectors.shape[1]),
-               "pooling": pooling, "which": which, "wall_s": round(time.perf_counter() - t0, 1)}
-    log.info("embedded %d image(s) of %s (%d unreadable, left out) as %d-d %s features: %s", len(paths), folder.root,
-             len(skipped), vectors.shape[1], pooling, out)
+    summary = {
+        "out": str(out),
+        "images": len(paths),
+        "skipped": len(skipped),
+        "dim": int(vectors.shape[1]),
+        "pooling": pooling,
+        "which": which,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    log.info(
+        "embedded %d image(s) of %s (%d unreadable, left out) as %d-d %s features: %s",
+        len(paths),
+        folder.root,
+        len(skipped),
+        vectors.shape[1],
+        pooling,
+        out,
+    )
     return summary
 
 

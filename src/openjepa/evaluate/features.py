@@ -7,6 +7,7 @@ Unreadable images (``data.UnreadableImage``) are skipped, with their labels, eve
 read outside training (the features, the pixel baseline, the monitor, the pictures): ``read_batches``
 gives batches of the readable images and the paths of the others; ``warn_skipped`` names them in the
 log. A split with no readable image is a ``DataError`` naming its folder."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import CheckpointError, atomic_save, load_checkpoint
 from ..data.images import DataError, UnreadableImage
 from ..data.transforms import Resized, prepare
-from ..device import PRECISIONS, resolve_precision
+from ..device import resolve_precision
 from ..models.vit import VisionTransformer
 
 CACHE_VERSION = 2  # 2: the features remember the unreadable files they skipped
@@ -56,14 +57,20 @@ def collate_readable(items: list) -> tuple[torch.Tensor | None, torch.Tensor, li
     return images, torch.as_tensor([int(label) for _, label in good], dtype=torch.long), skipped
 
 
-def read_batches(dataset, size: tuple[int, int] | None = None, indices=None, batch_size: int = 256,
-                 num_workers: int = 0) -> torch.utils.data.DataLoader:
+def read_batches(
+    dataset, size: tuple[int, int] | None = None, indices=None, batch_size: int = 256, num_workers: int = 0
+) -> torch.utils.data.DataLoader:
     """Batches (images, labels, skipped paths) of ``dataset`` (the items at ``indices``, in that
     order, else all) through ``Readable`` and ``collate_readable``; ``images`` is None for a batch
     with no readable image."""
-    return torch.utils.data.DataLoader(Readable(dataset, size), batch_size=batch_size, shuffle=False,
-                                       sampler=None if indices is None else [int(i) for i in indices],
-                                       num_workers=num_workers, collate_fn=collate_readable)
+    return torch.utils.data.DataLoader(
+        Readable(dataset, size),
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=None if indices is None else [int(i) for i in indices],
+        num_workers=num_workers,
+        collate_fn=collate_readable,
+    )
 
 
 def source_of(dataset, skipped=()) -> str:
@@ -84,8 +91,14 @@ def warn_skipped(what: str, skipped, total: int | None = None) -> None:
     if skipped:
         of = f" of {total}" if total is not None else ""
         more = f" and {len(skipped) - SHOWN} more" if len(skipped) > SHOWN else ""
-        log.warning("%s: skipped %d%s image(s) that cannot be read: %s%s", what, len(skipped), of,
-                    ", ".join(map(str, skipped[:SHOWN])), more)
+        log.warning(
+            "%s: skipped %d%s image(s) that cannot be read: %s%s",
+            what,
+            len(skipped),
+            of,
+            ", ".join(map(str, skipped[:SHOWN])),
+            more,
+        )
 
 
 def nothing_readable(dataset, skipped) -> DataError:
@@ -110,9 +123,17 @@ class Features:
 
 
 @torch.inference_mode()
-def extract(encoder: VisionTransformer, dataset, batch_size: int = 256, patches: bool = False,
-            num_workers: int = 0, progress: bool = True, desc: str = "features", precision: str = "fp32",
-            last4: bool = True) -> Features:
+def extract(
+    encoder: VisionTransformer,
+    dataset,
+    batch_size: int = 256,
+    patches: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "features",
+    precision: str = "fp32",
+    last4: bool = True,
+) -> Features:
     """Run the frozen ``encoder`` over ``dataset`` (items (image [C, H, W] in [0, 1], label)) in
     order; ``precision`` 'bf16' runs it under bf16 autocast (features are returned in fp32).
     ``last4=False`` keeps the last layer only (``Features.last4`` then holds the pooled features).
@@ -139,8 +160,13 @@ def extract(encoder: VisionTransformer, dataset, batch_size: int = 256, patches:
     if not labels:
         raise nothing_readable(dataset, skipped)
     pooled = torch.cat(pooled)
-    return Features(pooled, torch.cat(fours) if last4 else pooled, torch.cat(tokens) if patches else None,
-                    torch.cat(labels), skipped)
+    return Features(
+        pooled,
+        torch.cat(fours) if last4 else pooled,
+        torch.cat(tokens) if patches else None,
+        torch.cat(labels),
+        skipped,
+    )
 
 
 def pixel_features(dataset, size: tuple[int, int], batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,8 +188,10 @@ def file_key(path: str | Path) -> dict:
     """What identifies a checkpoint file's contents cheaply: its path, size and modification time."""
     path = Path(path).resolve()
     if path.is_dir():  # an exported folder: its files' sizes and times
-        return {"path": str(path), "files": sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                                                   for p in path.iterdir() if p.is_file())}
+        return {
+            "path": str(path),
+            "files": sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()),
+        }
     st = path.stat()
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -173,16 +201,22 @@ def cache_path(cache_dir: str | Path, **key) -> Path:
     return Path(cache_dir) / f"features_{digest[:16]}.pt"
 
 
-def cached_extract(encoder: VisionTransformer, dataset, cache_file: Path | None, patches: bool = False,
-                   **kwargs) -> Features:
+def cached_extract(
+    encoder: VisionTransformer, dataset, cache_file: Path | None, patches: bool = False, **kwargs
+) -> Features:
     """``extract`` through a cache file: reused when it holds what is asked (patch tokens
     included when ``patches``), rewritten (atomically) otherwise. A corrupt cache file is ignored."""
     if cache_file is not None and cache_file.exists():
         try:
             state = load_checkpoint(cache_file)
             if not patches or "patches" in state:
-                return Features(state["pooled"], state["last4"], state.get("patches"), state["labels"],
-                                list(state.get("skipped", [])))
+                return Features(
+                    state["pooled"],
+                    state["last4"],
+                    state.get("patches"),
+                    state["labels"],
+                    list(state.get("skipped", [])),
+                )
         except (CheckpointError, KeyError):
             pass
     feats = extract(encoder, dataset, patches=patches, **kwargs)

@@ -1,6 +1,7 @@
 """Linear probe on frozen features: a grid of heads (learning rate x weight decay) trained
 together in one pass, as DINOv2 does; the head is chosen on a validation split carved from the
 training set, and only that head is scored on the test set."""
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,16 @@ def probe_steps(n: int, batch_size: int = 512, epochs: float = EPOCHS, min_steps
     return max(min_steps, math.ceil(epochs * n / min(batch_size, n)))
 
 
-def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs=LRS, wds=WDS, steps: int | None = None,
-                batch_size: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[tuple[float, float]]]:
+def train_heads(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    lrs=LRS,
+    wds=WDS,
+    steps: int | None = None,
+    batch_size: int = 512,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[float, float]]]:
     """One softmax-regression head per (lr, wd), all trained together with AdamW (cosine LR,
     decoupled weight decay on the weights) as one batched tensor [H, D + 1, C], so the grid costs
     about what one head costs. ``steps`` defaults to ``probe_steps(len(x))``. Returns weights
@@ -74,7 +83,7 @@ def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs=LRS, wds
     for step in range(1, steps + 1):
         if pos + batch_size > len(x):
             order, pos = torch.randperm(len(x), generator=g).to(device), 0
-        idx = order[pos:pos + batch_size]
+        idx = order[pos : pos + batch_size]
         pos += batch_size
         # all heads in one GEMM: [B, D+1] @ [D+1, H*C] (a broadcast matmul would copy x per head)
         logits = (x[idx] @ heads.transpose(0, 1).reshape(x.size(1), -1)).view(len(idx), len(grid), -1).transpose(0, 1)
@@ -85,14 +94,21 @@ def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs=LRS, wds
             heads.mul_(1 - step_lr * decay)
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (v / (1 - beta2 ** step)).sqrt_().add_(eps)
-            heads.addcdiv_(m / (1 - beta1 ** step) * step_lr, denom, value=-1)
+            denom = (v / (1 - beta2**step)).sqrt_().add_(eps)
+            heads.addcdiv_(m / (1 - beta1**step) * step_lr, denom, value=-1)
     heads = heads.detach()
     return heads[:, :-1], heads[:, -1], grid
 
 
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 val_fraction: float = 0.1, seed: int = 0, **kwargs) -> dict:
+def linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    **kwargs,
+) -> dict:
     """Fit the grid on train minus a stratified val split, pick the best head on val, report its test accuracy."""
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     fit, val = stratified_split(train_y, val_fraction, seed)
@@ -103,6 +119,13 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     w, b, grid = train_heads(x_fit, train_y[fit], num_classes, seed=seed, steps=steps, **kwargs)
     val_acc = [accuracy(x_val @ w[h] + b[h], train_y[val]) for h in range(len(grid))]
     best = max(range(len(grid)), key=lambda h: val_acc[h])
-    return {"test_acc": accuracy(x_test @ w[best] + b[best], test_y), "val_acc": val_acc[best],
-            "lr": grid[best][0], "wd": grid[best][1], "steps": steps, "train_size": len(fit), "val_size": len(val),
-            "grid_val_acc": {f"lr={lr:g},wd={wd:g}": round(a, 4) for (lr, wd), a in zip(grid, val_acc)}}
+    return {
+        "test_acc": accuracy(x_test @ w[best] + b[best], test_y),
+        "val_acc": val_acc[best],
+        "lr": grid[best][0],
+        "wd": grid[best][1],
+        "steps": steps,
+        "train_size": len(fit),
+        "val_size": len(val),
+        "grid_val_acc": {f"lr={lr:g},wd={wd:g}": round(a, 4) for (lr, wd), a in zip(grid, val_acc)},
+    }

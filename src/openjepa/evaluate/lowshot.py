@@ -1,5 +1,6 @@
 """Low-shot linear probing: the linear probe on 1% and 10% of the training labels, each on three
 class-balanced subsets drawn from fixed seeds; mean and standard deviation over the subsets."""
+
 from __future__ import annotations
 
 import statistics
@@ -32,8 +33,15 @@ def lowshot_eval(train_x, train_y, test_x, test_y, fractions=FRACTIONS, seeds=SE
         accs = []
         for seed in seeds:
             subset = lowshot_subset(train_y, fraction, seed)
-            accs.append(linear_probe(train_x[subset], train_y[subset], test_x, test_y, val_fraction=0.2,
-                                     seed=seed, **kwargs)["test_acc"])
-        out[f"{fraction:g}"] = {"mean": statistics.fmean(accs), "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
-                                "accs": accs, "labels_per_subset": len(lowshot_subset(train_y, fraction, seeds[0]))}
+            accs.append(
+                linear_probe(train_x[subset], train_y[subset], test_x, test_y, val_fraction=0.2, seed=seed, **kwargs)[
+                    "test_acc"
+                ]
+            )
+        out[f"{fraction:g}"] = {
+            "mean": statistics.fmean(accs),
+            "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+            "accs": accs,
+            "labels_per_subset": len(lowshot_subset(train_y, fraction, seeds[0])),
+        }
     return out

@@ -2,6 +2,7 @@
 kNN accuracy of the target encoder's pooled features (first 80% as the bank, last 20% as
 queries), their effective rank (RankMe) and their spread. Collapse shows here before it shows
 in the loss. Unreadable images are left out (``features.read_batches``) and named in the log."""
+
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,7 @@ MONITOR_COLUMNS = ("step", "epoch", "knn_acc", "rankme", "feature_std")
 
 def monitor_subset(dataset_size: int, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randperm(dataset_size, generator=g)[:min(n, dataset_size)]
+    return torch.randperm(dataset_size, generator=g)[: min(n, dataset_size)]
 
 
 @torch.no_grad()

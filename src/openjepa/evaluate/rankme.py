@@ -1,6 +1,7 @@
 """RankMe (Garrido et al., 2023): the effective rank of a feature matrix, exp of the entropy of
 its normalised singular values. Near the dimension for spread-out features; near 1 when the
 representation has collapsed."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Every setting of a fine-tuning run, typed and checked as the pretraining config's keys are."""
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,7 @@ class FinetuneConfig:
     progress_bar: bool = True
     tensorboard: bool = True
 
-    def validate(self) -> "FinetuneConfig":
+    def validate(self) -> FinetuneConfig:
         for key in ("epochs", "batch_size", "eval_batch_size", "log_every", "eval_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"finetune {key} must be at least 1, got {getattr(self, key)}")
@@ -78,14 +79,17 @@ class FinetuneConfig:
         if (self.mixup or self.cutmix or self.randaug) and timm_or_none() is None:
             raise ConfigError("finetune mixup / cutmix / randaug use timm: pip install 'openjepa[timm]'")
         if (self.mixup or self.cutmix) and self.batch_size % 2:
-            raise ConfigError(f"mixup and CutMix pair each image with another: batch_size must be even, "
-                              f"got {self.batch_size}")
+            raise ConfigError(
+                f"mixup and CutMix pair each image with another: batch_size must be even, got {self.batch_size}"
+            )
         if self.randaug:
             try:
                 randaugment(self.randaug, 224, 3)
             except Exception as e:  # timm's parser raises bare asserts and KeyErrors
-                raise ConfigError(f"finetune randaug {self.randaug!r} is not a timm RandAugment setting "
-                                  f"(e.g. rand-m9-mstd0.5-inc1): {type(e).__name__} {e}") from None
+                raise ConfigError(
+                    f"finetune randaug {self.randaug!r} is not a timm RandAugment setting "
+                    f"(e.g. rand-m9-mstd0.5-inc1): {type(e).__name__} {e}"
+                ) from None
         return self
 
 

@@ -1,6 +1,7 @@
 """Fine-tuning's data: the labelled splits (the epoch chosen on one split, the result reported on
 another), and the training items with their augmentations, every choice drawn from (seed, epoch,
 position)."""
+
 from __future__ import annotations
 
 import random
@@ -59,9 +60,11 @@ def make_splits(data: str, in_chans: int, root: str | None, ft: FinetuneConfig) 
             raise DataError(f"{data}: the training and {name} splits have different classes")
         found = labels_of(split)
         if (found < 0).any() or (found >= len(classes)).any():
-            raise DataError(f"{data}: the {name} split has {int((found < 0).sum())} unlabelled item(s) and "
-                            f"{int((found >= len(classes)).sum())} with a label outside the {len(classes)} classes: "
-                            f"every image scored needs its label")
+            raise DataError(
+                f"{data}: the {name} split has {int((found < 0).sum())} unlabelled item(s) and "
+                f"{int((found >= len(classes)).sum())} with a label outside the {len(classes)} classes: "
+                f"every image scored needs its label"
+            )
     if (labels >= len(classes)).any():
         raise DataError(f"{data}: training labels outside the {len(classes)} classes ({int(labels.max())})")
     labelled = (labels >= 0).nonzero().flatten()
@@ -73,8 +76,10 @@ def make_splits(data: str, in_chans: int, root: str | None, ft: FinetuneConfig) 
     if val is None:  # held out of the labelled images: the epoch is chosen with the labels the run was given
         part_fit, part_val = stratified_split(labels[labelled], ft.val_fraction, seed_for(ft.seed, FT_SPLIT) % 2**31)
         if not len(part_val) or not len(part_fit):
-            raise DataError(f"{data}: {len(labelled)} labelled training image(s) are too few to hold out a "
-                            f"validation split; give more labels, or a val/ folder")
+            raise DataError(
+                f"{data}: {len(labelled)} labelled training image(s) are too few to hold out a "
+                f"validation split; give more labels, or a val/ folder"
+            )
         fit, val = labelled[part_fit], torch.utils.data.Subset(train, labelled[part_val].tolist())
     return Splits(train, fit, val, test, classes, named is None, int((labels < 0).sum()))
 

@@ -16,6 +16,7 @@ Splits: the validation split that picks the best epoch is never the one reported
 Fashion-MNIST's train / test) ``val_fraction`` of the training split, stratified, is held out to
 pick the epoch and the other split is the test.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,15 +30,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from ..checkpoint import FINETUNE_FORMAT as FORMAT
-from ..checkpoint import CheckpointError
+from ..checkpoint import FINETUNE_FORMAT, CheckpointError
 from ..data import DataError, NumberedBatches, PretrainTransform, close_loader, seed_for
 from ..data.seeds import FT_DROP_PATH, FT_MIXUP, FT_ORDER, FT_SPLIT
 from ..data.transforms import per_channel
 from ..device import autocast, resolve_device, resolve_precision
 from ..distributed import World
-from ..engine import (Checkpointer, CSVLog, Hook, Window, check_run_dir, make_run_dir, progress_bar, run_steps,
-                      setup_logging, tensorboard, warmup_cosine, warn_changed, write_atomic)
+from ..engine import (
+    Checkpointer,
+    CSVLog,
+    Hook,
+    Window,
+    check_run_dir,
+    make_run_dir,
+    progress_bar,
+    run_steps,
+    setup_logging,
+    tensorboard,
+    warmup_cosine,
+    write_atomic,
+)
 from ..evaluate import random_encoder
 from ..evaluate.features import collate_readable, warn_skipped
 from ..models.heads import Classifier
@@ -45,16 +57,19 @@ from .config import FinetuneConfig
 from .data import Augmented, Splits, make_splits
 from .recipe import mixup_for, param_groups, probe_head
 from .result import accuracy_on, write_result
+from .state import FinetuneState
 
 log = logging.getLogger("openjepa")
 LOG_COLUMNS = ("step", "epoch", "loss", "train_acc", "val_acc", "lr", "img_per_s", "skipped_images", "elapsed_s")
-# Settings a resume may change without a warning: they change how the run is computed, not what.
-NOT_MATHEMATICS = frozenset({"num_workers", "progress_bar", "tensorboard", "log_every", "eval_batch_size", "device",
-                             "eval_every"})
 
 
-def finetune(checkpoint: str | Path, out: str | Path, data: str = "fashion_mnist", ft: FinetuneConfig | None = None,
-             data_root: str | None = None) -> dict:
+def finetune(
+    checkpoint: str | Path,
+    out: str | Path,
+    data: str = "fashion_mnist",
+    ft: FinetuneConfig | None = None,
+    data_root: str | None = None,
+) -> dict:
     """Fine-tune the encoder of ``checkpoint`` (any format ``load_encoder`` reads) with a new head on
     ``data`` (``fashion_mnist``, a folder with ``train/`` and ``val/`` [and ``test/``] of class
     folders, or a DatasetDict folder) in the run directory ``out``; resume it when ``out`` holds a
@@ -68,12 +83,16 @@ def finetune(checkpoint: str | Path, out: str | Path, data: str = "fashion_mnist
     device = resolve_device(ft.device, "finetune device")
     checkpoints = Checkpointer(run_dir / "checkpoints")
     state = checkpoints.load_latest()
-    if state is not None and state.get("format") != FORMAT:
-        raise CheckpointError(f"{checkpoints.latest} is not a fine-tuning checkpoint: --out is the run directory of "
-                              f"another kind of run; give a new folder")
+    if state is not None and state.get("format") != FINETUNE_FORMAT:
+        raise CheckpointError(
+            f"{checkpoints.latest} is not a fine-tuning checkpoint: --out is the run directory of "
+            f"another kind of run; give a new folder"
+        )
     encoder = load_encoder(checkpoint, ft.which)
     splits = make_splits(data, encoder.in_chans, data_root, ft)  # every refusal before the run folder is made
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
     np_state = np.random.get_state()
     try:
         with torch.random.fork_rng(devices=devices):
@@ -82,8 +101,17 @@ def finetune(checkpoint: str | Path, out: str | Path, data: str = "fashion_mnist
         np.random.set_state(np_state)
 
 
-def _finetune(checkpoint, run_dir: Path, data: str, ft: FinetuneConfig, encoder, splits: Splits, device, state,
-              checkpoints: Checkpointer) -> dict:
+def _finetune(
+    checkpoint,
+    run_dir: Path,
+    data: str,
+    ft: FinetuneConfig,
+    encoder,
+    splits: Splits,
+    device,
+    state,
+    checkpoints: Checkpointer,
+) -> dict:
     torch.manual_seed(seed_for(ft.seed, FT_SPLIT))
     if ft.random_init:
         encoder = random_encoder(encoder, ft.seed)
@@ -100,45 +128,87 @@ def _finetune(checkpoint, run_dir: Path, data: str, ft: FinetuneConfig, encoder,
     make_run_dir(run_dir, "--out")
     setup_logging(run_dir)
     if warmup >= total:  # the LR would only ever rise
-        log.warning("warmup_epochs=%g is the whole run of %d epoch(s): warming up over its first tenth instead",
-                    ft.warmup_epochs, ft.epochs)
+        log.warning(
+            "warmup_epochs=%g is the whole run of %d epoch(s): warming up over its first tenth instead",
+            ft.warmup_epochs,
+            ft.epochs,
+        )
         warmup = total // 10
     source = {"checkpoint": str(checkpoint), "which": ft.which, "random_init": ft.random_init}
     settings = dataclasses.asdict(ft)
-    run = _Run(checkpoints, model, steps_per_epoch, settings, source, data)
+    run = FinetuneState(checkpoints, model, steps_per_epoch, settings, source, data)
     start, best, history, elapsed = 0, {"epoch": 0, "val_acc": -1.0}, [], 0.0
     if state is not None:
         start, best, history, elapsed = run.restore(state, optimizer)
-        log.info("resuming %s at epoch %d, step %d of the epoch", checkpoints.latest, start // steps_per_epoch,
-                 start % steps_per_epoch)
+        log.info(
+            "resuming %s at epoch %d, step %d of the epoch",
+            checkpoints.latest,
+            start // steps_per_epoch,
+            start % steps_per_epoch,
+        )
     resumed = state is not None
     del state
-    write_atomic(run_dir / "settings.yaml", yaml.safe_dump({"source": source, "data": data, **settings}, sort_keys=False))
+    write_atomic(
+        run_dir / "settings.yaml", yaml.safe_dump({"source": source, "data": data, **settings}, sort_keys=False)
+    )
     precision = resolve_precision(ft.precision, device)
     amp = autocast(device, precision == "bf16")
     if splits.unlabelled:
         log.warning("%d training item(s) have no label (-1) and are left out", splits.unlabelled)
     if not resumed and ft.head_init == "probe" and ft.head == "linear":
         probe = probe_head(model, splits, ft, precision)
-        log.info("the head starts as a linear probe of the frozen encoder (LP-FT): validation accuracy %.2f%% "
-                 "(lr %g, weight decay %g, %d steps; logits divided by %.3g); it is epoch 0, the one to beat",
-                 100 * probe["val_acc"], probe["lr"], probe["wd"], probe["steps"], probe["temperature"])
+        log.info(
+            "the head starts as a linear probe of the frozen encoder (LP-FT): validation accuracy %.2f%% "
+            "(lr %g, weight decay %g, %d steps; logits divided by %.3g); it is epoch 0, the one to beat",
+            100 * probe["val_acc"],
+            probe["lr"],
+            probe["wd"],
+            probe["steps"],
+            probe["temperature"],
+        )
         best = {"epoch": 0, "val_acc": probe["val_acc"]}  # best.pt is never worse than the probe on validation
         history.append({"epoch": 0, "val_acc": probe["val_acc"], "loss": None, "elapsed_s": 0.0})
         run.save("best.pt", None, 0, best, history, 0.0)
-    log.info("fine-tuning %s (%s encoder%s) on %s: %d labelled training images (of %d), %d validation%s, %d test; "
-             "%d classes, %d steps/epoch of %d, %d epochs, lr %.3g, %s on %s, run dir %s", checkpoint, ft.which,
-             ", re-initialised" if ft.random_init else "", data, len(splits.fit), len(splits.train), len(splits.val),
-             " (held out of the labelled training images)" if splits.held_out else "", len(splits.test),
-             len(splits.classes), steps_per_epoch, batch, ft.epochs, lr, precision, device, run_dir)
+    log.info(
+        "fine-tuning %s (%s encoder%s) on %s: %d labelled training images (of %d), %d validation%s, %d test; "
+        "%d classes, %d steps/epoch of %d, %d epochs, lr %.3g, %s on %s, run dir %s",
+        checkpoint,
+        ft.which,
+        ", re-initialised" if ft.random_init else "",
+        data,
+        len(splits.fit),
+        len(splits.train),
+        len(splits.val),
+        " (held out of the labelled training images)" if splits.held_out else "",
+        len(splits.test),
+        len(splits.classes),
+        steps_per_epoch,
+        batch,
+        ft.epochs,
+        lr,
+        precision,
+        device,
+        run_dir,
+    )
 
-    transform = PretrainTransform(model.img_size[0], ft.crop_scale, per_channel(model.mean, model.in_chans),
-                                  per_channel(model.std, model.in_chans), ft.hflip)
-    order = NumberedBatches(len(splits.train), batch, steps_per_epoch, start, total, ft.seed, indices=splits.fit,
-                            stream=FT_ORDER)
-    batches = iter(torch.utils.data.DataLoader(Augmented(splits.train, transform, ft.randaug, ft.seed),
-                                               batch_sampler=order, num_workers=ft.num_workers,
-                                               collate_fn=collate_readable))
+    transform = PretrainTransform(
+        model.img_size[0],
+        ft.crop_scale,
+        per_channel(model.mean, model.in_chans),
+        per_channel(model.std, model.in_chans),
+        ft.hflip,
+    )
+    order = NumberedBatches(
+        len(splits.train), batch, steps_per_epoch, start, total, ft.seed, indices=splits.fit, stream=FT_ORDER
+    )
+    batches = iter(
+        torch.utils.data.DataLoader(
+            Augmented(splits.train, transform, ft.randaug, ft.seed),
+            batch_sampler=order,
+            num_workers=ft.num_workers,
+            collate_fn=collate_readable,
+        )
+    )
     mixup = mixup_for(ft, len(splits.classes))
     criterion = nn.CrossEntropyLoss(label_smoothing=ft.label_smoothing)
     csv_log = CSVLog(run_dir / "log.csv", start, LOG_COLUMNS)
@@ -146,7 +216,10 @@ def _finetune(checkpoint, run_dir: Path, data: str, ft: FinetuneConfig, encoder,
     bar = progress_bar(total, start, ft.progress_bar)
     window, skipped, t0 = Window(device), set(), time.perf_counter() - elapsed  # elapsed: earlier sessions' time
     epoch_log = {"trained": 0, "resumed_at": start % steps_per_epoch, "validation_warned": False}
-    lr_at = lambda step: warmup_cosine(step + 1, 0.0, lr, ft.min_lr, warmup, total)  # noqa: E731
+
+    def lr_at(step: int) -> float:  # the engine's warmup + cosine, after the step as every loop counts it
+        return warmup_cosine(step + 1, 0.0, lr, ft.min_lr, warmup, total)
+
     model.train()
 
     def step_fn(step: int) -> None:
@@ -164,15 +237,23 @@ def _finetune(checkpoint, run_dir: Path, data: str, ft: FinetuneConfig, encoder,
         bar.update(1)
 
     def row(tick) -> dict:
-        window.check_finite(f"non-finite loss before step {tick.step}; stopping (lower blr, or keep clip_grad on). "
-                            f"checkpoints/latest.pt holds the last finished epoch")
+        window.check_finite(
+            f"non-finite loss before step {tick.step}; stopping (lower blr, or keep clip_grad on). "
+            f"checkpoints/latest.pt holds the last finished epoch"
+        )
         sums = window.read()
         scored = sums["images"] and sums["counts"].get("correct", 0) == sums["batches"]
-        return {"step": tick.step, "epoch": tick.epoch if tick.epoch_end else round(tick.step / steps_per_epoch, 4),
-                "loss": sums["loss"] and round(sums["loss"], 5),
-                "train_acc": round(sums["correct"] / sums["images"], 5) if scored else "", "val_acc": "",
-                "lr": lr_at(tick.step - 1), "img_per_s": round(sums["img_per_s"], 1), "skipped_images": len(skipped),
-                "elapsed_s": round(time.perf_counter() - t0, 2)}
+        return {
+            "step": tick.step,
+            "epoch": tick.epoch if tick.epoch_end else round(tick.step / steps_per_epoch, 4),
+            "loss": sums["loss"] and round(sums["loss"], 5),
+            "train_acc": round(sums["correct"] / sums["images"], 5) if scored else "",
+            "val_acc": "",
+            "lr": lr_at(tick.step - 1),
+            "img_per_s": round(sums["img_per_s"], 1),
+            "skipped_images": len(skipped),
+            "elapsed_s": round(time.perf_counter() - t0, 2),
+        }
 
     def log_row(tick) -> None:
         _write_row(csv_log, writer, row(tick))
@@ -193,28 +274,63 @@ def _finetune(checkpoint, run_dir: Path, data: str, ft: FinetuneConfig, encoder,
             values["val_acc"] = round(val_acc, 5)
             values["elapsed_s"] = round(time.perf_counter() - t0, 2)
         _write_row(csv_log, writer, values)
-        history.append({"epoch": tick.epoch, "val_acc": val_acc, "loss": values["loss"], "elapsed_s": values["elapsed_s"]})
+        history.append(
+            {"epoch": tick.epoch, "val_acc": val_acc, "loss": values["loss"], "elapsed_s": values["elapsed_s"]}
+        )
         improved = val_acc is not None and val_acc > best["val_acc"]
         if improved:
             best = {"epoch": tick.epoch, "val_acc": val_acc}
             run.save("best.pt", None, tick.step, best, history, values["elapsed_s"])
         shown = f", validation accuracy {100 * val_acc:.2f}%" if val_acc is not None else ""
-        log.info("epoch %d: loss %.4f%s%s", tick.epoch, values["loss"] or float("nan"), shown,
-                 " (best so far: best.pt)" if improved else
-                 f" (best: epoch {best['epoch']})" if best["epoch"] or history[0]["epoch"] == 0 else "")
+        log.info(
+            "epoch %d: loss %.4f%s%s",
+            tick.epoch,
+            values["loss"] or float("nan"),
+            shown,
+            " (best so far: best.pt)"
+            if improved
+            else f" (best: epoch {best['epoch']})"
+            if best["epoch"] or history[0]["epoch"] == 0
+            else "",
+        )
         bar.set_postfix(loss=f"{values['loss'] or float('nan'):.4f}", best=f"{100 * best['val_acc']:.1f}")
 
     def save(tick) -> None:
         elapsed = history[-1]["elapsed_s"] if tick.epoch_end else time.perf_counter() - t0
         run.save("latest.pt", optimizer, tick.step, best, history, elapsed)
 
-    hooks = [Hook(log_row, lambda t: t.step % ft.log_every == 0 and not t.epoch_end),  # an epoch's last: below
-             Hook(end_epoch, lambda t: t.epoch_end),
-             Hook(save, lambda t: t.save)]
-    run_steps(step_fn, start, total, steps_per_epoch, hooks, World(), device, checkpoints.latest,
-              closers=(lambda: close_loader(batches), bar.close, writer.close if writer is not None else (lambda: None)))
-    return write_result(run_dir, model, splits, device, amp, ft, settings, source, data, best, history, batch,
-                        steps_per_epoch, sorted(skipped))
+    hooks = [
+        Hook(log_row, lambda t: t.step % ft.log_every == 0 and not t.epoch_end),  # an epoch's last: below
+        Hook(end_epoch, lambda t: t.epoch_end),
+        Hook(save, lambda t: t.save),
+    ]
+    run_steps(
+        step_fn,
+        start,
+        total,
+        steps_per_epoch,
+        hooks,
+        World(),
+        device,
+        checkpoints.latest,
+        closers=(lambda: close_loader(batches), bar.close, writer.close if writer is not None else (lambda: None)),
+    )
+    return write_result(
+        run_dir,
+        model,
+        splits,
+        device,
+        amp,
+        ft,
+        settings,
+        source,
+        data,
+        best,
+        history,
+        batch,
+        steps_per_epoch,
+        sorted(skipped),
+    )
 
 
 def _step(model, optimizer, images, labels, device, amp, criterion, mixup, ft, epoch, b):
@@ -246,38 +362,3 @@ def _write_row(csv_log: CSVLog, writer, row: dict) -> None:
         for key in ("loss", "train_acc", "val_acc", "lr", "img_per_s"):
             if row[key] not in ("", None):
                 writer.add_scalar(f"finetune/{key}", row[key], row["step"])
-
-
-class _Run:
-    """A fine-tuning run's checkpoints: what they hold, and what a resume takes back from them."""
-
-    def __init__(self, checkpoints: Checkpointer, model: Classifier, steps_per_epoch: int, settings: dict,
-                 source: dict, data: str):
-        self.checkpoints, self.model, self.steps_per_epoch = checkpoints, model, steps_per_epoch
-        self.settings, self.source, self.data = settings, source, data
-
-    def save(self, name: str, optimizer, step: int, best: dict, history: list, elapsed: float) -> None:
-        epoch, position = divmod(step, self.steps_per_epoch)
-        state = {"format": FORMAT, "version": 1, "classifier": self.model.config(), "model": self.model.state_dict(),
-                 "epoch": epoch, "position": position, "best": best, "history": history, "settings": self.settings,
-                 "source": self.source, "data": self.data, "elapsed_s": elapsed}
-        if optimizer is not None:
-            state["opt"] = optimizer.state_dict()
-        self.checkpoints.save(state, name)
-
-    def restore(self, state: dict, optimizer) -> tuple[int, dict, list, float]:
-        """(the step to resume at, the best epoch, the history, the time of earlier sessions)."""
-        what = "the checkpoint or data"
-        warn_changed({**state["settings"], what: (state.get("source"), state.get("data"))},
-                     {**self.settings, what: (self.source, self.data)}, NOT_MATHEMATICS)
-        try:
-            self.model.load_state_dict(state["model"])
-            groups = [(g["lr_scale"], g["weight_decay"]) for g in optimizer.param_groups]
-            optimizer.load_state_dict(state["opt"])
-            for group, (scale, decay) in zip(optimizer.param_groups, groups):  # this run's settings, not the saved ones
-                group["lr_scale"], group["weight_decay"] = scale, decay
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"{self.checkpoints.latest} does not match this fine-tuning run ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0]}); give a new --out") from None
-        step = int(state["epoch"]) * self.steps_per_epoch + int(state["position"])
-        return step, dict(state["best"]), list(state["history"]), float(state.get("elapsed_s", 0.0))

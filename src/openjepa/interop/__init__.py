@@ -11,6 +11,7 @@ Which encoder: a checkpoint holds the context encoder (``encoder``) and its EMA,
 encoder. The paper evaluates the target encoder, so ``which="target"`` is the default; the
 Hugging Face and timm converters of Meta's weights take the context encoder instead.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 
 from ..checkpoint import FINETUNE_FORMAT, PRETRAIN_FORMAT, CheckpointError, load_checkpoint
-from ..errors import check_writable_folder, set_default_mode
 from ..config import IMAGENET_MEAN, IMAGENET_STD, Config, from_dict
 from ..data import normalize, resize_center_crop, to_channels
+from ..errors import check_writable_folder, set_default_mode
 from ..ijepa import IJEPA, build_ijepa
 from ..models.heads import Classifier
 from ..models.predictor import Predictor
@@ -45,19 +46,25 @@ def _read(path: Path) -> tuple[str, object]:
             return "timm", path
         if (path / "config.json").exists():
             return "hf", path
-        raise CheckpointError(f"{path} is neither a Hugging Face folder (config.json) nor an openjepa "
-                              f"safetensors or timm export (encoder.json, timm.json)")
+        raise CheckpointError(
+            f"{path} is neither a Hugging Face folder (config.json) nor an openjepa "
+            f"safetensors or timm export (encoder.json, timm.json)"
+        )
     obj = load_checkpoint(path)
     if obj.get("format") == PRETRAIN_FORMAT:
         return "openjepa", obj
     if obj.get("format") == FINETUNE_FORMAT:
         return "finetune", obj
-    obj = {k: strip_prefix(v) if k in ("encoder", "target_encoder", "predictor") and isinstance(v, dict) else v
-           for k, v in obj.items()}
+    obj = {
+        k: strip_prefix(v) if k in ("encoder", "target_encoder", "predictor") and isinstance(v, dict) else v
+        for k, v in obj.items()
+    }
     if is_reference(obj):
         return "reference", obj
-    raise CheckpointError(f"{path} is not a checkpoint openjepa knows (ours, the reference's .pth.tar, "
-                          f"a Hugging Face IJepaModel folder, or an openjepa safetensors export)")
+    raise CheckpointError(
+        f"{path} is not a checkpoint openjepa knows (ours, the reference's .pth.tar, "
+        f"a Hugging Face IJepaModel folder, or an openjepa safetensors export)"
+    )
 
 
 def _state(obj: dict, key: str, path: Path) -> dict:
@@ -101,12 +108,15 @@ def _encoder_of(fmt: str, obj, path: Path, which: str) -> VisionTransformer:
             mean, std = info.get("mean", mean), info.get("std", std)
         else:
             from safetensors.torch import load_file
+
             info = json.loads((path / "encoder.json").read_text())
             encoder = VisionTransformer(**info["encoder"])
             encoder.load_state_dict(load_file(str(path / "encoder.safetensors")))
             mean, std = info.get("mean", mean), info.get("std", std)
     except (KeyError, RuntimeError, ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: cannot build an encoder ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: cannot build an encoder ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
     encoder.mean, encoder.std = list(mean), list(std)
     return encoder.eval()
 
@@ -134,7 +144,9 @@ def load_predictor(path: str | Path) -> Predictor:
             return predictor.eval()
         return build_predictor_from_state(_state(obj, "predictor", path), _state(obj, "encoder", path)).eval()
     except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot build the predictor ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: cannot build the predictor ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
 
 
 def load_ijepa(path: str | Path) -> tuple[IJEPA, Config]:
@@ -150,7 +162,9 @@ def load_ijepa(path: str | Path) -> tuple[IJEPA, Config]:
         for key in ("encoder", "predictor", "target_encoder"):
             getattr(model, key).load_state_dict(_state(obj, key, path))
     except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot build the model ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: cannot build the model ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
     return model.eval(), cfg
 
 
@@ -170,11 +184,17 @@ def export_encoder(path: str | Path, fmt: str, out: str | Path, which: str = "ta
     kind, obj = _read(path)  # once: a checkpoint can be large
     classifier = _classifier_of(kind, obj, path) if kind == "finetune" else None
     if classifier is not None and classifier.head_type != "linear" and fmt != "safetensors":
-        raise CheckpointError(f"{path} has an attentive-pooling head, which {fmt} has no model for; export it as "
-                              f"safetensors (openjepa.load_classifier reads it back), or fine-tune with head=linear")
+        raise CheckpointError(
+            f"{path} has an attentive-pooling head, which {fmt} has no model for; export it as "
+            f"safetensors (openjepa.load_classifier reads it back), or fine-tune with head=linear"
+        )
     encoder = classifier.encoder if classifier is not None else _encoder_of(kind, obj, path, which)
-    info = {"source": str(path), "which": which if classifier is None else "finetuned", "mean": encoder.mean,
-            "std": encoder.std}
+    info = {
+        "source": str(path),
+        "which": which if classifier is None else "finetuned",
+        "mean": encoder.mean,
+        "std": encoder.std,
+    }
     if classifier is not None:
         info["classes"] = classifier.classes
     if fmt == "hf":
@@ -187,7 +207,9 @@ def export_encoder(path: str | Path, fmt: str, out: str | Path, which: str = "ta
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(out / "encoder.safetensors"))
         if classifier is not None:
-            save_file({k: v.contiguous() for k, v in classifier.head.state_dict().items()}, str(out / "head.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in classifier.head.state_dict().items()}, str(out / "head.safetensors")
+            )
             info["head"] = classifier.head_type
         (out / "encoder.json").write_text(json.dumps({"encoder": encoder.config(), **info}, indent=2) + "\n")
     set_default_mode(*(p for p in out.iterdir() if p.is_file()))  # safetensors writes 0600: others could not read
@@ -216,8 +238,10 @@ def _classifier_of(fmt: str, obj, path: Path):
         if fmt == "finetune":
             return _classifier_from(obj, path).eval()
         if fmt in ("openjepa", "reference"):
-            raise CheckpointError(f"{path} is a pretraining checkpoint: it has no classifier head; fine-tune it "
-                                  f"first (openjepa finetune {path} ...)")
+            raise CheckpointError(
+                f"{path} is a pretraining checkpoint: it has no classifier head; fine-tune it "
+                f"first (openjepa finetune {path} ...)"
+            )
         encoder = load_encoder(path)
         if fmt == "hf":
             config = json.loads((path / "config.json").read_text())
@@ -233,6 +257,7 @@ def _classifier_of(fmt: str, obj, path: Path):
             if not classes:
                 raise CheckpointError(f"{path} is an encoder export without a classifier head")
             from safetensors.torch import load_file
+
             head = info.get("head", "linear")
             classifier = Classifier(encoder, classes, head)
             if fmt == "timm":
@@ -243,8 +268,9 @@ def _classifier_of(fmt: str, obj, path: Path):
     except CheckpointError:
         raise
     except (KeyError, RuntimeError, ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: cannot build the classifier ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: cannot build the classifier ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
     classifier.mean, classifier.std = encoder.mean, encoder.std
     return classifier.eval()
 
@@ -282,5 +308,13 @@ def preprocess(images, encoder: VisionTransformer, size: int | None = None) -> t
     return normalize(torch.stack(batch), encoder.mean, encoder.std)
 
 
-__all__ = ["load_encoder", "load_predictor", "load_ijepa", "load_classifier", "export_encoder", "init_states",
-           "preprocess", "FORMATS"]
+__all__ = [
+    "load_encoder",
+    "load_predictor",
+    "load_ijepa",
+    "load_classifier",
+    "export_encoder",
+    "init_states",
+    "preprocess",
+    "FORMATS",
+]

@@ -2,6 +2,7 @@
 global_pool="avg", fc_norm=False`` timm applies the final ``norm`` to every token before the
 average (as our ``pooled``), so features agree. (timm's registered ``vit_*_gap_*`` models default
 to ``fc_norm``, a norm after pooling: different features for the same weights.)"""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,14 @@ from ..models.vit import VisionTransformer
 
 
 def timm_kwargs(encoder: VisionTransformer, num_classes: int = 0) -> dict:
-    return {**encoder.config(), "qkv_bias": True, "class_token": False, "global_pool": "avg", "fc_norm": False,
-            "num_classes": num_classes}
+    return {
+        **encoder.config(),
+        "qkv_bias": True,
+        "class_token": False,
+        "global_pool": "avg",
+        "fc_norm": False,
+        "num_classes": num_classes,
+    }
 
 
 TIMM_ONLY = ("qkv_bias", "class_token", "global_pool", "fc_norm", "num_classes")
@@ -41,8 +48,12 @@ def save_timm(encoder: VisionTransformer, out: Path, extra: dict | None = None, 
         state.update({f"head.{k}": v.detach().contiguous().clone() for k, v in head.state_dict().items()})
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     kwargs = timm_kwargs(encoder, head.out_features if head is not None else 0)
-    info = {"architecture": "vit_base_patch16_224", "kwargs": kwargs, **(extra or {}),
-            "usage": "timm.create_model(architecture, pretrained=False, **kwargs).load_state_dict("
-                     "safetensors.torch.load_file('model.safetensors'))"}
+    info = {
+        "architecture": "vit_base_patch16_224",
+        "kwargs": kwargs,
+        **(extra or {}),
+        "usage": "timm.create_model(architecture, pretrained=False, **kwargs).load_state_dict("
+        "safetensors.torch.load_file('model.safetensors'))",
+    }
     (out / "timm.json").write_text(json.dumps(info, indent=2) + "\n")
     return out

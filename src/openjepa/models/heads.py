@@ -7,6 +7,7 @@ fc_norm=False)`` compute, so it exports to both. 'attentive' pools with one lear
 over the patch features (``AttentiveProbe``, V-JEPA's image evaluation): often better on frozen
 features, and only ours to load.
 """
+
 from __future__ import annotations
 
 import torch
@@ -71,11 +72,16 @@ class Classifier(nn.Module):
 
     def config(self) -> dict:
         """What rebuilds this classifier (JSON-ready): ``Classifier.from_config``."""
-        return {"encoder": self.encoder.config(), "head": self.head_type, "classes": self.classes,
-                "mean": self.mean, "std": self.std}
+        return {
+            "encoder": self.encoder.config(),
+            "head": self.head_type,
+            "classes": self.classes,
+            "mean": self.mean,
+            "std": self.std,
+        }
 
     @classmethod
-    def from_config(cls, config: dict) -> "Classifier":
+    def from_config(cls, config: dict) -> Classifier:
         encoder = VisionTransformer(**config["encoder"])
         encoder.mean, encoder.std = list(config["mean"]), list(config["std"])
         return cls(encoder, config["classes"], config["head"])

@@ -6,6 +6,7 @@ width, plus the predictor's own position embedding at the context positions) fol
 tokens carrying the position embedding of that block's patches. The outputs at the mask tokens,
 projected back to the encoder width, are the prediction. Names follow the reference code.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,16 @@ from .vit import LAYER_NORM_EPS, Block, gather_tokens, init_weights, run_blocks,
 
 
 class Predictor(nn.Module):
-    def __init__(self, grid: tuple[int, int], embed_dim: int, predictor_dim: int = 384, depth: int = 6,
-                 num_heads: int = 12, mlp_ratio: float = 4.0, out_dim: int | None = None):
+    def __init__(
+        self,
+        grid: tuple[int, int],
+        embed_dim: int,
+        predictor_dim: int = 384,
+        depth: int = 6,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_dim: int | None = None,
+    ):
         super().__init__()
         self.grid = tuple(grid)
         self.embed_dim = embed_dim
@@ -24,8 +33,7 @@ class Predictor(nn.Module):
         self.predictor_embed = nn.Linear(embed_dim, predictor_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_dim))
         self.register_buffer("predictor_pos_embed", sincos_pos_embed_2d(predictor_dim, self.grid).unsqueeze(0))
-        self.predictor_blocks = nn.ModuleList(
-            Block(predictor_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.predictor_blocks = nn.ModuleList(Block(predictor_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.predictor_norm = nn.LayerNorm(predictor_dim, eps=LAYER_NORM_EPS)
         self.predictor_proj = nn.Linear(predictor_dim, self.out_dim)
         self.grad_checkpointing = False

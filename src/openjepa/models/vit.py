@@ -4,6 +4,7 @@ Reads top-down: position embedding, attention, MLP, block, the size table, then 
 Parameter names follow the reference implementation (``patch_embed.proj``, ``blocks.{i}.attn.qkv``
 ...) so reference checkpoints load without renaming.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -183,9 +184,17 @@ class VisionTransformer(nn.Module):
     the final LayerNorm; with ``keep_idx`` [B, K] only those patches (flat raster indices) are
     encoded, gathered after the position embedding is added."""
 
-    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True):
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+    ):
         super().__init__()
         self.img_size = _pair(img_size)
         self.patch_size = patch_size
@@ -217,9 +226,15 @@ class VisionTransformer(nn.Module):
 
     def config(self) -> dict:
         """The constructor arguments that rebuild this encoder (JSON-ready)."""
-        return {"img_size": list(self.img_size), "patch_size": self.patch_size, "in_chans": self.in_chans,
-                "embed_dim": self.embed_dim, "depth": len(self.blocks), "num_heads": self.num_heads,
-                "mlp_ratio": self.blocks[0].mlp.fc1.out_features / self.embed_dim}
+        return {
+            "img_size": list(self.img_size),
+            "patch_size": self.patch_size,
+            "in_chans": self.in_chans,
+            "embed_dim": self.embed_dim,
+            "depth": len(self.blocks),
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.blocks[0].mlp.fc1.out_features / self.embed_dim,
+        }
 
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """The position embedding for a ``grid`` of patches: the stored one at the training grid,
@@ -237,8 +252,9 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed.proj(images).flatten(2).transpose(1, 2)
         return x + self.pos_embed_for((H // self.patch_size, W // self.patch_size)).to(x.dtype)
 
-    def forward(self, images: torch.Tensor, keep_idx: torch.Tensor | None = None,
-                layers: int | list[int] | None = None) -> torch.Tensor | list[torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, keep_idx: torch.Tensor | None = None, layers: int | list[int] | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
         """With ``layers`` (as in ``intermediates``): the chosen blocks' outputs instead, without the
         final norm, as a list. They are taken here, in ``forward``, so that FSDP gathers the weights."""
         x = self.patchify(images)
@@ -248,7 +264,11 @@ class VisionTransformer(nn.Module):
             return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
         depth = len(self.blocks)
         wanted = list(range(depth - layers, depth)) if isinstance(layers, int) else [i % depth for i in layers]
-        if not wanted or any(not 0 <= i < depth for i in wanted) or (isinstance(layers, int) and not 0 < layers <= depth):
+        if (
+            not wanted
+            or any(not 0 <= i < depth for i in wanted)
+            or (isinstance(layers, int) and not 0 < layers <= depth)
+        ):
             raise ValueError(f"layers must pick blocks of 0..{depth - 1}, got {layers}")
         outputs = {}
         for i, blk in enumerate(self.blocks[: max(wanted) + 1]):
@@ -259,15 +279,18 @@ class VisionTransformer(nn.Module):
         """[B, D]: the mean of the patch features (the paper's evaluation features)."""
         return self(images).mean(1)
 
-    def intermediates(self, images: torch.Tensor, layers: int | list[int] = 1, norm: bool = False) -> list[torch.Tensor]:
+    def intermediates(
+        self, images: torch.Tensor, layers: int | list[int] = 1, norm: bool = False
+    ) -> list[torch.Tensor]:
         """Outputs [B, N, D] of chosen blocks: ``layers`` an int n (the last n blocks) or a list of
         block indices (negative counts from the end). ``norm`` applies the final LayerNorm to each."""
         outputs = self(images, layers=layers)
         return [self.norm(x) for x in outputs] if norm else outputs
 
 
-def build_encoder(model_name: str = "vit_base", img_size: int | tuple[int, int] = 224, patch_size: int = 16,
-                  in_chans: int = 3) -> VisionTransformer:
+def build_encoder(
+    model_name: str = "vit_base", img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3
+) -> VisionTransformer:
     s = resolve_size(model_name)
     return VisionTransformer(img_size, patch_size, in_chans, s.dim, s.depth, s.heads, s.mlp_ratio)
 
@@ -276,5 +299,17 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["VisionTransformer", "Block", "drop_path", "VIT_SIZES", "ViTSize", "build_encoder", "resolve_size",
-           "sincos_pos_embed_2d", "interpolate_pos_embed", "gather_tokens", "init_weights", "count_params"]
+__all__ = [
+    "VisionTransformer",
+    "Block",
+    "drop_path",
+    "VIT_SIZES",
+    "ViTSize",
+    "build_encoder",
+    "resolve_size",
+    "sincos_pos_embed_2d",
+    "interpolate_pos_embed",
+    "gather_tokens",
+    "init_weights",
+    "count_params",
+]

@@ -1,5 +1,6 @@
 """What pretraining watches while it runs: the collapse of the target features (per token, and
 across images on a fixed batch: the collapse probe) and the periodic kNN / RankMe monitor."""
+
 from __future__ import annotations
 
 import logging
@@ -63,9 +64,11 @@ class CollapseProbe:
         self.latest = dict(self.EMPTY)
         self.first: dict | None = None  # the step-0 reading
         self.warned = False
-        self.advice = ("Lower the learning rate, or raise the regularisers' weights"
-                       if CollapseRegularizer.from_config(cfg.meta).active else
-                       "Lower the learning rate, or turn on meta.variance_weight / meta.covariance_weight")
+        self.advice = (
+            "Lower the learning rate, or raise the regularisers' weights"
+            if CollapseRegularizer.from_config(cfg.meta).active
+            else "Lower the learning rate, or turn on meta.variance_weight / meta.covariance_weight"
+        )
 
     def state(self) -> dict:
         return {"latest": self.latest, "first": self.first, "warned": self.warned}
@@ -80,12 +83,16 @@ class CollapseProbe:
         under SPREAD_RATIO times the step-0 reading (none: not collapsed)."""
         why = []
         if reading["image_rankme"] < cls.RANKME_FLOOR:
-            why.append(f"image_rankme {reading['image_rankme']:.1f} is under the floor of {cls.RANKME_FLOOR:.0f}: "
-                       f"the pooled features vary along only a few directions")
+            why.append(
+                f"image_rankme {reading['image_rankme']:.1f} is under the floor of {cls.RANKME_FLOOR:.0f}: "
+                f"the pooled features vary along only a few directions"
+            )
         if first is not None and reading["image_spread"] < cls.SPREAD_RATIO * first["image_spread"]:
-            why.append(f"image_spread {reading['image_spread']:.3f} is under {cls.SPREAD_RATIO:g} x the random "
-                       f"encoder's {first['image_spread']:.3f} at step 0: the features depend on the image less than "
-                       f"a random network's do")
+            why.append(
+                f"image_spread {reading['image_spread']:.3f} is under {cls.SPREAD_RATIO:g} x the random "
+                f"encoder's {first['image_spread']:.3f} at step 0: the features depend on the image less than "
+                f"a random network's do"
+            )
         return why
 
     @classmethod
@@ -107,13 +114,23 @@ class CollapseProbe:
             return self.latest
         if step == 0:
             self.first = self.latest
-        log.info("collapse probe at step %d: image_rankme %.1f, image_spread %.3f%s", step, stats["image_rankme"],
-                 stats["image_spread"], " (the random initial encoder)" if step == 0 else "")
+        log.info(
+            "collapse probe at step %d: image_rankme %.1f, image_spread %.3f%s",
+            step,
+            stats["image_rankme"],
+            stats["image_spread"],
+            " (the random initial encoder)" if step == 0 else "",
+        )
         if step > 0 and not self.warned and self.collapsed(self.latest, self.first):
             self.warned = True
-            log.warning("the features are collapsing: at step %d, on the target encoder's pooled features of %d images, "
-                        "%s. %s (see the README's Collapse section)", step, len(self.images),
-                        "; and ".join(self.reasons(self.latest, self.first)), self.advice)
+            log.warning(
+                "the features are collapsing: at step %d, on the target encoder's pooled features of %d images, "
+                "%s. %s (see the README's Collapse section)",
+                step,
+                len(self.images),
+                "; and ".join(self.reasons(self.latest, self.first)),
+                self.advice,
+            )
         return self.latest
 
 
@@ -134,7 +151,11 @@ class Monitor:
 
     def check(self, encoder: nn.Module, autocast, step: int, epoch: int) -> dict:
         t0 = time.perf_counter()
-        row = {"step": step, "epoch": epoch, **monitor(encoder, self.dataset, self.indices, self.mean, self.std, autocast)}
+        row = {
+            "step": step,
+            "epoch": epoch,
+            **monitor(encoder, self.dataset, self.indices, self.mean, self.std, autocast),
+        }
         if self.log is None:  # a process other than 0 under FSDP: it took part in the forward passes
             return row
         self.log.append(row)
@@ -143,13 +164,25 @@ class Monitor:
                 if row[key] is not None:
                     self.writer.add_scalar(f"monitor/{key}", row[key], step)
         knn = "n/a (no labels)" if row["knn_acc"] is None else f"{100 * row['knn_acc']:.1f}%"
-        log.info("monitor at epoch %d: kNN@20 %s, RankMe %.1f, feature_std %.4f (%.1f s)", epoch, knn, row["rankme"],
-                 row["feature_std"], time.perf_counter() - t0)
+        log.info(
+            "monitor at epoch %d: kNN@20 %s, RankMe %.1f, feature_std %.4f (%.1f s)",
+            epoch,
+            knn,
+            row["rankme"],
+            row["feature_std"],
+            time.perf_counter() - t0,
+        )
         if self.first is None:
             self.first = {k: row[k] for k in ("rankme", "feature_std")}
         elif not self.warned and any(row[k] < 0.5 * self.first[k] for k in self.first):
             self.warned = True
-            log.warning("the representation may be collapsing: RankMe %.1f (first %.1f), feature_std %.4f (first %.4f) "
-                        "at epoch %d", row["rankme"], self.first["rankme"], row["feature_std"],
-                        self.first["feature_std"], epoch)
+            log.warning(
+                "the representation may be collapsing: RankMe %.1f (first %.1f), feature_std %.4f (first %.4f) "
+                "at epoch %d",
+                row["rankme"],
+                self.first["rankme"],
+                row["feature_std"],
+                self.first["feature_std"],
+                epoch,
+            )
         return row

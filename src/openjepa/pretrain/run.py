@@ -3,6 +3,7 @@
 Schedules are pure functions of the step, and every batch is a pure function of (seed, batch
 number), so a resumed run needs only the weights, the optimiser state and the step.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,22 @@ from ..config import Config, ConfigError, validate
 from ..data import DataError, PretrainTransform, build_dataset, build_pretrain_loader, close_loader, decode_batch
 from ..device import autocast, resolve_device, training_bf16
 from ..distributed import World, init_distributed
-from ..engine import (Checkpointer, CSVLog, Hook, Schedules, TrainingError, Window, check_run_dir, make_run_dir,
-                      memory_mb, progress_bar, run_steps, setup_logging, tensorboard, write_atomic)
+from ..engine import (
+    Checkpointer,
+    CSVLog,
+    Hook,
+    Schedules,
+    TrainingError,
+    Window,
+    check_run_dir,
+    make_run_dir,
+    memory_mb,
+    progress_bar,
+    run_steps,
+    setup_logging,
+    tensorboard,
+    write_atomic,
+)
 from ..ijepa import build_ijepa, resolve_config
 from ..masks import mask_sampler_for
 from .probes import CollapseProbe, CollapseWatch, Monitor
@@ -25,8 +40,24 @@ from .step import accumulate, build_optimizer, optimizer_step
 
 log = logging.getLogger("openjepa")
 
-LOG_COLUMNS = ("step", "epoch", "loss", "target_std", "image_rankme", "image_spread", "probe_step", "lr", "wd", "momentum",
-               "context_tokens", "target_tokens", "img_per_s", "mem_mb", "skipped_images", "elapsed_s")
+LOG_COLUMNS = (
+    "step",
+    "epoch",
+    "loss",
+    "target_std",
+    "image_rankme",
+    "image_spread",
+    "probe_step",
+    "lr",
+    "wd",
+    "momentum",
+    "context_tokens",
+    "target_tokens",
+    "img_per_s",
+    "mem_mb",
+    "skipped_images",
+    "elapsed_s",
+)
 
 
 def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.Dataset | None = None) -> Path:
@@ -59,8 +90,10 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
     images_per_step = d.batch_size * world.size * o.accum_steps
     micro_per_epoch = len(dataset) // (d.batch_size * world.size) // o.accum_steps * o.accum_steps
     if micro_per_epoch == 0:
-        raise DataError(f"the dataset has {len(dataset)} images, fewer than one optimiser step of "
-                        f"{images_per_step} (data.batch_size x processes x optimization.accum_steps)")
+        raise DataError(
+            f"the dataset has {len(dataset)} images, fewer than one optimiser step of "
+            f"{images_per_step} (data.batch_size x processes x optimization.accum_steps)"
+        )
     steps_per_epoch = micro_per_epoch // o.accum_steps
     total_steps = o.epochs * steps_per_epoch
     try:
@@ -83,8 +116,11 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
     sharded = shard(model, world, meta.fsdp)
     optimizer = build_optimizer(model, o)
     state = checkpoints.load_latest()
-    start_step, resumed_probe = restore_state(state, checkpoints.latest, model, optimizer, cfg, sharded,
-                                              images_per_step) if state is not None else (0, {})
+    start_step, resumed_probe = (
+        restore_state(state, checkpoints.latest, model, optimizer, cfg, sharded, images_per_step)
+        if state is not None
+        else (0, {})
+    )
     del state
     if start_step:
         log.info("resuming %s from step %d (epoch %d)", checkpoints.latest, start_step, start_step // steps_per_epoch)
@@ -96,31 +132,63 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
         return run_dir
 
     transform = PretrainTransform.from_config(d)
-    loader = build_pretrain_loader(dataset, transform, sampler, d.batch_size, micro_per_epoch,
-                                   start_step * o.accum_steps, stop_step * o.accum_steps, meta.seed,
-                                   d.num_workers, d.pin_mem and device.type == "cuda", world.rank, world.size,
-                                   d.decode_on_device, cfg.mask.pack_group)
+    loader = build_pretrain_loader(
+        dataset,
+        transform,
+        sampler,
+        d.batch_size,
+        micro_per_epoch,
+        start_step * o.accum_steps,
+        stop_step * o.accum_steps,
+        meta.seed,
+        d.num_workers,
+        d.pin_mem and device.type == "cuda",
+        world.rank,
+        world.size,
+        d.decode_on_device,
+        cfg.mask.pack_group,
+    )
     bf16 = training_bf16(meta, device)
-    log.info("training %s on %s%s: %d images, %d steps/epoch of %d images (%d per process x %d processes x %d "
-             "micro-batches), steps %d..%d, run dir %s", meta.model_name, device,
-             " (bf16 autocast)" if bf16 else " (fp32)", len(dataset), steps_per_epoch,
-             images_per_step, d.batch_size, world.size, o.accum_steps, start_step, stop_step, run_dir)
+    log.info(
+        "training %s on %s%s: %d images, %d steps/epoch of %d images (%d per process x %d processes x %d "
+        "micro-batches), steps %d..%d, run dir %s",
+        meta.model_name,
+        device,
+        " (bf16 autocast)" if bf16 else " (fp32)",
+        len(dataset),
+        steps_per_epoch,
+        images_per_step,
+        d.batch_size,
+        world.size,
+        o.accum_steps,
+        start_step,
+        stop_step,
+        run_dir,
+    )
     step_model = model
     if world.size > 1 and not sharded:
         from torch.nn.parallel import DistributedDataParallel
-        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                             broadcast_buffers=False)
+
+        step_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
 
     batches = iter(loader)
     bar = progress_bar(stop_step, start_step, lg.progress_bar and world.main)
     writer = tensorboard(run_dir / "tensorboard" / lg.write_tag, start_step, lg.tensorboard) if world.main else None
     # A stream (tar shards) has no random access: the checks use its first readable images instead.
     check_images = max(lg.collapse_images if lg.collapse_every else 0, lg.monitor_images if lg.monitor_every else 0)
-    check_data = dataset.head(check_images, d.crop_size) \
-        if hasattr(dataset, "head") and check_images and (world.main or sharded) else dataset
+    check_data = (
+        dataset.head(check_images, d.crop_size)
+        if hasattr(dataset, "head") and check_images and (world.main or sharded)
+        else dataset
+    )
     # Under FSDP the target encoder's forward is collective: every process runs the checks, process 0 writes.
-    monitor = Monitor(cfg, check_data, run_dir, start_step, writer, world.main) \
-        if lg.monitor_every and (world.main or sharded) else None
+    monitor = (
+        Monitor(cfg, check_data, run_dir, start_step, writer, world.main)
+        if lg.monitor_every and (world.main or sharded)
+        else None
+    )
     probe = CollapseProbe(cfg, check_data, world.main) if lg.collapse_every and (world.main or sharded) else None
     if probe is not None and start_step == 0:
         probe.check(model.target_encoder, 0)  # the random encoder's reading, to compare with
@@ -146,8 +214,11 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
             # that skipped alone would leave the others waiting in the gradient all-reduce.
             if world.any(batch["images"] is None, device):
                 if batch["images"] is not None:
-                    log.warning("micro-batch %d skipped on every process: another process had no readable "
-                                "image in its share of it", batch["batch"])
+                    log.warning(
+                        "micro-batch %d skipped on every process: another process had no readable "
+                        "image in its share of it",
+                        batch["batch"],
+                    )
                 continue
             micro.append(batch)
         results = accumulate(step_model, micro, device, amp, 1.0 / o.accum_steps, step)
@@ -163,24 +234,37 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
 
     def check_finite(tick) -> None:  # never log or checkpoint past a non-finite loss
         kept = checkpoints.latest if checkpoints.latest.exists() else "(none yet)"
-        window.check_finite(f"non-finite loss before step {tick.step}; stopping. The last good checkpoint {kept} is kept")
+        window.check_finite(
+            f"non-finite loss before step {tick.step}; stopping. The last good checkpoint {kept} is kept"
+        )
 
     def log_row(tick) -> None:
         step = tick.step - 1
         sums = window.read()
         n = max(sums["batches"], 1)
-        row = {"step": tick.step, "epoch": round(tick.step / steps_per_epoch, 4), "loss": (sums["loss"] or 0.0),
-               "target_std": sums.get("target_std", 0.0) / n, "lr": schedules.lr_at(step), "wd": schedules.wd_at(step),
-               "momentum": schedules.momentum_at(step), "context_tokens": sums.get("context_tokens", 0) / n,
-               "target_tokens": sums.get("target_tokens", 0) / n, "img_per_s": sums["img_per_s"],
-               "mem_mb": round(memory_mb(device), 1), "skipped_images": skips.images,
-               "elapsed_s": round(time.perf_counter() - t0, 2),
-               **(probe.latest if probe is not None else CollapseProbe.EMPTY)}
+        row = {
+            "step": tick.step,
+            "epoch": round(tick.step / steps_per_epoch, 4),
+            "loss": (sums["loss"] or 0.0),
+            "target_std": sums.get("target_std", 0.0) / n,
+            "lr": schedules.lr_at(step),
+            "wd": schedules.wd_at(step),
+            "momentum": schedules.momentum_at(step),
+            "context_tokens": sums.get("context_tokens", 0) / n,
+            "target_tokens": sums.get("target_tokens", 0) / n,
+            "img_per_s": sums["img_per_s"],
+            "mem_mb": round(memory_mb(device), 1),
+            "skipped_images": skips.images,
+            "elapsed_s": round(time.perf_counter() - t0, 2),
+            **(probe.latest if probe is not None else CollapseProbe.EMPTY),
+        }
         if world.main:
             _write_row(row, csv_log, writer, watch, bar)
 
     def save(tick) -> None:
-        state = checkpoint_state(model, optimizer, tick.step, tick.epoch, cfg, sharded, images_per_step)  # collective under FSDP
+        state = checkpoint_state(
+            model, optimizer, tick.step, tick.epoch, cfg, sharded, images_per_step
+        )  # collective under FSDP
         if not world.main:
             return
         if probe is not None:
@@ -191,16 +275,36 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
 
     hooks = [Hook(check_finite, lambda t: t.save or t.step % lg.log_every == 0, "all")]
     if probe is not None:
-        hooks.append(Hook(lambda t: probe.check(model.target_encoder, t.step),
-                          lambda t: t.step % lg.collapse_every == 0 or t.step == total_steps, "shards"))
+        hooks.append(
+            Hook(
+                lambda t: probe.check(model.target_encoder, t.step),
+                lambda t: t.step % lg.collapse_every == 0 or t.step == total_steps,
+                "shards",
+            )
+        )
     hooks.append(Hook(log_row, lambda t: t.step % lg.log_every == 0 or t.last, "all"))
     if monitor is not None:
-        hooks.append(Hook(lambda t: monitor.check(model.target_encoder, amp, t.step, t.epoch),
-                          lambda t: t.epoch_end and t.epoch % lg.monitor_every == 0, "shards"))
+        hooks.append(
+            Hook(
+                lambda t: monitor.check(model.target_encoder, amp, t.step, t.epoch),
+                lambda t: t.epoch_end and t.epoch % lg.monitor_every == 0,
+                "shards",
+            )
+        )
     hooks.append(Hook(save, lambda t: t.save, "shards"))
-    run_steps(step_fn, start_step, stop_step, steps_per_epoch, hooks, world, device, checkpoints.latest, sharded,
-              lg.checkpoint_every_steps, closers=(lambda: close_loader(batches), bar.close,
-                                                 writer.close if writer is not None else (lambda: None)))
+    run_steps(
+        step_fn,
+        start_step,
+        stop_step,
+        steps_per_epoch,
+        hooks,
+        world,
+        device,
+        checkpoints.latest,
+        sharded,
+        lg.checkpoint_every_steps,
+        closers=(lambda: close_loader(batches), bar.close, writer.close if writer is not None else (lambda: None)),
+    )
     log.info("stopped at step %d of %d; checkpoint %s", stop_step, total_steps, checkpoints.latest)
     return run_dir
 
@@ -217,24 +321,35 @@ class _Skips:
     def count_images(self, batch: dict) -> dict:
         if batch["skipped"]:
             self.images += len(batch["skipped"])
-            log.warning("skipped %d unreadable image(s) (%d so far), e.g. %s", len(batch["skipped"]), self.images,
-                        batch["skipped"][0])
+            log.warning(
+                "skipped %d unreadable image(s) (%d so far), e.g. %s",
+                len(batch["skipped"]),
+                self.images,
+                batch["skipped"][0],
+            )
         return batch
 
     def nonfinite_step(self, step: int) -> None:
         self.steps += 1
         log.warning("non-finite loss at step %d: step skipped (%d of at most %d)", step, self.steps, self.limit)
         if self.steps > self.limit:
-            raise TrainingError(f"more than optimization.skip_nonfinite_steps={self.limit} steps had a non-finite "
-                                f"loss (the last at step {step}); stopping. The last good checkpoint {self.latest} "
-                                f"is kept")
+            raise TrainingError(
+                f"more than optimization.skip_nonfinite_steps={self.limit} steps had a non-finite "
+                f"loss (the last at step {step}); stopping. The last good checkpoint {self.latest} "
+                f"is kept"
+            )
 
 
 def _write_row(row: dict, csv_log: CSVLog, writer, watch: CollapseWatch, bar) -> None:
     csv_log.append(row)
     if watch.update(row["target_std"]):
-        log.warning("the representation may be collapsing: target_std %.4f at step %d, down from %.4f at the first "
-                    "log; lower the learning rate or raise the EMA momentum", row["target_std"], row["step"], watch.first)
+        log.warning(
+            "the representation may be collapsing: target_std %.4f at step %d, down from %.4f at the first "
+            "log; lower the learning rate or raise the EMA momentum",
+            row["target_std"],
+            row["step"],
+            watch.first,
+        )
     if writer is not None:
         for key in LOG_COLUMNS[2:-1]:
             if row[key] != "" and key != "probe_step":

@@ -1,5 +1,6 @@
 """What a pretraining checkpoint holds and how a run gets its weights back: its own ``latest.pt``
 (resume), or another checkpoint's networks (``meta.init_from``: a new run started from them)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,12 +19,20 @@ from ..ijepa import IJEPA, build_ijepa
 log = logging.getLogger("openjepa")
 
 # Settings that change how a run is computed, not what: a resume may change them without a warning.
-NOT_MATHEMATICS = frozenset({"logging", "meta.fsdp", "data.num_workers", "data.pin_mem",
-                             "optimization.allow_batch_change"})
+NOT_MATHEMATICS = frozenset(
+    {"logging", "meta.fsdp", "data.num_workers", "data.pin_mem", "optimization.allow_batch_change"}
+)
 
 
-def checkpoint_state(model: IJEPA, optimizer, step: int, epoch: int, cfg: Config, sharded: bool = False,
-                     images_per_step: int | None = None) -> dict:
+def checkpoint_state(
+    model: IJEPA,
+    optimizer,
+    step: int,
+    epoch: int,
+    cfg: Config,
+    sharded: bool = False,
+    images_per_step: int | None = None,
+) -> dict:
     """What a checkpoint holds. ``sharded`` (FSDP): collective, the full state gathered on process
     0 and {} returned elsewhere; the layout is the same either way. ``images_per_step``: the global
     batch (data.batch_size x processes x optimization.accum_steps), checked on resume."""
@@ -32,14 +41,32 @@ def checkpoint_state(model: IJEPA, optimizer, step: int, epoch: int, cfg: Config
         if not weights:
             return {}
     else:
-        weights = {"encoder": model.encoder.state_dict(), "predictor": model.predictor.state_dict(),
-                   "target_encoder": model.target_encoder.state_dict(), "opt": optimizer.state_dict()}
-    return {"format": PRETRAIN_FORMAT, "version": 1, "step": step, "epoch": epoch, **weights, "config": cfg.to_dict(),
-            "images_per_step": images_per_step}
+        weights = {
+            "encoder": model.encoder.state_dict(),
+            "predictor": model.predictor.state_dict(),
+            "target_encoder": model.target_encoder.state_dict(),
+            "opt": optimizer.state_dict(),
+        }
+    return {
+        "format": PRETRAIN_FORMAT,
+        "version": 1,
+        "step": step,
+        "epoch": epoch,
+        **weights,
+        "config": cfg.to_dict(),
+        "images_per_step": images_per_step,
+    }
 
 
-def restore_state(state: dict, path: Path, model: IJEPA, optimizer, cfg: Config, sharded: bool = False,
-                  images_per_step: int | None = None) -> tuple[int, dict]:
+def restore_state(
+    state: dict,
+    path: Path,
+    model: IJEPA,
+    optimizer,
+    cfg: Config,
+    sharded: bool = False,
+    images_per_step: int | None = None,
+) -> tuple[int, dict]:
     """Load the checkpoint ``state`` (read from ``path``) into the model and optimiser; (its step,
     the collapse probe's state).
 
@@ -55,7 +82,8 @@ def restore_state(state: dict, path: Path, model: IJEPA, optimizer, cfg: Config,
             f"run has {images_per_step} (data.batch_size x processes x optimization.accum_steps). Resume with "
             f"settings that give {saved_batch} images per step (e.g. fewer processes and a larger "
             f"data.batch_size or optimization.accum_steps), or set optimization.allow_batch_change=true to "
-            f"continue at {images_per_step}: the step is then converted to keep the images seen")
+            f"continue at {images_per_step}: the step is then converted to keep the images seen"
+        )
     try:
         if sharded:
             load_full_state(model, optimizer, state)
@@ -65,14 +93,20 @@ def restore_state(state: dict, path: Path, model: IJEPA, optimizer, cfg: Config,
             optimizer.load_state_dict(state["opt"])
         step = int(state["step"])
     except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} does not match this config "
-                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not match this config ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
     if batch_changed:
         converted = step * saved_batch // images_per_step
-        log.warning("optimization.allow_batch_change: the checkpoint's %d steps of %d images continue as step %d of "
-                    "%d images (the images seen and the schedules' position kept; the data order within the "
-                    "epoch and the optimiser's state follow the old batch)", step, saved_batch, converted,
-                    images_per_step)
+        log.warning(
+            "optimization.allow_batch_change: the checkpoint's %d steps of %d images continue as step %d of "
+            "%d images (the images seen and the schedules' position kept; the data order within the "
+            "epoch and the optimiser's state follow the old batch)",
+            step,
+            saved_batch,
+            converted,
+            images_per_step,
+        )
         step = converted
     warn_changed(sections(state.get("config", {})), sections(cfg.to_dict()), NOT_MATHEMATICS)
     return step, state.get("collapse_probe", {})
@@ -93,8 +127,9 @@ def init_source(cfg: Config) -> Path | None:
     candidates = [Path(cfg.logging.folder) / meta.read_checkpoint, Path(meta.read_checkpoint)]
     found = next((c for c in candidates if c.exists()), None)
     if found is None:
-        raise ConfigError(f"meta.read_checkpoint {meta.read_checkpoint} not found (looked for "
-                          f"{' and '.join(map(str, candidates))})")
+        raise ConfigError(
+            f"meta.read_checkpoint {meta.read_checkpoint} not found (looked for {' and '.join(map(str, candidates))})"
+        )
     return found
 
 
@@ -123,14 +158,18 @@ def prepare_init(path: Path, cfg: Config) -> dict:
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or extra:
             what = f"has no tensor {key}.{missing[0]}" if missing else f"has a tensor {key}.{extra[0]}"
-            raise ConfigError(f"meta.init_from {path} {what} that this config's network "
-                              f"{'needs' if missing else 'does not have'}: is it of another model size or depth "
-                              f"(meta.model_name, meta.pred_depth)?")
+            raise ConfigError(
+                f"meta.init_from {path} {what} that this config's network "
+                f"{'needs' if missing else 'does not have'}: is it of another model size or depth "
+                f"(meta.model_name, meta.pred_depth)?"
+            )
         for name, want in expected.items():
             if tuple(state[name].shape) != tuple(want.shape):
-                raise ConfigError(f"meta.init_from {path}: tensor {key}.{name} is {tuple(state[name].shape)} there but "
-                                  f"{tuple(want.shape)} for this config (meta.model_name, meta.pred_emb_dim, "
-                                  f"mask.patch_size, data.in_chans must match the checkpoint's)")
+                raise ConfigError(
+                    f"meta.init_from {path}: tensor {key}.{name} is {tuple(state[name].shape)} there but "
+                    f"{tuple(want.shape)} for this config (meta.model_name, meta.pred_emb_dim, "
+                    f"mask.patch_size, data.in_chans must match the checkpoint's)"
+                )
         out[key] = state
     return {"path": str(path), "format": fmt, "states": out}
 
@@ -142,9 +181,12 @@ def load_init(model: IJEPA, init: dict) -> None:
         if state is not None:
             getattr(model, key).load_state_dict(state)
     init["states"].clear()  # the copies are in the model now: not held for the whole run
-    log.info("initialised from %s (%s checkpoint): encoder, target encoder%s; new optimiser state and schedules",
-             init["path"], init["format"],
-             " and a fresh predictor (the source has none)" if fresh else " and predictor")
+    log.info(
+        "initialised from %s (%s checkpoint): encoder, target encoder%s; new optimiser state and schedules",
+        init["path"],
+        init["format"],
+        " and a fresh predictor (the source has none)" if fresh else " and predictor",
+    )
 
 
 def scaled_lrs(o, images_per_step: int, report: bool = True):
@@ -158,15 +200,29 @@ def scaled_lrs(o, images_per_step: int, report: bool = True):
         factor = images_per_step / ref if o.lr_scaling == "linear" else math.sqrt(images_per_step / ref)
     if report:
         if ref is None:
-            log.info("global batch %d images per step (optimization.reference_batch not set: the LR %g is used as "
-                     "given)", images_per_step, o.lr)
+            log.info(
+                "global batch %d images per step (optimization.reference_batch not set: the LR %g is used as given)",
+                images_per_step,
+                o.lr,
+            )
         elif factor != 1.0:
-            log.info("global batch %d, the recipe's reference batch %d: LRs scaled %s by %.4g (lr %g -> %g)",
-                     images_per_step, ref, o.lr_scaling, factor, o.lr, o.lr * factor)
+            log.info(
+                "global batch %d, the recipe's reference batch %d: LRs scaled %s by %.4g (lr %g -> %g)",
+                images_per_step,
+                ref,
+                o.lr_scaling,
+                factor,
+                o.lr,
+                o.lr * factor,
+            )
         elif images_per_step != ref:
-            log.warning("global batch %d images per step, but the recipe's LR %g was set for %d "
-                        "(optimization.reference_batch); the LR is not scaled (optimization.lr_scaling=none)",
-                        images_per_step, o.lr, ref)
+            log.warning(
+                "global batch %d images per step, but the recipe's LR %g was set for %d "
+                "(optimization.reference_batch); the LR is not scaled (optimization.lr_scaling=none)",
+                images_per_step,
+                o.lr,
+                ref,
+            )
         else:
             log.info("global batch %d images per step, the recipe's reference batch", images_per_step)
     if factor == 1.0:

@@ -1,5 +1,6 @@
 """Pretraining's step: forward and backward over the step's micro-batches (gradients synchronised
 once across processes), then clipping, AdamW and the EMA of the target encoder."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,9 @@ def param_groups(model: IJEPA) -> list[dict]:
 def build_optimizer(model: IJEPA, o) -> torch.optim.AdamW:
     """AdamW over ``param_groups``; ``optimization.fused_adamw`` picks torch's fused kernel
     (the same update, computed in one kernel per device instead of one loop per tensor list)."""
-    return torch.optim.AdamW(param_groups(model), lr=o.start_lr, weight_decay=o.weight_decay,
-                             **({"fused": True} if o.fused_adamw else {}))
+    return torch.optim.AdamW(
+        param_groups(model), lr=o.start_lr, weight_decay=o.weight_decay, **({"fused": True} if o.fused_adamw else {})
+    )
 
 
 def target_std(target) -> torch.Tensor:
@@ -47,13 +49,16 @@ def forward_backward(model: nn.Module, batch: dict, device: torch.device, autoca
         loss, targets = model(images, context_idx, target_idx, return_target=True, step=step)
     (loss * scale).backward()
     n = len(images)
-    tokens = (sum(c.size(0) * c.size(1) for c in context_idx) / n,
-              sum(t.size(0) * t.size(1) * t.size(2) for t in target_idx) / n)
+    tokens = (
+        sum(c.size(0) * c.size(1) for c in context_idx) / n,
+        sum(t.size(0) * t.size(1) * t.size(2) for t in target_idx) / n,
+    )
     return loss.detach(), target_std(targets), (n, *tokens)
 
 
-def accumulate(step_model: nn.Module, micro: list[dict], device: torch.device, autocast, scale: float,
-               step: int = 0) -> list:
+def accumulate(
+    step_model: nn.Module, micro: list[dict], device: torch.device, autocast, scale: float, step: int = 0
+) -> list:
     """Forward and backward over one optimiser step's micro-batches, the gradients summed. Across
     processes they are synchronised once, with the last micro-batch: DDP's ``no_sync`` and FSDP's
     ``set_requires_gradient_sync(False)`` hold back the all-reduce (or reduce-scatter) before it.

@@ -1,4 +1,5 @@
 """Training curves from a run's log.csv (and monitor.csv where present), as one PNG."""
+
 from __future__ import annotations
 
 import csv
@@ -7,9 +8,17 @@ from pathlib import Path
 
 from ..errors import BadInput
 
-CURVES = (("loss", "log.csv"), ("target_std", "log.csv"), ("image_rankme", "log.csv"), ("image_spread", "log.csv"),
-          ("lr", "log.csv"), ("wd", "log.csv"),
-          ("momentum", "log.csv"), ("knn_acc", "monitor.csv"), ("rankme", "monitor.csv"))
+CURVES = (
+    ("loss", "log.csv"),
+    ("target_std", "log.csv"),
+    ("image_rankme", "log.csv"),
+    ("image_spread", "log.csv"),
+    ("lr", "log.csv"),
+    ("wd", "log.csv"),
+    ("momentum", "log.csv"),
+    ("knn_acc", "monitor.csv"),
+    ("rankme", "monitor.csv"),
+)
 
 
 def read_columns(path: Path) -> dict[str, list[float]]:
@@ -44,8 +53,9 @@ def curves_png(run_dir: str | Path) -> bytes:
     tables = {name: read_columns(run_dir / name) for name in ("log.csv", "monitor.csv")}
     panels = [(key, tables[src]) for key, src in CURVES if "step" in tables[src] and tables[src].get(key)]
     if not panels:
-        raise BadInput(f"{run_dir / 'log.csv'} holds no rows of a training log (empty, or not written by "
-                       f"openjepa train)")
+        raise BadInput(
+            f"{run_dir / 'log.csv'} holds no rows of a training log (empty, or not written by openjepa train)"
+        )
     cols = 4
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
@@ -56,7 +66,7 @@ def curves_png(run_dir: str | Path) -> bytes:
         if key == "loss":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     buf = io.BytesIO()

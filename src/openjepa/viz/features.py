@@ -1,5 +1,6 @@
 """Feature pictures: PCA of patch features to RGB (the first three components, fitted jointly
 over the images shown), and the cosine similarity of one patch to all others."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -96,13 +97,13 @@ def feature_figure(encoder, images: torch.Tensor, mean, std, scale: int = 4) -> 
     pca = pca_rgb(feats, grid)
     centre = (grid[0] // 2) * grid[1] + grid[1] // 2
     rows = [[to_rgb(img) for img in images], [_upsample(p, (H, W)) * 255 for p in pca], []]
-    for f, img in zip(feats, images):
+    for f in feats:
         sim = similarity_map(f, centre).reshape(grid).numpy()
         sim = (sim - sim.min()) / max(sim.max() - sim.min(), 1e-12)
         tile = np.stack([_upsample(sim, (H, W))] * 3, -1) * 255
         p = H // grid[0]
         r, c = divmod(centre, grid[1])
-        tile[r * p:(r + 1) * p, c * p:(c + 1) * p] = (230, 25, 75)
+        tile[r * p : (r + 1) * p, c * p : (c + 1) * p] = (230, 25, 75)
         rows[2].append(tile)
     pad = 4
     tile_w, tile_h = W * scale, H * scale

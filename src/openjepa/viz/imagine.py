@@ -3,6 +3,7 @@ predicted token is matched to its nearest neighbour in a bank of real patch feat
 target encoder's layer-normed output, the space the predictor is trained to hit), and that
 neighbour's pixels are pasted into the hole. Good retrievals mean the prediction carries the
 block's content; the pixels shown were never produced by the model."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,15 +29,21 @@ def build_bank(model, images: torch.Tensor, mean, std, batch_size: int = 256):
     the features are ``model``'s training targets (``IJEPA.target_features``, whatever its
     ``target_layers``), the space its predictor is trained to hit."""
     encoder = model.target_encoder
-    feats = torch.cat([model.target_features(prepare(images[i:i + batch_size], encoder, mean, std)).flatten(0, 1)
-                       for i in range(0, len(images), batch_size)])
+    feats = torch.cat(
+        [
+            model.target_features(prepare(images[i : i + batch_size], encoder, mean, std)).flatten(0, 1)
+            for i in range(0, len(images), batch_size)
+        ]
+    )
     return feats, image_patches(images, encoder.patch_size).flatten(0, 1)
 
 
 def retrieve(bank: torch.Tensor, queries: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Index of the nearest bank row (squared L2) for each query row."""
     sq = (bank.double() ** 2).sum(1)
-    out = [(sq - 2 * queries[i:i + chunk].double() @ bank.double().T).argmin(1) for i in range(0, len(queries), chunk)]
+    out = [
+        (sq - 2 * queries[i : i + chunk].double() @ bank.double().T).argmin(1) for i in range(0, len(queries), chunk)
+    ]
     return torch.cat(out)
 
 

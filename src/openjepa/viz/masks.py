@@ -2,6 +2,7 @@
 strategy (the look of the paper's masking figure), so mask settings can be checked before
 spending GPU hours. Target block m is tinted with TARGET_COLOURS[m]; context patches keep the
 image; patches in neither are darkened."""
+
 from __future__ import annotations
 
 import copy
@@ -13,8 +14,19 @@ from PIL import Image, ImageDraw
 from ..masks import mask_sampler_for
 
 STRATEGIES = ("multiblock", "block", "rasterized", "random")
-TARGET_COLOURS = np.array([(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-                           (70, 240, 240), (240, 50, 230), (210, 245, 60)], dtype=np.float64)
+TARGET_COLOURS = np.array(
+    [
+        (230, 25, 75),
+        (60, 180, 75),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+    ],
+    dtype=np.float64,
+)
 ALPHA = 0.6  # weight of a target colour over the image
 DARK = 0.25  # brightness kept by patches that are neither context nor target
 NEITHER, CONTEXT = -2, -1
@@ -36,8 +48,9 @@ def patch_labels(grid: tuple[int, int], context_idx: torch.Tensor, target_idx: t
     return labels.reshape(grid)
 
 
-def mask_overlay(image: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor, patch_size: int,
-                 scale: int = 1) -> np.ndarray:
+def mask_overlay(
+    image: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor, patch_size: int, scale: int = 1
+) -> np.ndarray:
     """One image [C, H, W] with its masks ([Kc], [M, Kt]) drawn: uint8 [H*scale, W*scale, 3]."""
     rgb = to_rgb(image)
     grid = (rgb.shape[0] // patch_size, rgb.shape[1] // patch_size)
@@ -59,8 +72,9 @@ def sampler_for(cfg, strategy: str):
     return mask_sampler_for(cfg)
 
 
-def mask_grid(images: torch.Tensor, cfg, strategies=STRATEGIES, seed: int = 0, scale: int = 4,
-              label_width: int = 90) -> Image.Image:
+def mask_grid(
+    images: torch.Tensor, cfg, strategies=STRATEGIES, seed: int = 0, scale: int = 4, label_width: int = 90
+) -> Image.Image:
     """Images [B, C, S, S] in [0, 1] (S = cfg.data.crop_size) with masks from each strategy of
     ``cfg``'s mask settings, drawn from ``seed``: one row per strategy, its name on the left."""
     size, pad = images.size(-1) * scale, 4

@@ -2,6 +2,7 @@
 the curves, the mask grid, feature maps, predictor retrievals and every evaluation found in
 RUN/eval/. A section whose inputs are missing (no checkpoint yet, data not found) says why
 instead of failing the report."""
+
 from __future__ import annotations
 
 import base64
@@ -21,16 +22,22 @@ from ..interop import load_ijepa
 
 log = logging.getLogger("openjepa")
 SECTIONS = ("config", "curves", "masks", "features", "imagination", "evaluation")
-TITLES = {"config": "Config", "curves": "Training curves", "masks": "Masks", "features": "Feature maps",
-          "imagination": "What the predictor imagines (retrieval)", "evaluation": "Evaluation"}
+TITLES = {
+    "config": "Config",
+    "curves": "Training curves",
+    "masks": "Masks",
+    "features": "Feature maps",
+    "imagination": "What the predictor imagines (retrieval)",
+    "evaluation": "Evaluation",
+}
 NOTES = {
     "masks": "Context patches keep the image; each target block has its own colour; dark patches are neither.",
     "features": "Rows: images; PCA of the target encoder's patch features (first three components as RGB, "
-                "fitted over these images); cosine similarity of the marked centre patch to every patch.",
-    "imagination": "Columns: image, masked context, \"imagination\", truth. The predictor's output for one target "
-                   "block is matched to the nearest real patch features in a bank built with the target encoder over "
-                   "other images of the dataset, and those patches' pixels are pasted into the hole. This is "
-                   "retrieval, not generation: the model produced no pixels.",
+    "fitted over these images); cosine similarity of the marked centre patch to every patch.",
+    "imagination": 'Columns: image, masked context, "imagination", truth. The predictor\'s output for one target '
+    "block is matched to the nearest real patch features in a bank built with the target encoder over "
+    "other images of the dataset, and those patches' pixels are pasted into the hole. This is "
+    "retrieval, not generation: the model produced no pixels.",
 }
 # Marks each image as loaded or broken once the page has loaded (read by the test in headless Chromium).
 CHECK_SCRIPT = """<script>window.addEventListener('load', () => {
@@ -62,13 +69,20 @@ def eval_tables(run_dir: Path) -> str:
             continue
         cols, rows = headline_cells(results)
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-        body = "".join("<tr><th>" + html.escape(enc) + "</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-                       for enc, cells in rows.items())
-        meta = (f"{html.escape(path.name)}: {html.escape(record.get('dataset', ''))}, {record.get('which', '')} encoder, "
-                f"{record.get('wall_s', '')} s on {html.escape(str(record.get('hardware', {}).get('device', '')))}")
+        body = "".join(
+            "<tr><th>" + html.escape(enc) + "</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+            for enc, cells in rows.items()
+        )
+        meta = (
+            f"{html.escape(path.name)}: {html.escape(record.get('dataset', ''))}, {record.get('which', '')} encoder, "
+            f"{record.get('wall_s', '')} s on {html.escape(str(record.get('hardware', {}).get('device', '')))}"
+        )
         parts.append(f"<p>{meta}</p><table><tr><th>encoder</th>{head}</tr>{body}</table>")
-    return "".join(parts) or "<p class='note'>No evaluation yet: run <code>openjepa eval RUN/checkpoints/latest.pt" \
-                             "</code> and rebuild the report.</p>"
+    return (
+        "".join(parts)
+        or "<p class='note'>No evaluation yet: run <code>openjepa eval RUN/checkpoints/latest.pt"
+        "</code> and rebuild the report.</p>"
+    )
 
 
 def summary(run_dir: Path) -> str:
@@ -80,20 +94,27 @@ def summary(run_dir: Path) -> str:
     lines = []
     cols = read_columns(run_dir / "log.csv")
     steps = cols.get("probe_step", cols.get("step", []))  # the step of the reading a row carries
-    readings = [(int(step), rank, spread) for step, rank, spread in
-                zip(steps, cols.get("image_rankme", []), cols.get("image_spread", []))
-                if rank == rank and step == step]  # NaN: the probe was off
+    readings = [
+        (int(step), rank, spread)
+        for step, rank, spread in zip(steps, cols.get("image_rankme", []), cols.get("image_spread", []))
+        if rank == rank and step == step
+    ]  # NaN: the probe was off
     if readings:
         step, rank, spread = readings[-1]
         first = next(({"image_rankme": r, "image_spread": sp} for st, r, sp in readings if st == 0), None)
         why = CollapseProbe.reasons({"image_rankme": rank, "image_spread": spread}, first) if step > 0 else []
         low = bool(why)
-        versus = (f" (step 0, the random encoder: {first['image_rankme']:.1f} and {first['image_spread']:.3f})"
-                  if first and step > 0 else "")
-        text = (f"Collapse probe at step {step}: image_rankme {rank:.1f}, image_spread {spread:.3f}{versus}: how "
-                f"many directions, and how much, the pooled features vary from image to image. The warning floors: "
-                f"image_rankme {CollapseProbe.RANKME_FLOOR:.0f}, image_spread {CollapseProbe.SPREAD_RATIO:g} x "
-                f"the step-0 reading.")
+        versus = (
+            f" (step 0, the random encoder: {first['image_rankme']:.1f} and {first['image_spread']:.3f})"
+            if first and step > 0
+            else ""
+        )
+        text = (
+            f"Collapse probe at step {step}: image_rankme {rank:.1f}, image_spread {spread:.3f}{versus}: how "
+            f"many directions, and how much, the pooled features vary from image to image. The warning floors: "
+            f"image_rankme {CollapseProbe.RANKME_FLOOR:.0f}, image_spread {CollapseProbe.SPREAD_RATIO:g} x "
+            f"the step-0 reading."
+        )
         if low:
             text = "WARNING: the features are collapsing: " + "; and ".join(why) + ". " + text
         lines.append(f"<p class='{'warn' if low else 'ok'}'>{html.escape(text)}</p>")
@@ -107,8 +128,11 @@ def summary(run_dir: Path) -> str:
         parts = []
         names = {"ijepa": "this encoder", "random": "the same ViT at random init", "pixels": "raw pixels"}
         for protocol, key, label in (("linear", "test_acc", "linear probe"), ("knn", "k=20", "kNN@20")):
-            cells = [f"{shown} {100 * results[name][protocol][key]:.1f}%"
-                     for name, shown in names.items() if key in results.get(name, {}).get(protocol, {})]
+            cells = [
+                f"{shown} {100 * results[name][protocol][key]:.1f}%"
+                for name, shown in names.items()
+                if key in results.get(name, {}).get(protocol, {})
+            ]
             if cells:
                 parts.append(f"{label}: " + ", ".join(cells))
         if parts:
@@ -161,11 +185,13 @@ def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) ->
         mean, std = cfg.data.mean, cfg.data.std
         sections["features"] = img(png_data_uri(feature_figure(model.target_encoder, shown, mean, std)), "feature maps")
         if ckpt_cfg.meta.target == "pixels":
-            sections["imagination"] = missing("this run predicts pixels, not representations: there is nothing to "
-                                              "retrieve")
+            sections["imagination"] = missing(
+                "this run predicts pixels, not representations: there is nothing to retrieve"
+            )
         elif not len(bank_src):
-            sections["imagination"] = missing(f"the data has only {len(shown)} readable images, all shown: none is "
-                                              f"left for the retrieval bank")
+            sections["imagination"] = missing(
+                f"the data has only {len(shown)} readable images, all shown: none is left for the retrieval bank"
+            )
         else:
             bank = build_bank(model, bank_src, mean, std)
             rows = imagine(model, shown, mean, std, sampler_for(cfg, "multiblock"), *bank, seed=seed)
@@ -184,17 +210,24 @@ text-align:right}.note{color:#666;font-style:italic}.warn{background:#fde2e1;bor
 
 
 @torch.no_grad()
-def write_report(run_dir: str | Path, out: str | Path | None = None, n_images: int = 8, bank_images: int = 2000,
-                 seed: int = 0) -> Path:
+def write_report(
+    run_dir: str | Path, out: str | Path | None = None, n_images: int = 8, bank_images: int = 2000, seed: int = 0
+) -> Path:
     """Write RUN/report.html (or ``out``) and return its path."""
     run_dir = Path(run_dir)
     sections = build_sections(run_dir, n_images, bank_images, seed)
-    body = "".join(f"<section id='{name}'><h2>{TITLES[name]}</h2>"
-                   + (f"<p class='note'>{html.escape(NOTES[name])}</p>" if name in NOTES else "")
-                   + sections[name] + "</section>" for name in SECTIONS)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>openjepa report: {html.escape(run_dir.name)}"
-            f"</title><style>{STYLE}</style></head><body><h1>openjepa run report: {html.escape(str(run_dir))}</h1>"
-            f"<p>Written {time.strftime('%Y-%m-%d %H:%M')}.</p>{summary(run_dir)}{body}{CHECK_SCRIPT}</body></html>")
+    body = "".join(
+        f"<section id='{name}'><h2>{TITLES[name]}</h2>"
+        + (f"<p class='note'>{html.escape(NOTES[name])}</p>" if name in NOTES else "")
+        + sections[name]
+        + "</section>"
+        for name in SECTIONS
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>openjepa report: {html.escape(run_dir.name)}"
+        f"</title><style>{STYLE}</style></head><body><h1>openjepa run report: {html.escape(str(run_dir))}</h1>"
+        f"<p>Written {time.strftime('%Y-%m-%d %H:%M')}.</p>{summary(run_dir)}{body}{CHECK_SCRIPT}</body></html>"
+    )
     out = Path(out) if out else run_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -1,6 +1,7 @@
 """Bad input through the real command line (issue 16): each case exits non-zero with one line
 that names the problem, no traceback, and leaves every file that was there unchanged (and adds
 none). Then the cases whose right answer is a behaviour, not an error."""
+
 import hashlib
 import json
 import os
@@ -13,13 +14,12 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import labelled_folder, signal_a_training_run, tiny_config
 from openjepa.checkpoint import load_checkpoint
 from openjepa.cli import main
 from openjepa.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from openjepa.interop import export_encoder, load_encoder
 from openjepa.pretrain import train
-
-from conftest import labelled_folder, signal_a_training_run, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +63,22 @@ def ws(tmp_path_factory):
 
 
 def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # (id, arguments with {ws} for the workspace, words the one-line message must hold)
 CASES = [
     # 1. a folder that is not a run is never written into
     ("train-into-users-folder", ["train", "{ws}/c.yaml", "logging.folder={ws}/mine"], "not an openjepa run"),
-    ("train-into-another-tools-folder", ["train", "{ws}/c.yaml", "logging.folder={ws}/other_tool"],
-     "not an openjepa run"),
+    (
+        "train-into-another-tools-folder",
+        ["train", "{ws}/c.yaml", "logging.folder={ws}/other_tool"],
+        "not an openjepa run",
+    ),
     ("train-folder-is-a-file", ["train", "{ws}/c.yaml", "logging.folder={ws}/a_file"], "is a file"),
     ("train-folder-under-a-file", ["train", "{ws}/c.yaml", "logging.folder={ws}/a_file/run"], "is a file"),
     # 2. submit
@@ -86,11 +92,26 @@ CASES = [
     ("comment-in-number", ["train", "{ws}/new.yaml", "optimization.lr=1e-3 #fast"], "comment"),
     ("duplicate-section", ["train", "{ws}/dup.yaml"], "'data' appears twice"),
     ("duplicate-key-in-override", ["train", "{ws}/new.yaml", "mask.options={a: 1, a: 2}"], "override 'mask.options="),
-    ("infinite-mask-option", ["viz", "masks", "{ws}/c.yaml", "mask.strategy=block",
-                              "mask.options={target_aspect: [0.5, .inf]}", "--out", "{ws}/m.png"], "target_aspect"),
+    (
+        "infinite-mask-option",
+        [
+            "viz",
+            "masks",
+            "{ws}/c.yaml",
+            "mask.strategy=block",
+            "mask.options={target_aspect: [0.5, .inf]}",
+            "--out",
+            "{ws}/m.png",
+        ],
+        "target_aspect",
+    ),
     # 6. silent wrong results
     ("eval-one-class", ["eval", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/one", "--no-progress"], "one class"),
-    ("eval-linear-steps-negative", ["eval", "{ws}/run/checkpoints/latest.pt", "--linear-steps", "-5"], "--linear-steps"),
+    (
+        "eval-linear-steps-negative",
+        ["eval", "{ws}/run/checkpoints/latest.pt", "--linear-steps", "-5"],
+        "--linear-steps",
+    ),
     ("viz-masks-n-negative", ["viz", "masks", "{ws}/c.yaml", "--n", "-3", "--out", "{ws}/m.png"], "--n"),
     ("train-max-steps-negative", ["train", "{ws}/new.yaml", "--max-steps", "-1"], "--max-steps"),
     # 8. tracebacks before
@@ -99,13 +120,20 @@ CASES = [
     ("bench-steps-0", ["bench", "{ws}/c.yaml", "--steps", "0"], "--steps"),
     ("bench-loader-steps-0", ["bench", "{ws}/c.yaml", "--loader", "--steps", "0"], "--steps"),
     ("bench-workers-garbage", ["bench", "{ws}/c.yaml", "--loader", "--workers", "one"], "--workers"),
-    ("eval-attentive-epochs-0", ["eval", "{ws}/run/checkpoints/latest.pt", "--attentive-epochs", "0"],
-     "--attentive-epochs"),
+    (
+        "eval-attentive-epochs-0",
+        ["eval", "{ws}/run/checkpoints/latest.pt", "--attentive-epochs", "0"],
+        "--attentive-epochs",
+    ),
     ("eval-device-tpu", ["eval", "{ws}/run/checkpoints/latest.pt", "--device", "tpu"], "'tpu' is not a device"),
     ("eval-out-a-directory", ["eval", "{ws}/run/checkpoints/latest.pt", "--out", "{ws}/an_out_dir"], "is a directory"),
     ("eval-cache-dir-a-file", ["eval", "{ws}/run/checkpoints/latest.pt", "--cache-dir", "{ws}/a_file"], "is a file"),
     ("eval-out-under-a-file", ["eval", "{ws}/run/checkpoints/latest.pt", "--out", "{ws}/a_file/r.json"], "is a file"),
-    ("viz-curves-garbage-log", ["viz", "curves", "{ws}/garbage_run", "--out", "{ws}/c.png"], "no rows of a training log"),
+    (
+        "viz-curves-garbage-log",
+        ["viz", "curves", "{ws}/garbage_run", "--out", "{ws}/c.png"],
+        "no rows of a training log",
+    ),
     ("viz-curves-not-a-run", ["viz", "curves", "{ws}/mine/nothing", "--out", "{ws}/c.png"], "not found"),
     ("report-not-a-run", ["report", "{ws}/mine"], "a config must be a mapping"),
     ("report-no-folder", ["report", "{ws}/nowhere"], "run directory {ws}/nowhere not found"),
@@ -115,34 +143,79 @@ CASES = [
     ("viz-out-a-directory", ["viz", "masks", "{ws}/c.yaml", "--out", "{ws}/an_out_dir"], "is a directory"),
     ("viz-out-not-png", ["viz", "masks", "{ws}/c.yaml", "--out", "{ws}/masks.jpg"], "ending in .png"),
     ("checkpoint-with-code", ["eval", "{ws}/evil.pt"], "could run code"),
-    ("export-under-a-file", ["export", "{ws}/run/checkpoints/latest.pt", "--format", "safetensors",
-                             "--out", "{ws}/a_file/x"], "is a file"),
+    (
+        "export-under-a-file",
+        ["export", "{ws}/run/checkpoints/latest.pt", "--format", "safetensors", "--out", "{ws}/a_file/x"],
+        "is a file",
+    ),
     # issue 15: fine-tuning, embeddings, starting from a checkpoint
-    ("finetune-one-class", ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/one", "--out", "{ws}/ft"],
-     "one class"),
-    ("finetune-unknown-setting", ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two", "--out",
-                                  "{ws}/ft", "lr=1e-3"], "unknown finetune setting 'lr' (did you mean 'blr'?)"),
-    ("finetune-bad-setting", ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two", "--out", "{ws}/ft",
-                              "drop_path=1.5"], "drop_path must be in [0, 1)"),
-    ("finetune-labels-fraction-0", ["finetune", "{ws}/run/checkpoints/latest.pt", "--out", "{ws}/ft",
-                                    "--labels-fraction", "0"], "--labels-fraction"),
-    ("finetune-into-users-folder", ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two", "--out",
-                                    "{ws}/mine"], "not an openjepa run"),
-    ("finetune-into-a-pretraining-run", ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two",
-                                         "--out", "{ws}/run"], "not a fine-tuning checkpoint"),
-    ("finetune-missing-checkpoint", ["finetune", "{ws}/nowhere.pt", "--data", "{ws}/two", "--out", "{ws}/ft"],
-     "not found"),
-    ("embed-out-not-npz", ["embed", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two", "--out", "{ws}/e.txt"],
-     ".npz or .parquet"),
-    ("embed-no-folder", ["embed", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/nowhere", "--out", "{ws}/e.npz"],
-     "not a folder"),
+    (
+        "finetune-one-class",
+        ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/one", "--out", "{ws}/ft"],
+        "one class",
+    ),
+    (
+        "finetune-unknown-setting",
+        ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two", "--out", "{ws}/ft", "lr=1e-3"],
+        "unknown finetune setting 'lr' (did you mean 'blr'?)",
+    ),
+    (
+        "finetune-bad-setting",
+        ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two", "--out", "{ws}/ft", "drop_path=1.5"],
+        "drop_path must be in [0, 1)",
+    ),
+    (
+        "finetune-labels-fraction-0",
+        ["finetune", "{ws}/run/checkpoints/latest.pt", "--out", "{ws}/ft", "--labels-fraction", "0"],
+        "--labels-fraction",
+    ),
+    (
+        "finetune-into-users-folder",
+        ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two", "--out", "{ws}/mine"],
+        "not an openjepa run",
+    ),
+    (
+        "finetune-into-a-pretraining-run",
+        ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two", "--out", "{ws}/run"],
+        "not a fine-tuning checkpoint",
+    ),
+    (
+        "finetune-missing-checkpoint",
+        ["finetune", "{ws}/nowhere.pt", "--data", "{ws}/two", "--out", "{ws}/ft"],
+        "not found",
+    ),
+    (
+        "embed-out-not-npz",
+        ["embed", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two", "--out", "{ws}/e.txt"],
+        ".npz or .parquet",
+    ),
+    (
+        "embed-no-folder",
+        ["embed", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/nowhere", "--out", "{ws}/e.npz"],
+        "not a folder",
+    ),
     ("init-from-missing", ["train", "{ws}/new.yaml", "meta.init_from={ws}/nowhere.pt"], "meta.init_from"),
-    ("init-from-other-width", ["train", "{ws}/new.yaml", "meta.init_from={ws}/run/checkpoints/latest.pt",
-                               "meta.pred_emb_dim=96"], "tensor predictor."),
-    ("init-from-other-depth", ["train", "{ws}/new.yaml", "meta.init_from={ws}/run/checkpoints/latest.pt",
-                               "meta.pred_depth=2"], "predictor.predictor_blocks.1"),
-    ("init-from-twice", ["train", "{ws}/new.yaml", "meta.init_from={ws}/run/checkpoints/latest.pt",
-                         "meta.load_checkpoint=true", "meta.read_checkpoint=x.pt"], "keep one"),
+    (
+        "init-from-other-width",
+        ["train", "{ws}/new.yaml", "meta.init_from={ws}/run/checkpoints/latest.pt", "meta.pred_emb_dim=96"],
+        "tensor predictor.",
+    ),
+    (
+        "init-from-other-depth",
+        ["train", "{ws}/new.yaml", "meta.init_from={ws}/run/checkpoints/latest.pt", "meta.pred_depth=2"],
+        "predictor.predictor_blocks.1",
+    ),
+    (
+        "init-from-twice",
+        [
+            "train",
+            "{ws}/new.yaml",
+            "meta.init_from={ws}/run/checkpoints/latest.pt",
+            "meta.load_checkpoint=true",
+            "meta.read_checkpoint=x.pt",
+        ],
+        "keep one",
+    ),
 ]
 
 
@@ -167,6 +240,7 @@ def test_bad_input_is_one_line_and_changes_nothing(ws, case, argv, message, caps
 
 def test_an_internal_error_keeps_its_traceback(ws, monkeypatch):
     """A ValueError from inside torch or numpy is a bug to report, not the user's mistake."""
+
     def broken(*args, **kwargs):
         raise ValueError("something inside torch went wrong")
 
@@ -225,8 +299,26 @@ def test_small_training_sets_are_noted_not_silent(ws, tmp_path, capsys):
     data = tmp_path / "data"
     labelled_folder(data, n_per_class=6)
     out = tmp_path / "r.json"
-    assert main(["eval", str(ws / "run/checkpoints/latest.pt"), "--data", str(data), "--protocol", "knn,lowshot",
-                 "--baselines", "", "--linear-steps", "20", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(ws / "run/checkpoints/latest.pt"),
+                "--data",
+                str(data),
+                "--protocol",
+                "knn,lowshot",
+                "--baselines",
+                "",
+                "--linear-steps",
+                "20",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads(out.read_text())
     knn = record["results"]["ijepa"]["knn"]
     assert "k=10" in knn and "k=20" not in knn and knn["skipped_k"] == [20, 100, 200]

@@ -134,8 +134,11 @@ def test_table6_strategies_give_the_papers_context_ratio_and_disjoint_sets(name,
 def test_rasterized_context_is_one_quadrant():
     c, t = build_mask_sampler("rasterized", GRID)(16, torch.Generator().manual_seed(0))
     assert t.shape == (16, 3, 16)
-    quadrants = {frozenset(r * 8 + col for r, col in itertools.product(rows, cols))
-                 for rows in (range(4), range(4, 8)) for cols in (range(4), range(4, 8))}
+    quadrants = {
+        frozenset(r * 8 + col for r, col in itertools.product(rows, cols))
+        for rows in (range(4), range(4, 8))
+        for cols in (range(4), range(4, 8))
+    }
     for ci, ti in zip(c, t):
         assert frozenset(ci.tolist()) in quadrants
         assert {frozenset(b.tolist()) for b in ti} == quadrants - {frozenset(ci.tolist())}

@@ -5,11 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import tiny_config
 from openjepa.ijepa import IJEPA, build_ijepa, patchify_pixels
 from openjepa.masks import build_mask_sampler
 from openjepa.models.predictor import Predictor
-
-from conftest import tiny_config
 
 
 @pytest.fixture
@@ -115,7 +114,9 @@ def test_pixel_targets_are_normalised_patches(tmp_path):
     patches = patchify_pixels(images, 4)
     assert patches.shape == (2, 16, 48)
     raw = images[1, :, 4:8, 8:12].reshape(-1)  # patch (row 1, col 2) of image 1, channel-major
-    torch.testing.assert_close(patches[1, 1 * 4 + 2], (raw - raw.mean()) / raw.std(unbiased=False), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        patches[1, 1 * 4 + 2], (raw - raw.mean()) / raw.std(unbiased=False), atol=1e-3, rtol=1e-3
+    )
     torch.manual_seed(0)
     model = build_ijepa(tiny_config(tmp_path, meta={"target": "pixels"}))
     images, c, t = batch()
@@ -143,7 +144,9 @@ def test_predictor_depth_follows_the_model_size_unless_given(tmp_path):
         assert resolve_config(loaded).meta.pred_depth == depth  # resolved, and saved so in config.yaml
     meta.pred_depth = 3
     assert predictor_depth(meta) == 3  # a config that sets it keeps its own
-    assert resolve_config(load_config(Path(__file__).parents[1] / "configs/vit_h14_in1k_ep300.yaml")).meta.pred_depth == 12
+    assert (
+        resolve_config(load_config(Path(__file__).parents[2] / "configs/vit_h14_in1k_ep300.yaml")).meta.pred_depth == 12
+    )
     cfg = tiny_config(tmp_path)
     cfg.meta.pred_depth = None
     assert len(build_ijepa(cfg).predictor.predictor_blocks) == 6
@@ -166,7 +169,9 @@ def test_mask_groups_give_the_mean_over_images_of_each_groups_loss(tmp_path):
     plain.target_encoder = model.target_encoder
     per_group = [plain(images[:3], c1, t1), plain(images[3:], c2, t2)]
     context = [model.encoder(images[:3], c1), model.encoder(images[3:], c2)]
-    expected = (3 * per_group[0] + 5 * per_group[1]) / 8 + model.regularizer(torch.cat([c.mean(1) for c in context])[:, None], 0)
+    expected = (3 * per_group[0] + 5 * per_group[1]) / 8 + model.regularizer(
+        torch.cat([c.mean(1) for c in context])[:, None], 0
+    )
     torch.testing.assert_close(grouped, expected, rtol=1e-5, atol=1e-6)
     assert [t.shape[:3] for t in targets] == [t1.shape, t2.shape]
     with pytest.raises(ValueError, match="mask groups"):

@@ -7,12 +7,20 @@ import pytest
 import torch
 from PIL import Image
 
-from openjepa.data import (ArrayDataset, DataError, ImageFolder, PretrainTransform, build_pretrain_loader,
-                           crop_box, fashion_mnist, load_image, UnreadableImage)
+from conftest import tiny_config
+from openjepa.data import (
+    ArrayDataset,
+    DataError,
+    ImageFolder,
+    PretrainTransform,
+    UnreadableImage,
+    build_pretrain_loader,
+    crop_box,
+    fashion_mnist,
+    load_image,
+)
 from openjepa.masks import build_mask_sampler
 from openjepa.pretrain import train
-
-from conftest import tiny_config
 
 
 def make_images(folder, n=8, size=20, seed=0):
@@ -102,7 +110,9 @@ def test_fashion_mnist_idx_files_are_read_exactly(tmp_path):
     assert label == 3 and torch.equal((img[0] * 255).round().byte(), torch.from_numpy(images[3].astype(np.uint8)))
     with pytest.raises(DataError, match="not found"):
         fashion_mnist(tmp_path / "elsewhere")
-    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x03" + struct.pack(">3I", 9, 28, 28)))
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(b"\0\0\x08\x03" + struct.pack(">3I", 9, 28, 28))
+    )
     with pytest.raises(DataError, match="truncated"):
         fashion_mnist(tmp_path)
 
@@ -159,8 +169,10 @@ def test_decoding_jpegs_on_the_device_gives_the_host_pipelines_batches(tmp_path)
     (tmp_path / "cut.jpg").write_bytes(good[:100])  # a header and no image
     transform = PretrainTransform(16, (0.3, 1.0), (0.5,) * 3, (0.25,) * 3, horizontal_flip=True)
     sampler = build_mask_sampler("multiblock", (4, 4), min_keep=2)
-    host, device = (build_pretrain_loader(ImageFolder(tmp_path), transform, sampler, 8, 3, 0, 3, 7, encoded=encoded)
-                    for encoded in (False, True))
+    host, device = (
+        build_pretrain_loader(ImageFolder(tmp_path), transform, sampler, 8, 3, 0, 3, 7, encoded=encoded)
+        for encoded in (False, True)
+    )
     images = 0
     for a, b in zip(host, device):
         assert b["encoded"] and any(isinstance(item, tuple) for item in b["images"])
@@ -185,23 +197,34 @@ def test_training_with_jpegs_decoded_on_the_device_equals_training_with_host_dec
     logs = []
     for on_device in (False, True):
         run = tmp_path / f"run_{on_device}"
-        train(tiny_config(run, data={"dataset": "folder", "root_path": str(tmp_path / "data"), "batch_size": 8,
-                                     "decode_on_device": on_device},
-                          logging={"log_every": 1, "monitor_every": 1, "monitor_images": 20}))
+        train(
+            tiny_config(
+                run,
+                data={
+                    "dataset": "folder",
+                    "root_path": str(tmp_path / "data"),
+                    "batch_size": 8,
+                    "decode_on_device": on_device,
+                },
+                logging={"log_every": 1, "monitor_every": 1, "monitor_images": 20},
+            )
+        )
         with open(run / "log.csv", newline="") as f:
             logs.append([float(r["loss"]) for r in csv.DictReader(f)])
         assert (run / "monitor.csv").read_text().count("\n") == 3  # header + one row per epoch
     assert len(logs[0]) == 10 and logs[0] == logs[1]
     # the pictures of a run on a folder of several image sizes: brought to the crop size
     from openjepa.viz import sample_images
+
     cfg = tiny_config(run, data={"dataset": "folder", "root_path": str(tmp_path / "data"), "decode_on_device": True})
     assert sample_images(cfg, 4).shape == (4, 3, 16, 16)
 
 
 def same_masks(a: dict, b: dict) -> bool:
     """Two batches hold the same mask groups, index for index."""
-    return (a["group_sizes"] == b["group_sizes"]
-            and all(torch.equal(x, y) for key in ("context_idx", "target_idx") for x, y in zip(a[key], b[key])))
+    return a["group_sizes"] == b["group_sizes"] and all(
+        torch.equal(x, y) for key in ("context_idx", "target_idx") for x, y in zip(a[key], b[key])
+    )
 
 
 class CountingSampler:
@@ -260,7 +283,7 @@ def test_n_processes_get_one_process_masks_whatever_the_group_and_skips():
             per = 16 // world
             for rank in range(world):
                 part = rows(collate(MaskCollator(sampler, 7, per, rank, world, group), per, batch=2))
-                for (c, t), (c1, t1) in zip(part, one[rank * per:(rank + 1) * per], strict=True):
+                for (c, t), (c1, t1) in zip(part, one[rank * per : (rank + 1) * per], strict=True):
                     assert torch.equal(c, c1) and torch.equal(t, t1), (group, world, rank)
         holes = rows(collate(MaskCollator(sampler, 7, 16, group=group), 16, batch=2, missing={2, 5}))
         kept = [r for i, r in enumerate(one) if i not in (2, 5)]
@@ -278,7 +301,9 @@ def test_reference_sampler_block_sizes_follow_the_batch_number_in_any_worker_or_
     ref = build_mask_sampler("multiblock", (14, 14), reference=True)
     straight = [sizes(collate(MaskCollator(ref, 0, 8), 8, batch=b)) for b in range(6)]
     fresh = build_mask_sampler("multiblock", (14, 14), reference=True)  # a second worker, or a resumed run
-    assert [sizes(collate(MaskCollator(fresh, 0, 8), 8, batch=b)) for b in (5, 3, 4)] == [straight[i] for i in (5, 3, 4)]
+    assert [sizes(collate(MaskCollator(fresh, 0, 8), 8, batch=b)) for b in (5, 3, 4)] == [
+        straight[i] for i in (5, 3, 4)
+    ]
     # and batch b's target blocks have the size the reference's own counter gives its (b+1)-th call
     counter = build_mask_sampler("multiblock", (14, 14), reference=True)
     g = torch.Generator().manual_seed(0)

@@ -1,5 +1,6 @@
 """The opt-in collapse regularisers: each equals a slow formula written out, stays finite on a
 collapsed batch, and gives the same loss and gradient on 1 and 2 processes."""
+
 import cmath
 import importlib
 import math
@@ -11,14 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_config
 from openjepa.config import ConfigError, load_config
 from openjepa.ijepa import IJEPA, build_ijepa
-from openjepa.regularizers import (CollapseRegularizer, covariance_loss, epps_pulley, invariance_loss,
-                                   random_directions, sigreg, variance_loss)
+from openjepa.regularizers import (
+    CollapseRegularizer,
+    covariance_loss,
+    epps_pulley,
+    invariance_loss,
+    random_directions,
+    sigreg,
+    variance_loss,
+)
 
-from conftest import tiny_config
-
-SRC = str(Path(__file__).parents[1] / "src")
+SRC = str(Path(__file__).parents[2] / "src")
 
 
 def batch(n=12, d=5, seed=0):
@@ -32,8 +39,10 @@ def test_variance_and_covariance_equal_the_formulas_written_out():
     means = [sum(c) / n for c in cols]
     var = [sum((x - m) ** 2 for x in c) / (n - 1) for c, m in zip(cols, means)]
     expected_var = sum(max(0.0, 1.0 - math.sqrt(v + 1e-4)) for v in var) / d
-    cov = [[sum((cols[a][i] - means[a]) * (cols[b][i] - means[b]) for i in range(n)) / (n - 1) for b in range(d)]
-           for a in range(d)]
+    cov = [
+        [sum((cols[a][i] - means[a]) * (cols[b][i] - means[b]) for i in range(n)) / (n - 1) for b in range(d)]
+        for a in range(d)
+    ]
     expected_cov = sum(cov[a][b] ** 2 for a in range(d) for b in range(d) if a != b) / d
     assert variance_loss(z).item() == pytest.approx(expected_var, rel=1e-9)
     assert covariance_loss(z).item() == pytest.approx(expected_cov, rel=1e-9)
@@ -84,8 +93,10 @@ def test_invariance_equals_the_formula_written_out_and_leaves_the_target_alone()
     assert target.grad is None and torch.isfinite(context.grad).all() and context.grad.abs().sum() > 0
     # groups of images with different context lengths: the same as scoring each image on its own
     groups = CollapseRegularizer(invariance_weight=1.0)([context[:1, :3], context[1:]], step=0, target=target)
-    one = [CollapseRegularizer(invariance_weight=1.0)(c, 0, target=t).item() for c, t in
-           ((context[:1, :3], target[:1]), (context[1:], target[1:]))]
+    one = [
+        CollapseRegularizer(invariance_weight=1.0)(c, 0, target=t).item()
+        for c, t in ((context[:1, :3], target[:1]), (context[1:], target[1:]))
+    ]
     assert groups.item() == pytest.approx((one[0] * 1 + one[1] * 3) / 4)
     with pytest.raises(ValueError, match="pooled output"):
         CollapseRegularizer(invariance_weight=1.0)(context, step=0)
@@ -150,8 +161,14 @@ def test_config_keys_are_validated_and_off_by_default(tmp_path):
     on = tiny_config(tmp_path, meta={"variance_weight": 1.0, "sigreg_weight": 0.1})
     assert build_ijepa(on).regularizer is not None
     assert build_ijepa(tiny_config(tmp_path, meta={"invariance_weight": 1.0})).regularizer is not None
-    for bad in ("meta.variance_weight=-1", "meta.sigreg_weight=.inf", "meta.sigreg_slices=0",
-                "meta.regularizer_final=1.5", "meta.regularizer_final=-0.1", "meta.invariance_weight=-0.5"):
+    for bad in (
+        "meta.variance_weight=-1",
+        "meta.sigreg_weight=.inf",
+        "meta.sigreg_slices=0",
+        "meta.regularizer_final=1.5",
+        "meta.regularizer_final=-0.1",
+        "meta.invariance_weight=-0.5",
+    ):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_config(None, [bad])
     for other in ("meta.target=pixels", "meta.target_layers=2"):
@@ -245,8 +262,21 @@ def test_the_terms_are_identical_on_one_and_two_processes(tmp_path):
     results = {}
     for n in (1, 2):
         out = tmp_path / f"{n}.pt"
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                               str(script), str(out)], env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={n}",
+                str(script),
+                str(out),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         results[n] = torch.load(out)
     torch.testing.assert_close(results[2]["loss"], results[1]["loss"], rtol=1e-5, atol=1e-6)

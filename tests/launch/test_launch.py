@@ -1,9 +1,8 @@
 import torch
 
+from conftest import tiny_config
 from openjepa.launch import TrainJob, submit
 from openjepa.pretrain import train
-
-from conftest import tiny_config
 
 
 def test_submitit_job_trains_and_requeues_into_a_resume(tmp_path):

@@ -1,6 +1,7 @@
 """Downstream use (issue 15): fine-tuning (it learns, it resumes exactly, the recipe's parts), the
 classifier's exports (Hugging Face and timm logits equal ours), starting a run from a checkpoint
 (``meta.init_from``: bitwise the source's networks after a step at LR 0), and embeddings."""
+
 import importlib
 import json
 import math
@@ -12,20 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import tiny_config
 from openjepa.checkpoint import load_checkpoint
 from openjepa.cli import main
 from openjepa.config import ConfigError
 from openjepa.data import DataError
+from openjepa.engine import Preempted, warmup_cosine
+from openjepa.errors import EXIT_INTERRUPTED
 from openjepa.evaluate.embed import embed
 from openjepa.finetune import FinetuneConfig, finetune
-from openjepa.models.heads import Classifier
-from openjepa.errors import EXIT_INTERRUPTED
 from openjepa.interop import export_encoder, load_classifier, load_encoder, preprocess
+from openjepa.models.heads import Classifier
 from openjepa.models.vit import VisionTransformer
-from openjepa.engine import Preempted, warmup_cosine
 from openjepa.pretrain import train
-
-from conftest import tiny_config
 
 ft_module = importlib.import_module("openjepa.finetune")
 
@@ -53,8 +53,20 @@ def source(tmp_path_factory):
 
 
 def settings(**kw):
-    base = dict(epochs=4, batch_size=8, blr=4e-3, warmup_epochs=1.0, num_workers=0, eval_batch_size=64,
-                precision="fp32", progress_bar=False, tensorboard=False, log_every=2, drop_path=0.1, head_init="zero")
+    base = dict(
+        epochs=4,
+        batch_size=8,
+        blr=4e-3,
+        warmup_epochs=1.0,
+        num_workers=0,
+        eval_batch_size=64,
+        precision="fp32",
+        progress_bar=False,
+        tensorboard=False,
+        log_every=2,
+        drop_path=0.1,
+        head_init="zero",
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -101,8 +113,12 @@ def test_finetune_resumes_exactly_after_an_interruption(source, tmp_path, monkey
     ft = settings(epochs=3, mixup=0.4, cutmix=0.5, randaug="rand-m5-n1", drop_path=0.2)  # every random part on
     whole = finetune(ckpt, tmp_path / "whole", str(data), ft)
     # the same run, stopped by SIGTERM inside epoch 2, then started again
-    stopped = stop_then_resume(monkeypatch, lambda key: key[2] == 1 and key[3] == ft.batch_size,  # epoch 2's 2nd batch
-                               lambda: finetune(ckpt, tmp_path / "cut", str(data), ft), tmp_path / "cut")
+    stopped = stop_then_resume(
+        monkeypatch,
+        lambda key: key[2] == 1 and key[3] == ft.batch_size,  # epoch 2's 2nd batch
+        lambda: finetune(ckpt, tmp_path / "cut", str(data), ft),
+        tmp_path / "cut",
+    )
     assert (stopped["epoch"], stopped["position"]) == (1, 2)  # epoch 2 (0-based 1) stopped after its second batch
     resumed = finetune(ckpt, tmp_path / "cut", str(data), ft)
     a, b = (load_checkpoint(tmp_path / run / "checkpoints/latest.pt")["model"] for run in ("whole", "cut"))
@@ -119,8 +135,12 @@ def test_finetune_stopped_on_an_epochs_last_step_resumes(source, tmp_path, monke
     ckpt, data, _ = source
     ft = settings(epochs=2, batch_size=64)
     whole = finetune(ckpt, tmp_path / "whole", str(data), ft)
-    stopped = stop_then_resume(monkeypatch, lambda key: key[2:] == (0, 0),
-                               lambda: finetune(ckpt, tmp_path / "cut", str(data), ft), tmp_path / "cut")
+    stopped = stop_then_resume(
+        monkeypatch,
+        lambda key: key[2:] == (0, 0),
+        lambda: finetune(ckpt, tmp_path / "cut", str(data), ft),
+        tmp_path / "cut",
+    )
     assert (stopped["epoch"], stopped["position"], len(stopped["history"])) == (1, 0, 1)
     resumed = finetune(ckpt, tmp_path / "cut", str(data), ft)
     assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in whole["history"]]
@@ -140,15 +160,17 @@ def test_finetune_on_a_datasetdict_and_unlabelled_items(source, tmp_path):
         return datasets.Dataset.from_dict({"image": [str(f) for f in files], "label": labels}, features=feats)
 
     folder = tmp_path / "dd"
-    datasets.DatasetDict({"train": split("train", unlabelled=3), "validation": split("val"),
-                          "test": split("test")}).save_to_disk(str(folder))
+    datasets.DatasetDict(
+        {"train": split("train", unlabelled=3), "validation": split("val"), "test": split("test")}
+    ).save_to_disk(str(folder))
     record = finetune(ckpt, tmp_path / "hf", str(folder), settings(epochs=1))
     sizes = record["sizes"]
     assert not sizes["val_held_out_of_train"] and sizes["val"] == 16 and sizes["test_scored"] == 16
     assert sizes["train_labelled"] == 45 and sizes["train_unlabelled_left_out"] == 3
     bad = tmp_path / "dd_bad"  # a test split without labels cannot be scored: refused before any run folder
-    datasets.DatasetDict({"train": split("train"), "validation": split("val"),
-                          "test": split("test", unlabelled=16)}).save_to_disk(str(bad))
+    datasets.DatasetDict(
+        {"train": split("train"), "validation": split("val"), "test": split("test", unlabelled=16)}
+    ).save_to_disk(str(bad))
     with pytest.raises(DataError, match="test split has 16 unlabelled"):
         finetune(ckpt, tmp_path / "never", str(bad), settings(epochs=1))
     assert not (tmp_path / "never").exists()
@@ -176,13 +198,17 @@ def test_layer_decay_and_schedule(source):
     depth = len(model.encoder.blocks)
     scale = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
     assert scale[id(model.encoder.patch_embed.proj.weight)] == (0.5 ** (depth + 1), 0.05)
-    assert scale[id(model.encoder.blocks[0].attn.qkv.weight)] == (0.5 ** depth, 0.05)
-    assert scale[id(model.encoder.blocks[0].attn.qkv.bias)] == (0.5 ** depth, 0.0)
+    assert scale[id(model.encoder.blocks[0].attn.qkv.weight)] == (0.5**depth, 0.05)
+    assert scale[id(model.encoder.blocks[0].attn.qkv.bias)] == (0.5**depth, 0.0)
     assert scale[id(model.head.weight)] == (1.0, 0.05) and scale[id(model.encoder.norm.weight)] == (1.0, 0.0)
     assert len(scale) == len(list(model.parameters()))
     # fine-tuning's LR is the engine's one warmup + cosine, evaluated after the step as every loop does
     lrs = [warmup_cosine(s + 1, 0.0, 1.0, 0.0, 10, 100) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[-2] == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert (
+        lrs[0] == pytest.approx(0.1)
+        and lrs[9] == 1.0
+        and lrs[-2] == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    )
     assert lrs[-1] == 0.0  # the last step reaches min_lr
 
 
@@ -201,6 +227,7 @@ def test_drop_path_is_identity_when_off_and_unbiased_when_on():
     enc.eval()
     assert torch.equal(enc(x), plain)  # evaluation ignores it
     from openjepa.models.vit import drop_path
+
     ones = torch.ones(20000, 3)
     out = drop_path(ones, 0.3, True)
     assert out[:, 0].unique().tolist() == pytest.approx([0.0, 1 / 0.7])
@@ -250,6 +277,7 @@ def test_timm_and_safetensors_classifier_exports(finetuned, tmp_path):
     export_encoder(best, "safetensors", tmp_path / "st")
     timm = pytest.importorskip("timm")
     from safetensors.torch import load_file
+
     info = json.loads((tmp_path / "timm/timm.json").read_text())
     model = timm.create_model(info["architecture"], pretrained=False, **info["kwargs"]).eval()
     model.load_state_dict(load_file(str(tmp_path / "timm/model.safetensors")))
@@ -274,6 +302,7 @@ def test_attentive_head_trains_and_refuses_hf(source, tmp_path):
 
 # --------------------------------------------------------------------------- init_from
 
+
 def _networks(path):
     state = load_checkpoint(path)
     return {key: state[key] for key in ("encoder", "target_encoder", "predictor")}
@@ -281,8 +310,12 @@ def _networks(path):
 
 def _frozen(folder, **meta):
     """A config whose one step changes nothing: LR 0 and EMA momentum 1."""
-    return tiny_config(folder, data={"in_chans": 1, "mean": [0.5], "std": [0.25]}, meta=meta,
-                       optimization={"start_lr": 0.0, "lr": 0.0, "final_lr": 0.0, "ema": [1.0, 1.0]})
+    return tiny_config(
+        folder,
+        data={"in_chans": 1, "mean": [0.5], "std": [0.25]},
+        meta=meta,
+        optimization={"start_lr": 0.0, "lr": 0.0, "final_lr": 0.0, "ema": [1.0, 1.0]},
+    )
 
 
 def test_init_from_ours_is_bitwise_after_a_step_at_lr_0_and_resume_ignores_it(source, tmp_path, caplog):
@@ -301,8 +334,13 @@ def test_init_from_a_reference_file_by_its_reference_spelling(source, tmp_path):
     ckpt, _, _ = source
     src = _networks(ckpt)
     torch.manual_seed(3)
-    ref = {net: {f"module.{k}": v + 0.01 * torch.randn_like(v) if v.is_floating_point() and "pos_embed" not in k else v
-                 for k, v in state.items()} for net, state in src.items()}  # three different networks
+    ref = {
+        net: {
+            f"module.{k}": v + 0.01 * torch.randn_like(v) if v.is_floating_point() and "pos_embed" not in k else v
+            for k, v in state.items()
+        }
+        for net, state in src.items()
+    }  # three different networks
     run = tmp_path / "b"
     run.mkdir()
     torch.save({**ref, "epoch": 7, "opt": {}, "lr": 0.1}, run / "jepa-ep7.pth.tar")  # the reference's layout
@@ -335,6 +373,7 @@ def test_init_from_another_size_names_the_tensor_and_writes_nothing(source, tmp_
 
 # --------------------------------------------------------------------------- embed
 
+
 def test_embed_writes_one_row_per_readable_image(source, tmp_path):
     ckpt, _, _ = source
     folder = tmp_path / "imgs"
@@ -354,8 +393,24 @@ def test_embed_writes_one_row_per_readable_image(source, tmp_path):
         expected = enc.pooled(preprocess([Image.open(folder / p) for p in z["paths"]], enc)).numpy()
     np.testing.assert_allclose(z["features"], expected, atol=1e-5)
     pq = pytest.importorskip("pyarrow.parquet")
-    assert main(["embed", str(ckpt), "--data", str(folder), "--out", str(tmp_path / "e.parquet"),
-                 "--pooling", "last4", "--no-progress", "--precision", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(ckpt),
+                "--data",
+                str(folder),
+                "--out",
+                str(tmp_path / "e.parquet"),
+                "--pooling",
+                "last4",
+                "--no-progress",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     table = pq.read_table(tmp_path / "e.parquet")
     assert table.column("path").to_pylist() == list(z["paths"])
     assert np.asarray(table.column("embedding").to_pylist()).shape == (3, 4 * enc.embed_dim)
@@ -374,8 +429,21 @@ def test_finetune_cli_ctrl_c_saves_and_resumes(source, tmp_path, monkeypatch, ca
         return real(self, key)
 
     monkeypatch.setattr(ft_module.Augmented, "__getitem__", interrupted)
-    argv = ["finetune", str(ckpt), "--data", str(data), "--out", str(tmp_path / "r"), "--epochs", "1", "--no-progress",
-            "batch_size=8", "num_workers=0", "precision=fp32", "tensorboard=false"]
+    argv = [
+        "finetune",
+        str(ckpt),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "r"),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "batch_size=8",
+        "num_workers=0",
+        "precision=fp32",
+        "tensorboard=false",
+    ]
     assert main(argv) == EXIT_INTERRUPTED
     assert "rerun to resume" in capsys.readouterr().err
     monkeypatch.setattr(ft_module.Augmented, "__getitem__", real)

@@ -6,13 +6,12 @@ import pytest
 import torch
 
 import openjepa
+from conftest import tiny_config
 from openjepa.checkpoint import CheckpointError
 from openjepa.cli import main
 from openjepa.models.predictor import Predictor
 from openjepa.models.vit import VisionTransformer
 from openjepa.pretrain import train
-
-from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +33,23 @@ def reference_checkpoint(path):
     encoder = VisionTransformer(32, 8, 3, embed_dim=384, depth=2, num_heads=6)
     target = VisionTransformer(32, 8, 3, embed_dim=384, depth=2, num_heads=6)
     predictor = Predictor((4, 4), 384, predictor_dim=96, depth=2, num_heads=6)
-    prefixed = {name: {f"module.{k}": v for k, v in m.state_dict().items()}
-                for name, m in (("encoder", encoder), ("target_encoder", target), ("predictor", predictor))}
-    torch.save({**prefixed, "opt": {"state": {}, "param_groups": []}, "scaler": None, "epoch": 300,
-                "loss": 0.1, "batch_size": 128, "world_size": 16, "lr": 1e-3}, path)
+    prefixed = {
+        name: {f"module.{k}": v for k, v in m.state_dict().items()}
+        for name, m in (("encoder", encoder), ("target_encoder", target), ("predictor", predictor))
+    }
+    torch.save(
+        {
+            **prefixed,
+            "opt": {"state": {}, "param_groups": []},
+            "scaler": None,
+            "epoch": 300,
+            "loss": 0.1,
+            "batch_size": 128,
+            "world_size": 16,
+            "lr": 1e-3,
+        },
+        path,
+    )
     return encoder, target, predictor
 
 
@@ -59,8 +71,9 @@ def test_reference_checkpoint_loads_with_inferred_sizes(tmp_path):
     assert loaded.num_heads == 6 and loaded.grid == (4, 4) and len(loaded.blocks) == 2
     x = images(size=32)
     torch.testing.assert_close(loaded(x), target.eval()(x), rtol=0, atol=0)
-    torch.testing.assert_close(openjepa.load_encoder(tmp_path / "IN1K-vit.pth.tar", "context")(x), encoder.eval()(x),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        openjepa.load_encoder(tmp_path / "IN1K-vit.pth.tar", "context")(x), encoder.eval()(x), rtol=0, atol=0
+    )
     pred = openjepa.load_predictor(tmp_path / "IN1K-vit.pth.tar")
     z, c, t = torch.randn(2, 5, 384), torch.arange(5).expand(2, 5), torch.arange(5, 9).view(1, 1, 4).expand(2, 2, 4)
     torch.testing.assert_close(pred(z, c, t), predictor.eval()(z, c, t), rtol=0, atol=0)
@@ -95,6 +108,7 @@ def test_hf_round_trip_is_exact(checkpoint, tmp_path):
 
 def test_hf_folder_loads_in_transformers_with_the_same_features(checkpoint, tmp_path):
     import transformers  # a dev extra: installed by `make test`
+
     out = openjepa.export_encoder(checkpoint, "hf", tmp_path / "hf")
     hf = transformers.IJepaModel.from_pretrained(out).eval()
     x = images()
@@ -133,8 +147,9 @@ def test_safetensors_export_rebuilds_the_encoder(checkpoint, tmp_path):
     out = openjepa.export_encoder(checkpoint, "safetensors", tmp_path / "st", which="context")
     assert json.loads((out / "encoder.json").read_text())["which"] == "context"
     x = images()
-    torch.testing.assert_close(openjepa.load_encoder(out)(x), openjepa.load_encoder(checkpoint, "context")(x),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        openjepa.load_encoder(out)(x), openjepa.load_encoder(checkpoint, "context")(x), rtol=0, atol=0
+    )
 
 
 def test_position_embedding_interpolation(checkpoint):
@@ -153,7 +168,7 @@ def test_feature_api(checkpoint):
     with torch.no_grad():
         tokens = encoder(x)
         torch.testing.assert_close(encoder.pooled(x), tokens.mean(1))
-        last, = encoder.intermediates(x, layers=[-1], norm=True)
+        (last,) = encoder.intermediates(x, layers=[-1], norm=True)
         torch.testing.assert_close(last, tokens)
         four = encoder.intermediates(x, layers=4)
     assert len(four) == 4 and all(t.shape == tokens.shape for t in four)
@@ -207,6 +222,10 @@ def test_a_run_trained_compiled_loads_eager(checkpoint, tmp_path):
     model, cfg = openjepa.load_ijepa(tmp_path / "compiled_run.pt")
     pred = openjepa.load_predictor(tmp_path / "compiled_run.pt")
     assert cfg.meta.compile  # the run's config is reported as it was
-    blocks = [*model.encoder.blocks, *model.target_encoder.blocks, *model.predictor.predictor_blocks,
-              *pred.predictor_blocks]
+    blocks = [
+        *model.encoder.blocks,
+        *model.target_encoder.blocks,
+        *model.predictor.predictor_blocks,
+        *pred.predictor_blocks,
+    ]
     assert all(b._compiled_call_impl is None for b in blocks)

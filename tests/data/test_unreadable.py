@@ -1,6 +1,7 @@
 """One treatment of unreadable image files everywhere a dataset is read: evaluation (features and
 the pixel baseline), the training monitor, the report and the pictures skip them (with their
 labels), count them and name them; a split with no readable image is a one-line error."""
+
 import io
 import json
 import logging
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import labelled_folder, tiny_config
 from openjepa.cli import main
 from openjepa.data import DataError, ImageFolder
 from openjepa.evaluate import extract
@@ -17,14 +19,12 @@ from openjepa.models.vit import VisionTransformer
 from openjepa.pretrain import train
 from openjepa.viz import pick_images, sample_images
 
-from conftest import labelled_folder, tiny_config
-
 
 def truncated_jpeg(path):
     """The first half of a JPEG file: its header reads, its pixels do not."""
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, "JPEG")
-    path.write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     return path
 
 
@@ -54,8 +54,11 @@ def broken_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("broken")
     images = labelled_folder(root / "images", channels=3)
     bad_train, bad_test = add_broken(images / "train/top"), [truncated_jpeg(images / "val/bottom/5b.jpg")]
-    cfg = tiny_config(root / "run", data={"dataset": "folder", "root_path": str(images)},
-                      logging={"monitor_every": 1, "monitor_images": 64, "collapse_every": 2, "collapse_images": 64})
+    cfg = tiny_config(
+        root / "run",
+        data={"dataset": "folder", "root_path": str(images)},
+        logging={"monitor_every": 1, "monitor_images": 64, "collapse_every": 2, "collapse_images": 64},
+    )
     train(cfg, max_steps=4)
     return root / "run", images, bad_train, bad_test
 
@@ -74,17 +77,35 @@ def test_extract_and_pixels_leave_out_unreadable_images_with_their_labels(tmp_pa
     assert sorted(got.skipped) == sorted(map(str, bad)) and want.skipped == []
     from openjepa.evaluate.features import pixel_features
 
-    (x, y), (x0, y0) = pixel_features(ImageFolder(broken / "train", 1), (16, 16), 5), \
-        pixel_features(ImageFolder(clean / "train", 1), (16, 16), 5)
+    (x, y), (x0, y0) = (
+        pixel_features(ImageFolder(broken / "train", 1), (16, 16), 5),
+        pixel_features(ImageFolder(clean / "train", 1), (16, 16), 5),
+    )
     assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
 def test_eval_skips_unreadable_images_and_names_them_in_the_result(broken_run, tmp_path, capsys, openjepa_log):
     run, images, bad_train, bad_test = broken_run
     out, cache = tmp_path / "r.json", tmp_path / "cache"
-    argv = ["eval", str(run / "checkpoints/latest.pt"), "--data", str(images), "--protocol", "knn,linear",
-            "--linear-steps", "20", "--baselines", "pixels", "--no-progress", "--precision", "fp32",
-            "--out", str(out), "--cache-dir", str(cache)]
+    argv = [
+        "eval",
+        str(run / "checkpoints/latest.pt"),
+        "--data",
+        str(images),
+        "--protocol",
+        "knn,linear",
+        "--linear-steps",
+        "20",
+        "--baselines",
+        "pixels",
+        "--no-progress",
+        "--precision",
+        "fp32",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+    ]
     assert main(argv) == 0
     record = json.loads(out.read_text())
     assert record["train_size"] == 24 and record["test_size"] == 24  # the readable ones
@@ -113,8 +134,24 @@ def test_a_split_with_no_readable_image_is_a_one_line_error_naming_it(broken_run
         for path in (data / "val" / name).iterdir():
             path.unlink()
         add_broken(data / "val" / name)
-    assert main(["eval", str(run / "checkpoints/latest.pt"), "--data", str(data), "--protocol", "knn",
-                 "--baselines", "", "--no-progress", "--out", str(tmp_path / "r.json")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                str(run / "checkpoints/latest.pt"),
+                "--data",
+                str(data),
+                "--protocol",
+                "knn",
+                "--baselines",
+                "",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and f"no image of {data / 'val'} can be read: 6 unreadable" in err
     assert not (tmp_path / "r.json").exists()
@@ -149,8 +186,21 @@ def test_viz_features_and_masks_on_a_folder_with_unreadable_images(broken_run, t
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 20, 3), dtype=np.uint8)).save(few / f"{i}.png")
     bad = add_broken(few, stem="2")
     out = tmp_path / "f.png"
-    assert main(["viz", "features", str(run / "checkpoints/latest.pt"), f"data.root_path={few}", "--out", str(out),
-                 "--n", "8"]) == 0
+    assert (
+        main(
+            [
+                "viz",
+                "features",
+                str(run / "checkpoints/latest.pt"),
+                f"data.root_path={few}",
+                "--out",
+                str(out),
+                "--n",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert Image.open(out).size == (4 * (64 + 4), 3 * (64 + 4))  # the 4 readable images, no more
     assert all(str(p) in openjepa_log.text for p in bad) and "skipped 3 of 7" in openjepa_log.text
     from openjepa.config import load_config

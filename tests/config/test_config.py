@@ -9,7 +9,7 @@ from openjepa.cli import main
 from openjepa.config import Config, ConfigError, apply_overrides, load_config
 from openjepa.ijepa import build_ijepa
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
 # The layout of the reference repository's configs (in1k_vith14_ep300.yaml and its three
 # siblings): the same sections, keys and value types, with their placeholder paths.
@@ -73,28 +73,33 @@ def test_reference_config_loads_unchanged(tmp_path):
 
 
 def test_unknown_keys_are_named_with_the_closest_valid_one(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown key in section 'optimization' 'warmpu' \(did you mean 'warmup'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key in section 'optimization' 'warmpu' \(did you mean 'warmup'\?\)"
+    ):
         load_config(write(tmp_path, "optimization:\n  warmpu: 10\n"))
     with pytest.raises(ConfigError, match=r"unknown config section 'optimisation' \(did you mean 'optimization'\?\)"):
         load_config(None, ["optimisation.lr=1"])
 
 
-@pytest.mark.parametrize("override,message", [
-    ("data.batch_size=big", "data.batch_size must be an integer"),
-    ("meta.use_bfloat16=3", "must be true or false"),
-    ("mask.pred_mask_scale=[0.2, 1.5]", "mask.pred_mask_scale must be"),
-    ("mask.patch_size=15", "does not divide data.crop_size"),
-    ("data.crop_scale=0.5", "data.crop_scale must be a list"),
-    ("meta.model_name=vit_colossal", "meta.model_name 'vit_colossal' is not one of"),
-    ("data.use_gaussian_blur=true", "I-JEPA uses no augmentation"),
-    ("optimization.epochs=0", "optimization.epochs must be at least 1"),
-    ("data.batch_size=0", "data.batch_size must be at least 1"),
-    ("mask.strategy=checkerboard", "mask.strategy must be one of"),
-    ("meta.loss=huber", "meta.loss must be one of"),
-    ("meta.target_layers=0", "meta.target_layers must be a whole number from 1 to vit_base's 12 blocks"),
-    ("meta.target_layers=13", "meta.target_layers must be a whole number from 1 to vit_base's 12 blocks"),
-    ("lr=0.1", "not of the form section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("data.batch_size=big", "data.batch_size must be an integer"),
+        ("meta.use_bfloat16=3", "must be true or false"),
+        ("mask.pred_mask_scale=[0.2, 1.5]", "mask.pred_mask_scale must be"),
+        ("mask.patch_size=15", "does not divide data.crop_size"),
+        ("data.crop_scale=0.5", "data.crop_scale must be a list"),
+        ("meta.model_name=vit_colossal", "meta.model_name 'vit_colossal' is not one of"),
+        ("data.use_gaussian_blur=true", "I-JEPA uses no augmentation"),
+        ("optimization.epochs=0", "optimization.epochs must be at least 1"),
+        ("data.batch_size=0", "data.batch_size must be at least 1"),
+        ("mask.strategy=checkerboard", "mask.strategy must be one of"),
+        ("meta.loss=huber", "meta.loss must be one of"),
+        ("meta.target_layers=0", "meta.target_layers must be a whole number from 1 to vit_base's 12 blocks"),
+        ("meta.target_layers=13", "meta.target_layers must be a whole number from 1 to vit_base's 12 blocks"),
+        ("lr=0.1", "not of the form section.key=value"),
+    ],
+)
 def test_bad_values_are_rejected_with_a_named_reason(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config(None, [override])
@@ -130,16 +135,26 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys
     assert "missing.yaml not found" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["train", str(write(tmp_path, REFERENCE_STYLE)), f"data.root_path={empty}", "data.image_folder=",
-                 f"logging.folder={run}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(write(tmp_path, REFERENCE_STYLE)),
+                f"data.root_path={empty}",
+                "data.image_folder=",
+                f"logging.folder={run}",
+            ]
+        )
+        == 2
+    )
     assert "holds no images" in capsys.readouterr().err and not run.exists()
     assert main(["train", str(write(tmp_path, "meta:\n  modle_name: vit_base\n")), f"logging.folder={run}"]) == 2
     assert "did you mean 'model_name'" in capsys.readouterr().err and not run.exists()
 
 
 def test_readme_config_reference_lists_exactly_the_config_keys():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    table = readme[readme.index("### Config reference"):].split("\n## ")[0]
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme[readme.index("### Config reference") :].split("\n## ")[0]
     documented = set()
     for line in table.splitlines():
         if line.startswith("| `"):
@@ -153,8 +168,11 @@ def test_readme_config_reference_lists_exactly_the_config_keys():
 
 def test_bad_mask_options_exit_2_before_anything_is_written(tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", str(write(tmp_path, "data: {dataset: synthetic, crop_size: 32}\nmask: {patch_size: 4}\n")),
-            f"logging.folder={run}"]
+    args = [
+        "train",
+        str(write(tmp_path, "data: {dataset: synthetic, crop_size: 32}\nmask: {patch_size: 4}\n")),
+        f"logging.folder={run}",
+    ]
     assert main(args + ["mask.strategy=random", "mask.options={target_ratio: 1.5}"]) == 2
     assert "target_ratio" in capsys.readouterr().err and not run.exists()
     assert main(args + ["mask.options={colour: red}"]) == 2

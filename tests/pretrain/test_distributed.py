@@ -8,12 +8,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from conftest import tiny_config
 from openjepa.checkpoint import load_checkpoint
 from openjepa.pretrain import train
 
-from conftest import tiny_config
-
-SRC = str(Path(__file__).parents[1] / "src")
+SRC = str(Path(__file__).parents[2] / "src")
 
 
 def losses(run_dir):
@@ -33,9 +32,25 @@ def test_two_process_ddp_matches_one_process_at_the_same_global_batch_and_resume
     two = tiny_config(tmp_path / "two", data={"batch_size": 8}, logging={"log_every": 1}, mask={"pack_group": 4})
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(two.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "openjepa.cli", "train", str(tmp_path / "two.yaml"), "--max-steps", "4"],
-                          env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "openjepa.cli",
+            "train",
+            str(tmp_path / "two.yaml"),
+            "--max-steps",
+            "4",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "16 images (8 per process x 2 processes" in (tmp_path / "two/train.log").read_text()
 
@@ -58,25 +73,51 @@ def test_two_process_fsdp_matches_one_process_and_its_checkpoint_resumes_unshard
     batch, the EMA target (sharded like the encoder) ends equal to one process's, and the checkpoint
     has the unsharded layout, so one process resumes it. The targets average the last 2 blocks
     (meta.target_layers): the sharded target encoder's weights must be gathered for that too."""
-    two = tiny_config(tmp_path / "two", data={"batch_size": 8}, logging={"log_every": 1},
-                      meta={"fsdp": True, "target_layers": 2},
-                      optimization={"ema": [0.5, 1.0]},  # a target that moves: the EMA is checked
-                      mask={"pack_group": 4})  # two mask groups per process: the sharded encoder runs twice
+    two = tiny_config(
+        tmp_path / "two",
+        data={"batch_size": 8},
+        logging={"log_every": 1},
+        meta={"fsdp": True, "target_layers": 2},
+        optimization={"ema": [0.5, 1.0]},  # a target that moves: the EMA is checked
+        mask={"pack_group": 4},
+    )  # two mask groups per process: the sharded encoder runs twice
 
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(two.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for stop in (2, 4):  # the second run resumes under FSDP: the full checkpoint is sharded on load
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               "-m", "openjepa.cli", "train", str(tmp_path / "two.yaml"), "--max-steps", str(stop)],
-                              env=env, capture_output=True, text=True, timeout=240)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                "-m",
+                "openjepa.cli",
+                "train",
+                str(tmp_path / "two.yaml"),
+                "--max-steps",
+                str(stop),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
     log = (tmp_path / "two/train.log").read_text()
     assert "resuming" in log
     local, total = map(int, re.search(r"this process holds (\d+) of the (\d+) parameter", log).groups())
     assert total / 2 <= local < total / 2 + 1000  # half of every tensor, rounded up per tensor
 
-    one = tiny_config(tmp_path / "one", data={"batch_size": 16}, logging={"log_every": 1},
-                      meta={"target_layers": 2}, optimization={"ema": [0.5, 1.0]}, mask={"pack_group": 4})
+    one = tiny_config(
+        tmp_path / "one",
+        data={"batch_size": 16},
+        logging={"log_every": 1},
+        meta={"target_layers": 2},
+        optimization={"ema": [0.5, 1.0]},
+        mask={"pack_group": 4},
+    )
     train(one, max_steps=4)
     for step, loss in losses(tmp_path / "one").items():
         assert abs(loss - losses(tmp_path / "two")[step]) < 1e-4 * loss, step
@@ -86,6 +127,7 @@ def test_two_process_fsdp_matches_one_process_and_its_checkpoint_resumes_unshard
         assert a[key].keys() == b[key].keys()
         for name, value in a[key].items():
             torch.testing.assert_close(b[key][name], value, atol=1e-5, rtol=1e-4, msg=f"{key}.{name}")
+
     def groups(opt):  # a resumed optimizer may hold betas as a list instead of a tuple: same values
         return [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in opt["param_groups"]]
 
@@ -94,16 +136,29 @@ def test_two_process_fsdp_matches_one_process_and_its_checkpoint_resumes_unshard
     for i, s in a["opt"]["state"].items():
         torch.testing.assert_close(b["opt"]["state"][i]["exp_avg_sq"], s["exp_avg_sq"], atol=1e-9, rtol=1e-3)
 
-    train(tiny_config(tmp_path / "two", data={"batch_size": 16}, logging={"log_every": 1}, meta={"target_layers": 2},
-                      optimization={"ema": [0.5, 1.0]}, mask={"pack_group": 4}))  # resume, unsharded
+    train(
+        tiny_config(
+            tmp_path / "two",
+            data={"batch_size": 16},
+            logging={"log_every": 1},
+            meta={"target_layers": 2},
+            optimization={"ema": [0.5, 1.0]},
+            mask={"pack_group": 4},
+        )
+    )  # resume, unsharded
     train(one)
     assert_same_final_target(tmp_path / "one", tmp_path / "two", step=8)
 
 
 def torchrun(args, timeout=240):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_gradient_accumulation_synchronises_once_per_optimiser_step():
@@ -112,7 +167,7 @@ def test_gradient_accumulation_synchronises_once_per_optimiser_step():
     with the same gradients."""
     import json
 
-    worker = str(Path(__file__).with_name("sync_worker.py"))
+    worker = str(Path(__file__).parents[1] / "sync_worker.py")
     for mode in ("ddp", "fsdp"):
         counts = {}
         for accum in (1, 3):
@@ -140,10 +195,11 @@ def test_a_process_whose_whole_micro_batch_is_unreadable_does_not_hang_the_other
     order = torch.randperm(16, generator=generator_for(0, ORDER, 0))  # epoch 0's order (meta.seed 0)
     batch, per_process, world, rank = 1, 2, 2, 1
     first = (batch * world + rank) * per_process
-    for i in order[first:first + per_process]:
+    for i in order[first : first + per_process]:
         files[int(i)].write_bytes(b"not a png")
-    cfg = tiny_config(tmp_path / "run", data={"dataset": "folder", "root_path": str(data), "batch_size": 2},
-                      logging={"log_every": 1})
+    cfg = tiny_config(
+        tmp_path / "run", data={"dataset": "folder", "root_path": str(data), "batch_size": 2}, logging={"log_every": 1}
+    )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     done = torchrun(["-m", "openjepa.cli", "train", str(tmp_path / "c.yaml"), "--max-steps", "3"], timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,6 +1,7 @@
 """The fast path computes the same step as a plain eager fp32 implementation: SDPA attention vs
 softmax(QK^T/sqrt(d))V written out, fused AdamW vs the per-tensor loop, the EMA as one
 ``_foreach_lerp_`` vs a per-parameter Python loop (the reference's), bf16 autocast vs fp32."""
+
 import copy
 import math
 
@@ -8,12 +9,11 @@ import pytest
 import torch
 
 import openjepa.models.vit as vit
+from conftest import tiny_config
+from openjepa.device import autocast, training_bf16
 from openjepa.ijepa import build_ijepa
 from openjepa.masks import build_mask_sampler
-from openjepa.device import autocast, training_bf16
 from openjepa.pretrain import build_optimizer
-
-from conftest import tiny_config
 
 
 def manual_attention(q, k, v):
@@ -56,15 +56,25 @@ def setup(tmp_path, **optimization):
 
 
 def weights(model):
-    return {f"{name}.{k}": v for name in ("encoder", "predictor", "target_encoder")
-            for k, v in getattr(model, name).state_dict().items()}
+    return {
+        f"{name}.{k}": v
+        for name in ("encoder", "predictor", "target_encoder")
+        for k, v in getattr(model, name).state_dict().items()
+    }
 
 
 def test_fast_path_equals_plain_eager_fp32(tmp_path, monkeypatch):
     cfg, fast, batch = setup(tmp_path, fused_adamw=True)
     eager = copy.deepcopy(fast)
-    fast_loss = [one_step(fast, build_optimizer(fast, cfg.optimization), batch, autocast(torch.device("cpu"), training_bf16(cfg.meta, torch.device("cpu"))),
-                          lerp_ema)]
+    fast_loss = [
+        one_step(
+            fast,
+            build_optimizer(fast, cfg.optimization),
+            batch,
+            autocast(torch.device("cpu"), training_bf16(cfg.meta, torch.device("cpu"))),
+            lerp_ema,
+        )
+    ]
     plain_cfg = copy.deepcopy(cfg.optimization)
     plain_cfg.fused_adamw = False
     opt = torch.optim.AdamW(build_optimizer(eager, plain_cfg).param_groups, foreach=False)
@@ -79,10 +89,17 @@ def test_fast_path_equals_plain_eager_fp32(tmp_path, monkeypatch):
 def test_bf16_autocast_matches_fp32_to_bf16_precision(tmp_path):
     cfg, fp32, batch = setup(tmp_path)
     bf16, start = copy.deepcopy(fp32), copy.deepcopy(fp32.encoder.state_dict())
-    loss32 = one_step(fp32, build_optimizer(fp32, cfg.optimization), batch, torch.autocast("cpu", enabled=False), lerp_ema)
+    loss32 = one_step(
+        fp32, build_optimizer(fp32, cfg.optimization), batch, torch.autocast("cpu", enabled=False), lerp_ema
+    )
     cfg.meta.cpu_bfloat16 = True
-    loss16 = one_step(bf16, build_optimizer(bf16, cfg.optimization), batch, autocast(torch.device("cpu"), training_bf16(cfg.meta, torch.device("cpu"))),
-                      lerp_ema)
+    loss16 = one_step(
+        bf16,
+        build_optimizer(bf16, cfg.optimization),
+        batch,
+        autocast(torch.device("cpu"), training_bf16(cfg.meta, torch.device("cpu"))),
+        lerp_ema,
+    )
     assert loss16 == pytest.approx(float(loss32), rel=2e-2)  # bf16 keeps 8 bits of mantissa
     # the AdamW updates point the same way (bf16 gradients may flip the sign of a few tiny components)
     update32 = torch.cat([(v - start[k]).flatten() for k, v in fp32.encoder.state_dict().items()])
@@ -95,7 +112,7 @@ def test_compiled_blocks_match_eager_and_do_not_recompile_as_mask_lengths_vary(t
     the graphs inductor would get, without its minute of C++ compilation on 2 cores): same losses
     and weights as eager over steps whose context and target lengths all differ, and a fixed number
     of graphs (target encoder, context encoder, predictor) however the lengths vary."""
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters  # noqa: PLC2701 (the compiler's own count)
 
     cfg, eager, _ = setup(tmp_path)
     compiled = copy.deepcopy(eager)
@@ -110,8 +127,10 @@ def test_compiled_blocks_match_eager_and_do_not_recompile_as_mask_lengths_vary(t
     for _ in range(6):
         context_idx, target_idx = sampler(8, g)
         lengths.add((context_idx.size(1), target_idx.size(2)))
-        losses = [one_step(m, opt, (images, context_idx, target_idx), fp32, lerp_ema)
-                  for m, opt in zip((eager, compiled), optimizers)]
+        losses = [
+            one_step(m, opt, (images, context_idx, target_idx), fp32, lerp_ema)
+            for m, opt in zip((eager, compiled), optimizers)
+        ]
         torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
     assert len(lengths) >= 4  # the masks did vary
     assert counters["stats"]["unique_graphs"] == 3, dict(counters["stats"])
@@ -123,8 +142,8 @@ def test_compiled_blocks_match_eager_and_do_not_recompile_as_mask_lengths_vary(t
 def test_cpu_bfloat16_auto_follows_the_cpus_native_bf16(tmp_path, monkeypatch):
     """meta.cpu_bfloat16 defaults to auto: bf16 autocast where the CPU multiplies bf16 natively (AMX
     or AVX512-BF16), fp32 elsewhere; true and false force it; anything else is refused."""
-    from openjepa.config import ConfigError, load_config
     from openjepa import device as machine
+    from openjepa.config import ConfigError, load_config
     from openjepa.device import training_bf16 as bf16_autocast
 
     cpu = torch.device("cpu")

@@ -115,4 +115,6 @@ def test_bf16_attention_with_a_gradient_runs_in_fp32_on_the_cpu():
         torch.testing.assert_close(low.grad.float(), high.grad, rtol=2e-2, atol=2e-2)
     with torch.no_grad():
         plain = attend(q.detach(), k.detach(), v.detach())
-    torch.testing.assert_close(plain, F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach()), rtol=0, atol=0)
+    torch.testing.assert_close(
+        plain, F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach()), rtol=0, atol=0
+    )

@@ -4,13 +4,12 @@ import math
 import pytest
 import torch
 
+from conftest import signal_a_training_run, tiny_config
 from openjepa.checkpoint import CheckpointError, load_checkpoint
 from openjepa.config import OptimizationConfig, load_config
-from openjepa.ijepa import build_ijepa
 from openjepa.engine import Schedules
+from openjepa.ijepa import build_ijepa
 from openjepa.pretrain import param_groups, train
-
-from conftest import signal_a_training_run, tiny_config
 
 
 def read_log(run_dir):
@@ -19,15 +18,27 @@ def read_log(run_dir):
 
 
 def test_schedules_at_chosen_steps():
-    o = OptimizationConfig(epochs=10, warmup=2, start_lr=2e-4, lr=1e-3, final_lr=1e-6,
-                           weight_decay=0.04, final_weight_decay=0.4, ema=[0.996, 1.0])
+    o = OptimizationConfig(
+        epochs=10,
+        warmup=2,
+        start_lr=2e-4,
+        lr=1e-3,
+        final_lr=1e-6,
+        weight_decay=0.04,
+        final_weight_decay=0.4,
+        ema=[0.996, 1.0],
+    )
     s = Schedules.from_config(o, steps_per_epoch=100)  # 1000 steps, 200 of warmup
     assert s.lr_at(0) == pytest.approx(2e-4 + (1 / 200) * 8e-4)  # the reference steps its counter first
     assert s.lr_at(99) == pytest.approx(2e-4 + 0.5 * 8e-4)
     assert s.lr_at(199) == pytest.approx(1e-3)  # warmup done
     assert s.lr_at(599) == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5)  # half-way through the cosine
     assert s.lr_at(999) == pytest.approx(1e-6)
-    assert s.wd_at(-1) == pytest.approx(0.04) and s.wd_at(499) == pytest.approx(0.22) and s.wd_at(999) == pytest.approx(0.4)
+    assert (
+        s.wd_at(-1) == pytest.approx(0.04)
+        and s.wd_at(499) == pytest.approx(0.22)
+        and s.wd_at(999) == pytest.approx(0.4)
+    )
     assert s.momentum_at(0) == 0.996 and s.momentum_at(500) == pytest.approx(0.998) and s.momentum_at(1000) == 1.0
     o.ipe_scale = 1.25  # the schedules stretch past the run: final values are never reached
     s = Schedules.from_config(o, steps_per_epoch=100)
@@ -76,8 +87,10 @@ def test_resume_after_interruption_continues_exactly(tmp_path):
     straight_rows = {r["step"]: r for r in read_log(tmp_path / "straight")}
     for r in rows:  # the collapse probe's readings carried by the log rows are those of the straight run
         if r["step"] in straight_rows:
-            assert (r["image_rankme"], r["image_spread"]) == (straight_rows[r["step"]]["image_rankme"],
-                                                              straight_rows[r["step"]]["image_spread"])
+            assert (r["image_rankme"], r["image_spread"]) == (
+                straight_rows[r["step"]]["image_rankme"],
+                straight_rows[r["step"]]["image_spread"],
+            )
     assert "resuming" in (tmp_path / "interrupted/train.log").read_text()
     assert (tmp_path / "interrupted/checkpoints/epoch_0002.pt").exists()
 
@@ -107,8 +120,8 @@ def test_gradient_accumulation_and_clipping_run(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from openjepa.ijepa import IJEPA
     from openjepa.engine import TrainingError
+    from openjepa.ijepa import IJEPA
 
     calls = {"n": 0}
     real_loss = IJEPA.forward_loss
@@ -175,12 +188,15 @@ def test_kill_9_at_a_random_moment_then_resume_is_bitwise_identical(tmp_path):
 
     import yaml
 
-    settings = {"optimization": {"epochs": 6}, "logging": {"checkpoint_every_steps": 1, "progress_bar": False,
-                                                           "tensorboard": False}}
+    settings = {
+        "optimization": {"epochs": 6},
+        "logging": {"checkpoint_every_steps": 1, "progress_bar": False, "tensorboard": False},
+    }
     cfg = tiny_config(tmp_path / "run", **settings)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    proc = subprocess.Popen([sys.executable, "-m", "openjepa.cli", "train", str(tmp_path / "c.yaml")],
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openjepa.cli", "train", str(tmp_path / "c.yaml")], stderr=subprocess.DEVNULL
+    )
     latest = tmp_path / "run/checkpoints/latest.pt"
     deadline = time.time() + 60
     while time.time() < deadline and not latest.exists():
@@ -200,14 +216,19 @@ def test_kill_9_at_a_random_moment_then_resume_is_bitwise_identical(tmp_path):
 
 
 def test_keep_last_keeps_the_newest_periodic_checkpoints(tmp_path):
-    train(tiny_config(tmp_path, optimization={"epochs": 4},
-                      logging={"checkpoint_every": 1, "keep_last": 2, "progress_bar": False, "tensorboard": False}))
+    train(
+        tiny_config(
+            tmp_path,
+            optimization={"epochs": 4},
+            logging={"checkpoint_every": 1, "keep_last": 2, "progress_bar": False, "tensorboard": False},
+        )
+    )
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*.pt")) == ["epoch_0003.pt", "epoch_0004.pt"]
 
 
 def test_skip_nonfinite_steps_skips_up_to_the_limit(tmp_path, monkeypatch):
-    from openjepa.ijepa import IJEPA
     from openjepa.engine import TrainingError
+    from openjepa.ijepa import IJEPA
 
     real_loss, calls = IJEPA.forward_loss, {"n": 0}
 
@@ -274,20 +295,25 @@ def test_collapse_probe_warns_once_below_its_floors_but_not_at_step_0(tmp_path, 
             return self.weight.expand(len(x), 16, 8) + 0 * x.mean()
 
     images = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    probe = CollapseProbe(tiny_config(tmp_path, logging={"collapse_images": 32}),
-                          ArrayDataset(images, torch.zeros(40, dtype=torch.long)))
+    probe = CollapseProbe(
+        tiny_config(tmp_path, logging={"collapse_images": 32}), ArrayDataset(images, torch.zeros(40, dtype=torch.long))
+    )
     caplog.set_level(logging.INFO, logger="openjepa")
     for step in (0, 10, 20):
         assert probe.check(Constant(), step) == {"image_rankme": 0.0, "image_spread": 0.0, "probe_step": step}
     assert caplog.text.count("the features are collapsing") == 1 and "at step 10" in caplog.text
     warning = next(r.getMessage() for r in caplog.records if "collapsing" in r.getMessage())
-    assert "image_rankme 0.0 is under the floor of 4" in warning and "image_spread" not in warning  # only the floor crossed
+    assert (
+        "image_rankme 0.0 is under the floor of 4" in warning and "image_spread" not in warning
+    )  # only the floor crossed
     assert "turn on meta.variance_weight" in warning  # the advice fits a run without a regulariser
     assert CollapseProbe.reasons({"image_rankme": 9.0, "image_spread": 0.02}, {"image_spread": 0.05}) == [
         "image_spread 0.020 is under 0.5 x the random encoder's 0.050 at step 0: the features depend on the image "
-        "less than a random network's do"]
-    regularised = CollapseProbe(tiny_config(tmp_path, meta={"variance_weight": 1.0}),
-                                ArrayDataset(images, torch.zeros(40, dtype=torch.long)))
+        "less than a random network's do"
+    ]
+    regularised = CollapseProbe(
+        tiny_config(tmp_path, meta={"variance_weight": 1.0}), ArrayDataset(images, torch.zeros(40, dtype=torch.long))
+    )
     assert "raise the regularisers' weights" in regularised.advice and "turn on" not in regularised.advice
     first = {"image_rankme": 10.0, "image_spread": 0.05}  # the spread floor is half the step-0 reading
     assert CollapseProbe.collapsed({"image_rankme": 9.0, "image_spread": 0.02}, first)
@@ -326,8 +352,11 @@ def test_resuming_at_another_global_batch_is_refused_unless_allowed_then_keeps_t
     latest = tmp_path / "checkpoints/latest.pt"
     before = latest.read_bytes()
     assert load_checkpoint(latest)["images_per_step"] == 8
-    with pytest.raises(ConfigError, match=r"global batch of 8 images per optimiser step; this run has 16.*"
-                                          r"allow_batch_change=true"):
+    with pytest.raises(
+        ConfigError,
+        match=r"global batch of 8 images per optimiser step; this run has 16.*"
+        r"allow_batch_change=true",
+    ):
         train(tiny_config(tmp_path, data={"batch_size": 8}, optimization={"accum_steps": 2}))
     assert latest.read_bytes() == before
     train(tiny_config(tmp_path, data={"batch_size": 16}, optimization={"allow_batch_change": True}), max_steps=3)
@@ -344,10 +373,18 @@ def test_lr_follows_the_global_batch_only_when_asked(tmp_path):
     peak = {}
     for rule in ("none", "linear", "sqrt"):
         run = tmp_path / rule
-        train(tiny_config(run, optimization={"reference_batch": 8, "lr_scaling": rule, "warmup": 0.0,
-                                             "final_lr": 0.0}, logging={"log_every": 1}), max_steps=1)
+        train(
+            tiny_config(
+                run,
+                optimization={"reference_batch": 8, "lr_scaling": rule, "warmup": 0.0, "final_lr": 0.0},
+                logging={"log_every": 1},
+            ),
+            max_steps=1,
+        )
         peak[rule] = float(read_log(run)[0]["lr"])
-    assert peak["linear"] == pytest.approx(2 * peak["none"]) and peak["sqrt"] == pytest.approx(math.sqrt(2) * peak["none"])
+    assert peak["linear"] == pytest.approx(2 * peak["none"]) and peak["sqrt"] == pytest.approx(
+        math.sqrt(2) * peak["none"]
+    )
     assert "the recipe's LR 0.001 was set for 8" in (tmp_path / "none/train.log").read_text()
     with pytest.raises(ConfigError, match="reference_batch, which is not set"):
         tiny_config(tmp_path / "x", optimization={"lr_scaling": "linear"})
@@ -372,8 +409,10 @@ def test_sigusr2_saves_then_hands_the_signal_to_the_previous_handler(tmp_path):
             return super().__getitem__(i)
 
     reads, seen = [0], []
-    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(
-        (signum, load_checkpoint(tmp_path / "checkpoints/latest.pt")["step"])))
+    previous = signal.signal(
+        signal.SIGUSR2,
+        lambda signum, frame: seen.append((signum, load_checkpoint(tmp_path / "checkpoints/latest.pt")["step"])),
+    )
     try:
         cfg = tiny_config(tmp_path, logging={"collapse_every": 0})  # only the loader reads images
         with pytest.raises(Preempted, match="SIGUSR2 received"):

@@ -2,11 +2,10 @@ import json
 
 import pytest
 
+from conftest import tiny_config
 from openjepa.bench import block_flops, flops_per_image
 from openjepa.cli import main
 from openjepa.config import load_config
-
-from conftest import tiny_config
 
 
 def test_flops_formula_matches_the_papers_vit_b_example():
@@ -19,8 +18,10 @@ def test_flops_formula_matches_the_papers_vit_b_example():
 
 def test_bench_prints_the_contract_json_last(tmp_path, capsys):
     config = tmp_path / "b.yaml"
-    config.write_text("data: {dataset: synthetic, batch_size: 4, crop_size: 16}\nmask: {patch_size: 4, min_keep: 2}\n"
-                      "meta: {model_name: vit_tiny, pred_depth: 1, pred_emb_dim: 48, device: cpu}\n")
+    config.write_text(
+        "data: {dataset: synthetic, batch_size: 4, crop_size: 16}\nmask: {patch_size: 4, min_keep: 2}\n"
+        "meta: {model_name: vit_tiny, pred_depth: 1, pred_emb_dim: 48, device: cpu}\n"
+    )
     assert main(["bench", str(config), "--steps", "1", "--windows", "1", "--warmup", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("img_per_s", "step_ms", "peak_mem_mb", "gflop_per_img"):
@@ -38,8 +39,10 @@ def test_loader_bench_reads_the_configs_own_images_through_the_training_loader(t
         Image.new("RGB", (20 + i, 24), (10 * i, 0, 0)).save(folder / f"{i}.jpg")
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     config = tmp_path / "b.yaml"
-    config.write_text(f"data: {{root_path: {folder}, batch_size: 4, crop_size: 16}}\nmask: {{patch_size: 4, min_keep: 2}}\n"
-                      "meta: {model_name: vit_tiny, pred_depth: 1, pred_emb_dim: 48, device: cpu}\n")
+    config.write_text(
+        f"data: {{root_path: {folder}, batch_size: 4, crop_size: 16}}\nmask: {{patch_size: 4, min_keep: 2}}\n"
+        "meta: {model_name: vit_tiny, pred_depth: 1, pred_emb_dim: 48, device: cpu}\n"
+    )
     assert main(["bench", str(config), "--loader", "--steps", "2", "--warmup", "1", "--workers", "0,1"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
@@ -59,8 +62,11 @@ def test_bench_times_the_training_loops_own_step(tmp_path, monkeypatch):
     calls = {"accumulate": 0, "optimizer_step": 0}
     for name in calls:
         real = getattr(bench, name)
-        monkeypatch.setattr(bench, name, lambda *a, _real=real, _name=name, **k: calls.__setitem__(_name, calls[_name] + 1)
-                            or _real(*a, **k))
+        monkeypatch.setattr(
+            bench,
+            name,
+            lambda *a, _real=real, _name=name, **k: calls.__setitem__(_name, calls[_name] + 1) or _real(*a, **k),
+        )
     cfg = tiny_config(tmp_path, data={"batch_size": 4}, meta={"device": "cpu"})
     result = bench.bench(cfg, steps=2, windows=2, warmup=1)
     assert calls == {"accumulate": 1 + 2 * 2 + 2, "optimizer_step": 1 + 2 * 2 + 2}

@@ -5,19 +5,18 @@ import subprocess
 import numpy as np
 import torch
 
+from conftest import labelled_folder, tiny_config
 from openjepa.cli import main
+from openjepa.data.transforms import prepare
 from openjepa.evaluate import evaluate
+from openjepa.ijepa import image_patches
+from openjepa.interop import load_ijepa
 from openjepa.masks import build_mask_sampler
 from openjepa.pretrain import train
 from openjepa.viz import STRATEGIES, mask_grid, mask_overlay, pca_rgb, pick_images, retrieve, write_report
-from openjepa.ijepa import image_patches
-from openjepa.data.transforms import prepare
 from openjepa.viz.imagine import build_bank, imagine, unpatch
 from openjepa.viz.masks import ALPHA, DARK, TARGET_COLOURS
-from openjepa.interop import load_ijepa
 from openjepa.viz.report import SECTIONS
-
-from conftest import labelled_folder, tiny_config
 
 
 def test_mask_picture_colours_agree_with_the_sampled_indices():
@@ -28,7 +27,7 @@ def test_mask_picture_colours_agree_with_the_sampled_indices():
         out = mask_overlay(image[:, :, :], context_idx[b], target_idx[b], p)
         for patch in range(64):
             r, c = divmod(patch, 8)
-            pixels = out[r * p:(r + 1) * p, c * p:(c + 1) * p].reshape(-1, 3)
+            pixels = out[r * p : (r + 1) * p, c * p : (c + 1) * p].reshape(-1, 3)
             blocks = [m for m in range(target_idx.size(1)) if patch in target_idx[b, m].tolist()]
             if blocks:  # the last block drawn wins where blocks overlap
                 want = np.rint((1 - ALPHA) * 127.5 + ALPHA * TARGET_COLOURS[blocks[-1]])
@@ -74,8 +73,11 @@ def test_imagination_keeps_context_and_truth_pixels(tmp_path):
     assert torch.equal(unpatch(image_patches(images, 4)[0], (4, 4)), images[0])
     bank = build_bank(model, images, cfg.data.mean, cfg.data.std)
     assert bank[0].shape == (48, 192) and bank[1].shape == (48, 3, 4, 4)
+
     # the bank is the model's own training targets, whichever they are (here data2vec's too)
-    targets = lambda: model.target_features(prepare(images, model.encoder, cfg.data.mean, cfg.data.std))
+    def targets():
+        return model.target_features(prepare(images, model.encoder, cfg.data.mean, cfg.data.std))
+
     torch.testing.assert_close(bank[0], targets().flatten(0, 1))
     model.target_layers = 2
     two = build_bank(model, images, cfg.data.mean, cfg.data.std)[0]
@@ -105,14 +107,33 @@ def test_report_opens_in_headless_chromium_with_every_section_and_image(tmp_path
     cfg = tiny_config(run, logging={"monitor_every": 1, "monitor_images": 32})
     train(cfg, max_steps=8)
     data = labelled_folder(tmp_path / "data", channels=3)
-    evaluate(run / "checkpoints/latest.pt", str(data), ("linear", "knn"), ("pixels",), linear_steps=20,
-             progress=False, precision="fp32")
+    evaluate(
+        run / "checkpoints/latest.pt",
+        str(data),
+        ("linear", "knn"),
+        ("pixels",),
+        linear_steps=20,
+        progress=False,
+        precision="fp32",
+    )
     assert main(["report", str(run), "--n", "4"]) == 0
     page = run / "report.html"
     text = page.read_text()
     assert "http://" not in text and "https://" not in text  # self-contained
-    dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     total = int(re.search(r'data-images-total="(\d+)"', dom).group(1))
     loaded = int(re.search(r'data-images-loaded="(\d+)"', dom).group(1))
     assert total == 4 and loaded == total  # curves, masks, features, imagination; none broken
@@ -120,7 +141,7 @@ def test_report_opens_in_headless_chromium_with_every_section_and_image(tmp_path
         assert f'<section id="{section}">' in dom
     assert "Not available" not in dom
     assert "| pixels |" not in dom and "<th>pixels</th>" in dom  # the evaluation table, as HTML
-    summary = dom[dom.index('<div id="summary">'):dom.index('<section id="config">')]  # the first lines
+    summary = dom[dom.index('<div id="summary">') : dom.index('<section id="config">')]  # the first lines
     assert "Collapse probe at step 8" in summary
     assert re.search(r"linear probe: this encoder [\d.]+%, raw pixels [\d.]+%", summary)
 
@@ -130,11 +151,15 @@ def test_report_of_a_run_without_checkpoint_or_data_says_why(tmp_path):
     (tmp_path / "run").mkdir()
     cfg.data.dataset, cfg.data.root_path = "folder", str(tmp_path / "gone")
     cfg.save(tmp_path / "run/config.yaml")
-    (tmp_path / "run/log.csv").write_text("step,loss,image_rankme,image_spread,probe_step\n"
-                                          "1,0.5,9.1,0.06,0\n2,0.4,8.5,0.02,2\n")
+    (tmp_path / "run/log.csv").write_text(
+        "step,loss,image_rankme,image_spread,probe_step\n1,0.5,9.1,0.06,0\n2,0.4,8.5,0.02,2\n"
+    )
     text = write_report(tmp_path / "run").read_text()
     assert text.count("Not available") == 3 and "gone" in text
-    assert "WARNING: the features are collapsing: image_spread 0.020 is under 0.5 x the random encoder&#x27;s 0.060" in text
+    assert (
+        "WARNING: the features are collapsing: image_spread 0.020 is under 0.5 x the random encoder&#x27;s 0.060"
+        in text
+    )
     assert "at step 2: image_rankme 8.5" in text and "under the floor" not in text  # rankme 8.5 is above its floor
     assert "(step 0, the random encoder: 9.1 and 0.060)" in text
     assert main(["report", str(tmp_path / "nothing")]) == 2
@@ -150,8 +175,20 @@ def test_viz_commands_write_pngs(tmp_path):
     assert Image.open(tmp_path / "m.png").size == (90 + 3 * (64 + 4), len(STRATEGIES) * (64 + 4))
     assert main(["viz", "curves", str(tmp_path / "run"), "--out", str(tmp_path / "c.png")]) == 0
     assert Image.open(tmp_path / "c.png").size[0] > 0
-    assert main(["viz", "features", str(tmp_path / "run/checkpoints/latest.pt"), "--out", str(tmp_path / "f.png"),
-                 "--n", "2"]) == 0
+    assert (
+        main(
+            [
+                "viz",
+                "features",
+                str(tmp_path / "run/checkpoints/latest.pt"),
+                "--out",
+                str(tmp_path / "f.png"),
+                "--n",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "f.png").size == (2 * (64 + 4), 3 * (64 + 4))
     assert main(["viz", "features", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "g.png")]) == 2
     assert not (tmp_path / "g.png").exists()

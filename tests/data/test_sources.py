@@ -1,4 +1,5 @@
 """Streamed tar shards (webdataset) and local Hugging Face datasets as training sources (issue 14)."""
+
 import io
 import json
 
@@ -7,14 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import tiny_config
 from openjepa.checkpoint import load_checkpoint
 from openjepa.cli import main
 from openjepa.config import ConfigError
 from openjepa.data import DataError, PretrainTransform, build_dataset
 from openjepa.data.shards import ShardBatches
 from openjepa.pretrain import train
-
-from conftest import tiny_config
 
 SHARDS, PER_SHARD = 8, 8
 
@@ -40,9 +40,19 @@ def shards(tmp_path_factory):
 
 
 def shard_config(root, folder, **data):
-    return tiny_config(folder, data={"dataset": "webdataset", "root_path": str(root / "train-{0000..0007}.tar"),
-                                     "samples_per_epoch": SHARDS * PER_SHARD, "in_chans": 1, "mean": [0.0],
-                                     "std": [1.0], "shuffle_buffer": 5, **data})
+    return tiny_config(
+        folder,
+        data={
+            "dataset": "webdataset",
+            "root_path": str(root / "train-{0000..0007}.tar"),
+            "samples_per_epoch": SHARDS * PER_SHARD,
+            "in_chans": 1,
+            "mean": [0.0],
+            "std": [1.0],
+            "shuffle_buffer": 5,
+            **data,
+        },
+    )
 
 
 def sample_ids(batch_items) -> list[int]:
@@ -56,8 +66,18 @@ def test_every_sample_once_per_epoch_over_processes_and_workers(shards, world, w
     per_epoch = SHARDS * PER_SHARD // (cfg.data.batch_size * world)
     epochs = {}
     for rank in range(world):
-        stream = ShardBatches(source, transform, cfg.data.batch_size, per_epoch, 0, 2 * per_epoch, seed=0, rank=rank,
-                              world_size=world, workers=workers)
+        stream = ShardBatches(
+            source,
+            transform,
+            cfg.data.batch_size,
+            per_epoch,
+            0,
+            2 * per_epoch,
+            seed=0,
+            rank=rank,
+            world_size=world,
+            workers=workers,
+        )
         loader = torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=lambda x: x, num_workers=workers)
         for b, items in enumerate(loader):
             assert {batch for _, batch in items} == {b}  # numbered in the order the loader gives them
@@ -92,10 +112,20 @@ def test_a_broken_sample_or_shard_is_skipped_and_counted(shards, tmp_path):
             for i in range(16):
                 w.write({"__key__": f"{s}_{i}", "png": b"not a png" if (s, i) == (0, 3) else png(i), "cls": "0"})
     (bad / "b-2.tar").write_bytes((bad / "b-0.tar").read_bytes()[:700])  # truncated: its samples are lost
-    cfg = tiny_config(tmp_path / "run", data={"dataset": "webdataset", "root_path": str(bad / "b-{0..2}.tar"),
-                                              "samples_per_epoch": 32, "in_chans": 1, "mean": [0.5], "std": [0.5],
-                                              "shuffle_buffer": 4},
-                      optimization={"epochs": 1}, logging={"log_every": 1})
+    cfg = tiny_config(
+        tmp_path / "run",
+        data={
+            "dataset": "webdataset",
+            "root_path": str(bad / "b-{0..2}.tar"),
+            "samples_per_epoch": 32,
+            "in_chans": 1,
+            "mean": [0.5],
+            "std": [0.5],
+            "shuffle_buffer": 4,
+        },
+        optimization={"epochs": 1},
+        logging={"log_every": 1},
+    )
     train(cfg)
     rows = list(csv.DictReader(open(tmp_path / "run/log.csv")))
     assert int(rows[-1]["skipped_images"]) >= 1
@@ -121,7 +151,7 @@ def hf_folder(tmp_path_factory):
         images, labels = [], []
         for i in range(n):
             img = rng.integers(0, 60, (16, 16), dtype=np.uint8)
-            img[: 8] += 150 * (i % 2)
+            img[:8] += 150 * (i % 2)
             images.append(Image.fromarray(img))
             labels.append(i % 2)
         features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["dark", "light"])})
@@ -132,8 +162,10 @@ def hf_folder(tmp_path_factory):
 
 
 def test_a_hugging_face_folder_trains_and_its_items_match_the_images(hf_folder, tmp_path):
-    cfg = tiny_config(tmp_path / "run", data={"dataset": "huggingface", "root_path": str(hf_folder), "in_chans": 1,
-                                              "mean": [0.5], "std": [0.5]})
+    cfg = tiny_config(
+        tmp_path / "run",
+        data={"dataset": "huggingface", "root_path": str(hf_folder), "in_chans": 1, "mean": [0.5], "std": [0.5]},
+    )
     ds = build_dataset(cfg.data)
     assert len(ds) == 40 and ds.classes == ["dark", "light"] and ds.image_key == "img"
     img, label = ds[1]
@@ -141,8 +173,26 @@ def test_a_hugging_face_folder_trains_and_its_items_match_the_images(hf_folder, 
     run = train(cfg, max_steps=2)
     assert load_checkpoint(run / "checkpoints/latest.pt")["step"] == 2
     out = tmp_path / "eval.json"
-    assert main(["eval", str(run / "checkpoints/latest.pt"), "--data", str(hf_folder), "--protocol", "knn,linear",
-                 "--linear-steps", "50", "--baselines", "pixels", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run / "checkpoints/latest.pt"),
+                "--data",
+                str(hf_folder),
+                "--protocol",
+                "knn,linear",
+                "--linear-steps",
+                "50",
+                "--baselines",
+                "pixels",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads(out.read_text())
     assert (record["train_size"], record["test_size"]) == (40, 20)
     assert record["results"]["pixels"]["linear"]["test_acc"] >= 0.9  # labels and images stay together
@@ -153,8 +203,7 @@ def test_a_hugging_face_folder_trains_and_its_items_match_the_images(hf_folder, 
 
 
 def test_the_folder_index_is_cached_and_follows_changes(tmp_path, monkeypatch):
-    from openjepa.data import ImageFolder
-    from openjepa.data import index
+    from openjepa.data import ImageFolder, index
 
     root = tmp_path / "imgs"
     for c in ("b_cls", "a_cls", "a cls-2"):
@@ -194,11 +243,27 @@ def test_shards_train_on_two_processes(shards, tmp_path):
 
     cfg = shard_config(shards, tmp_path / "two", batch_size=8)
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    src = str(Path(__file__).parents[1] / "src")
+    src = str(Path(__file__).parents[2] / "src")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "openjepa.cli", "train", str(tmp_path / "two.yaml"), "--max-steps", "5"],
-                          env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "openjepa.cli",
+            "train",
+            str(tmp_path / "two.yaml"),
+            "--max-steps",
+            "5",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     log = (tmp_path / "two/train.log").read_text()
     assert "64 images, 4 steps/epoch of 16 images (8 per process x 2 processes" in log
@@ -214,7 +279,10 @@ def test_parquet_files_of_one_split_are_read(hf_folder, tmp_path):
     for split in ("train", "test"):
         ds = datasets.load_from_disk(str(hf_folder))[split]
         ds.to_parquet(str(tmp_path / "data" / f"{split}-00000-of-00001.parquet"))
-    train_rows, test_rows = HFImages(tmp_path / "data", "train", in_chans=1), HFImages(tmp_path / "data", "test", in_chans=1)
+    train_rows, test_rows = (
+        HFImages(tmp_path / "data", "train", in_chans=1),
+        HFImages(tmp_path / "data", "test", in_chans=1),
+    )
     assert (len(train_rows), len(test_rows)) == (40, 20)
     assert train_rows[3][1] == 1 and float(train_rows[3][0][0, :8].mean()) > float(train_rows[3][0][0, 8:].mean())
     (tmp_path / "bad.arrow").write_bytes(b"not arrow")

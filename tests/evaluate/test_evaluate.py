@@ -4,15 +4,23 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import labelled_folder, tiny_config
 from openjepa.cli import main
 from openjepa.data import ArrayDataset
-from openjepa.evaluate import (evaluate, attentive_probe, cached_extract, extract, knn_predict, linear_probe,
-                               lowshot_subset, rankme, stratified_split)
+from openjepa.evaluate import (
+    attentive_probe,
+    cached_extract,
+    evaluate,
+    extract,
+    knn_predict,
+    linear_probe,
+    lowshot_subset,
+    rankme,
+    stratified_split,
+)
 from openjepa.evaluate.features import cache_path, prepare
 from openjepa.models.vit import VisionTransformer
 from openjepa.pretrain import train
-
-from conftest import labelled_folder, tiny_config
 
 
 def planted(n, dim=32, classes=5, seed=0):
@@ -35,7 +43,9 @@ def test_linear_probe_never_looks_at_the_test_labels():
     accuracy and nothing else."""
     (x, y), (xt, yt) = planted(1500), planted(500, seed=1)
     true = linear_probe(x, y, xt, yt, steps=200)
-    scrambled = linear_probe(x, y, xt, yt[torch.randperm(len(yt), generator=torch.Generator().manual_seed(0))], steps=200)
+    scrambled = linear_probe(
+        x, y, xt, yt[torch.randperm(len(yt), generator=torch.Generator().manual_seed(0))], steps=200
+    )
     assert (true["lr"], true["wd"], true["val_acc"]) == (scrambled["lr"], scrambled["wd"], scrambled["val_acc"])
     assert true["test_acc"] > 0.8 > scrambled["test_acc"]
 
@@ -147,8 +157,24 @@ def test_eval_command_writes_one_result_with_baselines(tmp_path, capsys):
     train(tiny_config(tmp_path / "run", data={"in_chans": 1, "mean": [0.5], "std": [0.25]}), max_steps=2)
     data = labelled_folder(tmp_path / "data", vary=True)  # images of several sizes are brought to the encoder's
     ckpt = tmp_path / "run/checkpoints/latest.pt"
-    assert main(["eval", str(ckpt), "--data", str(data), "--no-progress", "--precision", "fp32",
-                 "--linear-steps", "50", "--attentive-epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--no-progress",
+                "--precision",
+                "fp32",
+                "--linear-steps",
+                "50",
+                "--attentive-epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "run/eval/latest_target.json").read_text())
     assert set(record["results"]) == {"ijepa", "random", "pixels"}
     assert set(record["results"]["ijepa"]) >= {"linear", "knn", "lowshot", "attentive", "rankme"}
@@ -162,14 +188,32 @@ def test_eval_command_writes_one_result_with_baselines(tmp_path, capsys):
 def test_train_limit_evaluates_on_a_seeded_subset_of_the_training_split(tmp_path):
     train(tiny_config(tmp_path / "run", data={"in_chans": 1, "mean": [0.5], "std": [0.25]}), max_steps=1)
     data, ckpt = labelled_folder(tmp_path / "data"), tmp_path / "run/checkpoints/latest.pt"
-    records = [evaluate(ckpt, str(data), ("knn",), ("random", "pixels"), train_limit=limit, out=tmp_path / f"{limit}.json",
-                        progress=False, precision="fp32") for limit in (16, 16, None)]
+    records = [
+        evaluate(
+            ckpt,
+            str(data),
+            ("knn",),
+            ("random", "pixels"),
+            train_limit=limit,
+            out=tmp_path / f"{limit}.json",
+            progress=False,
+            precision="fp32",
+        )
+        for limit in (16, 16, None)
+    ]
     assert [r["train_size"] for r in records] == [16, 16, 24] and records[0]["test_size"] == 24
-    def accuracies(record):  # everything but the probes' wall times
-        return {enc: {k: ({n: x for n, x in v.items() if n != "wall_s"} if isinstance(v, dict) else v)
-                      for k, v in res.items()} for enc, res in record["results"].items()}
 
-    assert accuracies(records[0]) == accuracies(records[1])  # the same subset again (and cached apart from the full set)
+    def accuracies(record):  # everything but the probes' wall times
+        return {
+            enc: {
+                k: ({n: x for n, x in v.items() if n != "wall_s"} if isinstance(v, dict) else v) for k, v in res.items()
+            }
+            for enc, res in record["results"].items()
+        }
+
+    assert accuracies(records[0]) == accuracies(
+        records[1]
+    )  # the same subset again (and cached apart from the full set)
     assert len(list((tmp_path / "cache").glob("features_*.pt"))) == 8  # 2 encoders x train, test x limited, full
     with pytest.raises(ValueError, match="train_limit"):
         evaluate(ckpt, str(data), ("knn",), (), train_limit=3, out=tmp_path / "bad.json", progress=False)
