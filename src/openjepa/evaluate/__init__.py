@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 
+from ..api import make_callable
 from ..data.labelled import load_eval_data
 from ..device import resolve_precision
 from ..models.vit import VisionTransformer
@@ -343,13 +342,4 @@ __all__ = [
     "BASELINES",
 ]
 
-
-class _CallablePackage(types.ModuleType):
-    """``openjepa.evaluate`` names both this package and its function: once the package is imported,
-    the name holds the package, so calling it calls the function."""
-
-    def __call__(self, *args, **kwargs):
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_callable(__name__, evaluate)

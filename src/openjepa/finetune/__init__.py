@@ -1,9 +1,7 @@
 """Fine-tuning on the engine: ``config`` (its settings), ``data`` (splits, augmented items),
 ``recipe`` (layer decay, mixup, the LP-FT head), ``run`` (the loop), ``result`` (accuracy, result.json)."""
 
-import sys
-import types
-
+from ..api import make_callable
 from .config import FinetuneConfig, load_settings
 from .data import Augmented, Splits, make_splits
 from .recipe import layer_of, param_groups, probe_head
@@ -27,13 +25,4 @@ __all__ = [
     "NOT_MATHEMATICS",
 ]
 
-
-class _CallablePackage(types.ModuleType):
-    """``openjepa.finetune`` names both this package and its function: once the package is imported,
-    the name holds the package, so calling it calls the function."""
-
-    def __call__(self, *args, **kwargs):
-        return finetune(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_callable(__name__, finetune)
