@@ -23,5 +23,6 @@ def generator_for(*parts: int) -> torch.Generator:
 # never reused: checkpoints resume with the same draws.
 ORDER, CROP, MASK = 1, 2, 3  # pretraining: the epoch's permutation, each image's crop, each group's masks
 SHUFFLE = 4  # tar shards: each loader slot's shuffle buffer
+SCENES = 5  # the procedural scenes: each scene from (seed, SCENES, index)
 FT_ORDER, FT_AUGMENT, FT_RANDAUG, FT_DROP_PATH, FT_MIXUP, FT_SPLIT = 11, 12, 13, 14, 15, 16  # fine-tuning
 SIGREG = 21  # the SIGReg regulariser's random directions, per step

@@ -97,20 +97,21 @@ class PretrainTransform:
         return (img - mean) / std
 
 
+def center_crop_plan(height: int, width: int, size: tuple[int, int]) -> tuple[tuple[int, int], int, int]:
+    """((resized height, width), top, left) of ``resize_center_crop`` for an image of that size:
+    dense targets (label maps, depth) are brought to ``size`` through the same geometry."""
+    scale = max(size[0] / height, size[1] / width)
+    resized = (max(size[0], round(height * scale)), max(size[1], round(width * scale)))
+    return resized, (resized[0] - size[0]) // 2, (resized[1] - size[1]) // 2
+
+
 def resize_center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[B, C, H, W] -> [B, C, *size]: shorter side resized (antialiased bilinear), centre crop; as is when it fits."""
     h, w = images.shape[-2:]
     if (h, w) == tuple(size):
         return images
-    scale = max(size[0] / h, size[1] / w)
-    images = F.interpolate(
-        images,
-        size=(max(size[0], round(h * scale)), max(size[1], round(w * scale))),
-        mode="bilinear",
-        align_corners=False,
-        antialias=True,
-    )
-    top, left = (images.size(-2) - size[0]) // 2, (images.size(-1) - size[1]) // 2
+    resized, top, left = center_crop_plan(h, w, size)
+    images = F.interpolate(images, size=resized, mode="bilinear", align_corners=False, antialias=True)
     return images[..., top : top + size[0], left : left + size[1]]
 
 
