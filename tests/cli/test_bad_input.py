@@ -216,6 +216,29 @@ CASES = [
         ],
         "keep one",
     ),
+    # issue 37: the scenes and the dense probes
+    ("data-scenes-into-users-folder", ["data", "scenes", "--out", "{ws}/mine", "--n", "4"], "is not empty"),
+    ("data-scenes-out-a-file", ["data", "scenes", "--out", "{ws}/a_file", "--n", "4"], "is a file"),
+    ("data-scenes-size-4", ["data", "scenes", "--out", "{ws}/s", "--n", "4", "--size", "4"], "--size 4"),
+    ("data-scenes-task-depth", ["data", "scenes", "--out", "{ws}/s", "--n", "4", "--task", "depth"], "--task"),
+    ("data-scenes-n-0", ["data", "scenes", "--out", "{ws}/s", "--n", "0"], "--n"),
+    ("eval-scenes-unknown-task", ["eval", "{ws}/run/checkpoints/latest.pt", "--data", "scenes:depth"], "count or dist"),
+    (
+        "eval-scenes-classes-without-task",
+        ["eval", "{ws}/run/checkpoints/latest.pt", "--data", "scenes", "--protocol", "linear"],
+        "scenes:count or scenes:dist",
+    ),
+    (
+        "eval-dense-on-class-data",
+        ["eval", "{ws}/run/checkpoints/latest.pt", "--data", "fashion_mnist", "--protocol", "seg"],
+        "read --data scenes or a dense folder",
+    ),
+    (
+        "eval-dense-on-a-class-folder",
+        ["eval", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two", "--protocol", "depth"],
+        "has no images/ folder",
+    ),
+    ("train-scenes-task", ["train", "{ws}/new.yaml", "data.dataset=scenes", "data.scenes_task=depth"], "scenes_task"),
 ]
 
 

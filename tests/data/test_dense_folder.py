@@ -7,7 +7,7 @@ from PIL import Image
 
 from openjepa.data import DataError
 from openjepa.data.dense_folder import IGNORE, DenseFolder, dense_splits
-from openjepa.evaluate.dense import dense_features
+from openjepa.evaluate.dense_features import dense_features
 from openjepa.models.vit import VisionTransformer
 
 K = 3  # classes named in classes.txt

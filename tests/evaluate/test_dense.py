@@ -6,15 +6,8 @@ import torch.nn.functional as F
 
 from openjepa.data import DataError, UnreadableImage, resize_center_crop
 from openjepa.data.dense_folder import IGNORE
-from openjepa.evaluate.dense import (
-    dense_features,
-    dense_pixels,
-    depth_probe,
-    fit_pair,
-    raw_pixel_tokens,
-    seg_logits,
-    seg_probe,
-)
+from openjepa.evaluate.dense import depth_probe, seg_logits, seg_probe
+from openjepa.evaluate.dense_features import dense_features, dense_pixels, fit_pair, raw_pixel_tokens
 from openjepa.evaluate.dense_scores import depth_scores, depth_sums, seg_confusion, seg_scores
 from openjepa.models.vit import VisionTransformer
 

@@ -10,15 +10,16 @@ import yaml
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-DATASETS = ("folder", "fashion_mnist", "synthetic", "webdataset", "huggingface")
+DATASETS = ("folder", "fashion_mnist", "synthetic", "webdataset", "huggingface", "scenes")
 LOSSES = ("smooth_l1", "l2")
+SCENE_TASKS = ("count", "dist", "none")  # data.scenes.TASK_CLASSES (config sits below data)
 TARGETS = ("representations", "pixels")
 LR_SCALING = ("none", "linear", "sqrt")
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "folder"  # folder | fashion_mnist | synthetic | webdataset | huggingface
+    dataset: str = "folder"  # folder | fashion_mnist | synthetic | webdataset | huggingface | scenes
     # folder: root_path / image_folder; fashion_mnist: the idx files ("" = search); webdataset: a brace
     # pattern or list of tar shards (or pipe: commands); huggingface: a save_to_disk folder or Parquet/Arrow files
     root_path: str | list[str] = ""
@@ -29,6 +30,9 @@ class DataConfig:
     label_key: str = ""  # huggingface: the label column ("" = 'label' or 'labels' where present; else unlabelled)
     split: str = "train"  # huggingface: the split of a DatasetDict folder
     synthetic_size: int = 1024  # images in the synthetic dataset (random blobs; for tests and benchmarks)
+    scenes_size: int = 20000  # scenes: the procedural CLEVR-like scenes an epoch reads (drawn at crop_size)
+    scenes_seed: int = 0  # scenes: which scenes (the evaluation's scenes:count / scenes:dist use seed 0)
+    scenes_task: str = "count"  # scenes: the labels the monitor's kNN reads (count | dist | none)
     batch_size: int = 128  # per process
     crop_size: int = 224
     crop_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])

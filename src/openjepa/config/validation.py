@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from ..masks import SAMPLERS
 from ..models.vit import VIT_SIZES, resolve_size
-from .schema import DATASETS, LOSSES, LR_SCALING, TARGETS, Config
+from .schema import DATASETS, LOSSES, LR_SCALING, SCENE_TASKS, TARGETS, Config
 
 
 def _check_pair(key: str, value: list[float], low: float, high: float) -> None:
@@ -19,7 +19,7 @@ def validate(cfg: Config) -> Config:
     d, m, meta, o, log = cfg.data, cfg.mask, cfg.meta, cfg.optimization, cfg.logging
     if d.dataset not in DATASETS:
         raise ConfigError(f"data.dataset must be one of {', '.join(DATASETS)}, got {d.dataset!r}")
-    for key in ("batch_size", "crop_size", "in_chans", "synthetic_size"):
+    for key in ("batch_size", "crop_size", "in_chans", "synthetic_size", "scenes_size"):
         if getattr(d, key) < 1:
             raise ConfigError(f"data.{key} must be at least 1, got {getattr(d, key)}")
     if d.decode_on_device:
@@ -42,6 +42,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"data.shuffle_buffer must be >= 1 and data.samples_per_epoch >= 0, got "
             f"{d.shuffle_buffer} and {d.samples_per_epoch}"
+        )
+    if d.dataset == "scenes" and (d.scenes_task not in SCENE_TASKS or d.in_chans not in (1, 3) or d.crop_size < 8):
+        raise ConfigError(
+            f"data.dataset=scenes draws 1- or 3-channel scenes of at least 8 px for data.scenes_task "
+            f"{' | '.join(SCENE_TASKS)}; got data.scenes_task={d.scenes_task!r}, data.in_chans={d.in_chans}, "
+            f"data.crop_size={d.crop_size}"
         )
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")

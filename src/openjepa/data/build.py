@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from .images import DataError
+from .scenes import SceneDataset
 from .sources import ImageFolder, SyntheticDataset, fashion_mnist
 
 
@@ -17,6 +18,8 @@ def build_dataset(data_cfg, split: str = "train") -> torch.utils.data.Dataset:
         return fashion_mnist(d.root_path or None, split, d.in_chans)
     if d.dataset == "synthetic":
         return SyntheticDataset(d.synthetic_size, d.crop_size, d.in_chans)
+    if d.dataset == "scenes":
+        return SceneDataset(d.scenes_size, d.crop_size, d.scenes_seed, d.scenes_task, in_chans=d.in_chans)
     if not d.root_path:
         raise DataError(f"data.root_path is empty: data.dataset={d.dataset} reads its images from there")
     if d.dataset == "webdataset":

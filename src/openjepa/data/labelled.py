@@ -12,6 +12,7 @@ import torch
 
 from .hf import HFImages, is_hf_folder
 from .images import DataError
+from .scene_sets import scene_eval_splits, scenes_task
 from .sources import FMNIST_CLASSES, ImageFolder, fashion_mnist
 
 
@@ -21,12 +22,18 @@ def hf_split_names(folder: Path) -> list[str]:
     return json.loads(index.read_text()).get("splits", []) if index.exists() else []
 
 
-def load_eval_data(data: str, in_chans: int, root: str | None = None):
-    """(train, test) labelled datasets: ``fashion_mnist`` (its own train / test split), a folder
-    with ``train/`` and ``val/`` (or ``test/``) sub-folders, each of class sub-folders, or a Hugging
-    Face DatasetDict folder (save_to_disk) with a ``train`` and a ``validation`` or ``test`` split."""
+def load_eval_data(data: str, in_chans: int, root: str | None = None, image_size: int = 64):
+    """(train, test) labelled datasets: ``fashion_mnist`` (its own train / test split), the
+    procedural scenes (``scenes:count``, ``scenes:dist``, drawn at ``image_size``), a folder with
+    ``train/`` and ``val/`` (or ``test/``) sub-folders, each of class sub-folders, or a Hugging Face
+    DatasetDict folder (save_to_disk) with a ``train`` and a ``validation`` or ``test`` split."""
     if data == "fashion_mnist":
         return fashion_mnist(root, "train", in_chans), fashion_mnist(root, "test", in_chans)
+    task = scenes_task(data)
+    if task == "none":
+        raise DataError(f"--data {data}: the classification probes need a task's labels: scenes:count or scenes:dist")
+    if task is not None:
+        return scene_eval_splits(task, image_size, in_chans)
     folder = Path(data)
     if not folder.is_dir():
         raise DataError(f"evaluation data {data!r} is neither 'fashion_mnist' nor a folder")

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .images import DataError
+from .images import DataError, to_channels
 from .scene_draw import FOCAL, Cube, Cylinder, Lighting, Shape, Sphere, depth_map, draw, make_lighting
 from .seeds import SCENES, seed_for
 
@@ -295,11 +295,14 @@ def _whole(value) -> bool:
 
 
 class SceneDataset(torch.utils.data.Dataset):
-    """``size`` scenes of ``seed`` at ``image_size`` pixels: items (image float32 [3, H, W] in [0, 1],
-    label) for ``task`` count, dist or none (-1). ``scene(i)`` is the whole record, ``dense(i, kind)``
-    one dense target (``DENSE_KINDS``); ``labels`` are computed without drawing, once."""
+    """``size`` scenes of ``seed`` at ``image_size`` pixels, scene indices ``first`` onwards: items
+    (image float32 [in_chans, H, W] in [0, 1], label) for ``task`` count, dist or none (-1).
+    ``scene(i)`` is the whole record, ``dense(i, kind)`` one dense target (``DENSE_KINDS``);
+    ``labels`` are computed without drawing, once. ``in_chans`` 1 gives the scenes in grey."""
 
-    def __init__(self, size: int, image_size: int = 64, seed: int = 0, task: str = "count"):
+    def __init__(
+        self, size: int, image_size: int = 64, seed: int = 0, task: str = "count", first: int = 0, in_chans: int = 3
+    ):
         if not _whole(size) or size < 1:
             raise DataError(f"scenes: size must be a whole number >= 1, got {size!r}")
         if not _whole(image_size) or image_size < 8:
@@ -308,7 +311,12 @@ class SceneDataset(torch.utils.data.Dataset):
             raise DataError(f"scenes: seed must be a whole number, got {seed!r}")
         if task not in TASK_CLASSES:
             raise DataError(f"scenes: task must be one of {', '.join(TASK_CLASSES)}, got {task!r}")
+        if not _whole(first) or first < 0 or in_chans not in (1, 3):
+            raise DataError(
+                f"scenes: first must be a whole number >= 0 and in_chans 1 or 3, got {first!r}, {in_chans!r}"
+            )
         self.size, self.image_size, self.seed, self.task = int(size), int(image_size), int(seed), task
+        self.first, self.in_chans = int(first), in_chans
         self._labels: list[int] | None = None
 
     def __len__(self) -> int:
@@ -322,22 +330,26 @@ class SceneDataset(torch.utils.data.Dataset):
     def labels(self) -> list[int]:
         if self._labels is None:
             if self.task == "count":  # the first draw alone
-                self._labels = [_draw_count(_scene_rng(self.seed, i)) - COUNTS[0] for i in range(self.size)]
+                self._labels = [_draw_count(_scene_rng(self.seed, i)) - COUNTS[0] for i in self._indices()]
             elif self.task == "dist":
-                self._labels = [task_label("dist", scene_layout(self.seed, i).objects) for i in range(self.size)]
+                self._labels = [task_label("dist", scene_layout(self.seed, i).objects) for i in self._indices()]
             else:
                 self._labels = [-1] * self.size
         return self._labels
 
+    def _indices(self) -> range:
+        return range(self.first, self.first + self.size)
+
     def _check(self, i: int) -> int:
+        """The scene index of item ``i``."""
         if not -self.size <= i < self.size:
             raise IndexError(f"scene {i} out of range for {self.size} scenes")
-        return i % self.size
+        return self.first + i % self.size
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         layout = scene_layout(self.seed, self._check(i))
         image, _ = draw(layout.shapes, layout.light, self.image_size, layout.shadows)
-        pixels = torch.from_numpy(_to_uint8(image)).float().div_(255.0)
+        pixels = to_channels(torch.from_numpy(_to_uint8(image)).float().div_(255.0), self.in_chans)
         return pixels, task_label(self.task, layout.objects)
 
     def scene(self, i: int) -> Scene:

@@ -22,6 +22,7 @@ from ..data.labelled import load_eval_data
 from ..device import resolve_precision
 from ..models.vit import VisionTransformer
 from .attentive import AttentiveProbe, attentive_probe
+from .dense_eval import DENSE_PROTOCOLS, dense_figure, run_dense
 from .features import (
     Features,
     cache_path,
@@ -38,7 +39,8 @@ from .linear import linear_probe, stratified_split
 from .lowshot import lowshot_eval, lowshot_subset
 from .rankme import feature_std, rankme
 
-PROTOCOLS = ("linear", "knn", "lowshot", "attentive")
+CLASSIFICATION = ("linear", "knn", "lowshot", "attentive")
+PROTOCOLS = CLASSIFICATION + DENSE_PROTOCOLS
 BASELINES = ("random", "pixels")
 PIXEL_PROTOCOLS = ("linear", "knn", "lowshot")  # the attentive probe needs patch tokens
 LISTED = 100  # unreadable files named per split in a result (all are counted)
@@ -107,7 +109,8 @@ def hardware() -> dict:
 
 
 def headline(result: dict) -> dict:
-    """One number per protocol: linear and attentive test accuracy, kNN at k=20, low-shot means."""
+    """One number per protocol: linear and attentive test accuracy, kNN at k=20, low-shot means,
+    segmentation mIoU, depth RMSE (in the depth's units) and delta1."""
     row = {}
     for name, r in result.items():
         if name in ("linear", "attentive"):
@@ -116,19 +119,29 @@ def headline(result: dict) -> dict:
             row["knn@20"] = r.get("k=20")
         elif name == "lowshot":
             row.update({f"{float(f):.0%} labels": v["mean"] for f, v in r.items() if isinstance(v, dict)})
+        elif name == "seg":
+            row["seg mIoU"] = r["miou"]
+        elif name == "depth":
+            row.update({"depth RMSE": r["rmse"], "depth δ1": r["delta1"]})
         elif name == "rankme":
             row["rankme"] = r
     return row
 
 
+def _cell(column: str, value) -> str:
+    if value is None:
+        return ""
+    if column == "rankme":
+        return f"{value:.1f}"
+    return f"{value:.3f}" if column == "depth RMSE" else f"{100 * value:.1f}"
+
+
 def headline_cells(results: dict) -> tuple[list[str], dict[str, list[str]]]:
-    """(column names, {encoder: formatted cells}): accuracies in %, RankMe as is, blank where missing."""
+    """(column names, {encoder: formatted cells}): accuracies and shares in %, RankMe and RMSE as
+    they are, blank where missing."""
     rows = {enc: headline(r) for enc, r in results.items()}
     cols = list(dict.fromkeys(c for r in rows.values() for c in r))
-    return cols, {
-        enc: ["" if r.get(c) is None else (f"{r[c]:.1f}" if c == "rankme" else f"{100 * r[c]:.1f}") for c in cols]
-        for enc, r in rows.items()
-    }
+    return cols, {enc: [_cell(c, r.get(c)) for c in cols] for enc, r in rows.items()}
 
 
 def format_table(results: dict) -> str:
@@ -192,7 +205,89 @@ def evaluate(
     dev = resolve_device(device, "device")  # before the work: a device that is not there is the user's mistake
     t_start = time.perf_counter()
     encoder = load_encoder(checkpoint, which)
-    train_set, test_set = load_eval_data(data, encoder.in_chans, data_root)
+    precision = resolve_precision(precision, dev)
+    results, monitor, skipped, sizes = {}, {}, {"train": [], "test": []}, {"train": None, "test": None}
+    classify = [p for p in protocols if p in CLASSIFICATION]
+    if classify:
+        data_args = (data, data_root, train_limit, cache_dir, out, batch_size, num_workers, progress, precision, dev)
+        results, monitor, skipped, sizes = _classification(
+            encoder, checkpoint, which, classify, baselines, seed, layers, linear_steps, attentive_epochs, *data_args
+        )
+    dense = [p for p in protocols if p in DENSE_PROTOCOLS]
+    figure = None
+    if dense:
+        encoders = {"ijepa": encoder, **({"random": random_encoder(encoder, seed)} if "random" in baselines else {})}
+        dense_results, shown = run_dense(
+            encoders, data, dense, "pixels" in baselines, seed, batch_size, num_workers, progress, precision, dev
+        )
+        for name, values in dense_results.items():
+            results.setdefault(name, {}).update(values)
+        figure = dense_figure(shown, out.with_name(f"{out.stem}_dense.png"))
+
+    notes = protocol_notes(results, sizes["train"]) if classify else []
+    if dense and train_limit:
+        notes.append("train_limit applies to the classification probes; the dense probes used their own sizes")
+    if skipped["train"] or skipped["test"]:
+        notes.insert(
+            0,
+            f"{len(skipped['train'])} training and {len(skipped['test'])} test image(s) cannot be read "
+            f"and were left out (named under 'skipped'): the numbers are of the {sizes['train']} and "
+            f"{sizes['test']} readable ones",
+        )
+    record = {
+        "protocols": list(protocols),
+        "results": results,
+        "notes": notes,
+        "features": monitor,
+        "layers": layers,
+        "precision": precision,
+        "linear_steps": linear_steps,
+        "attentive_epochs": attentive_epochs,
+        "checkpoint": str(checkpoint),
+        "which": which,
+        "dataset": data,
+        "train_size": sizes["train"],
+        "test_size": sizes["test"],
+        "train_limit": train_limit,
+        "seed": seed,
+        "skipped": {split: {"count": len(paths), "paths": paths[:LISTED]} for split, paths in skipped.items()},
+        "dense_figure": str(figure) if figure is not None else None,
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "hardware": hardware(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(out)
+    record["path"] = str(out)
+    return record
+
+
+def _classification(
+    encoder,
+    checkpoint,
+    which,
+    protocols,
+    baselines,
+    seed,
+    layers,
+    linear_steps,
+    attentive_epochs,
+    data,
+    data_root,
+    train_limit,
+    cache_dir,
+    out,
+    batch_size,
+    num_workers,
+    progress,
+    precision,
+    dev,
+):
+    """The classification protocols on the encoder and the baselines: (results, feature statistics,
+    the unreadable files of each split, the sizes of the splits)."""
+    train_set, test_set = load_eval_data(data, encoder.in_chans, data_root, encoder.img_size[0])
     # What the features were computed from: a folder's files (names, sizes, times), not only its path.
     files = {
         split: ds.fingerprint()
@@ -202,10 +297,9 @@ def evaluate(
     if train_limit is not None:
         keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:train_limit]
         train_set = torch.utils.data.Subset(train_set, keep.sort().values.tolist())
-    precision = resolve_precision(precision, dev)
     cache_dir = Path(cache_dir) if cache_dir else out.parent / "cache"
     data_key = {
-        "data": str(Path(data).resolve()) if data != "fashion_mnist" else data,
+        "data": str(Path(data).resolve()) if Path(data).is_dir() else data,
         "root": data_root,
         "size": list(encoder.img_size),
         "mean": encoder.mean,
@@ -257,41 +351,7 @@ def evaluate(
             device=dev,
         )
 
-    notes = protocol_notes(results, sizes["train"])
-    if skipped["train"] or skipped["test"]:
-        notes.insert(
-            0,
-            f"{len(skipped['train'])} training and {len(skipped['test'])} test image(s) cannot be read "
-            f"and were left out (named under 'skipped'): the numbers are of the {sizes['train']} and "
-            f"{sizes['test']} readable ones",
-        )
-    record = {
-        "protocols": list(protocols),
-        "results": results,
-        "notes": notes,
-        "features": monitor,
-        "layers": layers,
-        "precision": precision,
-        "linear_steps": linear_steps,
-        "attentive_epochs": attentive_epochs,
-        "checkpoint": str(checkpoint),
-        "which": which,
-        "dataset": data,
-        "train_size": sizes["train"],
-        "test_size": sizes["test"],
-        "train_limit": train_limit,
-        "seed": seed,
-        "skipped": {split: {"count": len(paths), "paths": paths[:LISTED]} for split, paths in skipped.items()},
-        "wall_s": round(time.perf_counter() - t_start, 1),
-        "hardware": hardware(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out)
-    record["path"] = str(out)
-    return record
+    return results, monitor, skipped, sizes
 
 
 def protocol_notes(results: dict, train_size: int) -> list[str]:

@@ -39,6 +39,10 @@ NOTES = {
     "other images of the dataset, and those patches' pixels are pasted into the hole. This is "
     "retrieval, not generation: the model produced no pixels.",
 }
+DENSE_NOTE = (
+    "Dense probes on test images, one row each: the image; segmentation, truth then the linear probe's "
+    "prediction on the encoder's patch features; depth, truth then prediction (near is bright)."
+)
 # Marks each image as loaded or broken once the page has loaded (read by the test in headless Chromium).
 CHECK_SCRIPT = """<script>window.addEventListener('load', () => {
   const imgs = [...document.images];
@@ -78,6 +82,11 @@ def eval_tables(run_dir: Path) -> str:
             f"{record.get('wall_s', '')} s on {html.escape(str(record.get('hardware', {}).get('device', '')))}"
         )
         parts.append(f"<p>{meta}</p><table><tr><th>encoder</th>{head}</tr>{body}</table>")
+        figure = Path(record.get("dense_figure") or "")
+        if figure.is_file():  # the dense probes' predictions beside the truth
+            parts.append(
+                f"<p class='note'>{DENSE_NOTE}</p><img alt='dense predictions' src='{png_data_uri(figure.read_bytes())}'>"
+            )
     return (
         "".join(parts)
         or "<p class='note'>No evaluation yet: run <code>openjepa eval RUN/checkpoints/latest.pt"

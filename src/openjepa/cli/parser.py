@@ -1,19 +1,14 @@
-"""`openjepa` command line: parsing only; the work is done by functions anyone can call."""
+"""The command line's grammar: each command's arguments, parsed by argparse with errors on one line."""
 
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
-from pathlib import Path
 
-from .config import load_config
-from .engine import Preempted, TrainingError
-from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, BadInput, check_output_file
-from .pretrain import train
+from ..errors import EXIT_BAD_INPUT
+from . import commands
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line (the usage is one ``--help`` away)."""
 
     def error(self, message: str):
@@ -57,21 +52,6 @@ def _int_list(text: str) -> tuple[int, ...]:
 POSITIVE, NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
 
 
-def _train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    run_dir = train(cfg, max_steps=args.max_steps)
-    print(f"run directory: {run_dir}")
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from .interop import export_encoder
-
-    out = export_encoder(args.checkpoint, args.format, args.out, args.which)
-    print(f"exported the {args.which} encoder of {args.checkpoint} as {args.format} to {out}")
-    return 0
-
-
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -82,171 +62,30 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _finetune(args: argparse.Namespace) -> int:
-    from .finetune import finetune, load_settings
-
-    ft = load_settings(
-        args.overrides,
-        epochs=args.epochs,
-        labels_fraction=args.labels_fraction,
-        which=args.which,
-        head=args.head,
-        device=args.device,
-        random_init=args.random_init or None,
-        progress_bar=False if args.no_progress else None,
-    )
-    record = finetune(args.checkpoint, args.out, args.data, ft, args.data_root)
-    print(
-        f"test accuracy {100 * record['test_acc']:.2f}% (best epoch {record['best_epoch']} of "
-        f"{ft.epochs} on the validation split; the last epoch's weights: {100 * record['test_acc_last']:.2f}%)"
-    )
-    print(f"run directory: {args.out} (checkpoints/best.pt, result.json)")
-    return 0
-
-
-def _embed(args: argparse.Namespace) -> int:
-    from .evaluate.embed import embed
-
-    summary = embed(
-        args.checkpoint,
-        args.data,
-        args.out,
-        args.which,
-        args.pooling,
-        args.batch_size,
-        args.num_workers,
-        args.device,
-        args.precision,
-        progress=not args.no_progress,
-    )
-    print(
-        f"wrote {summary['images']} {summary['dim']}-d embeddings to {summary['out']}"
-        + (f" ({summary['skipped']} unreadable image(s) left out and listed)" if summary["skipped"] else "")
-    )
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, format_table
-
-    split = lambda text: [t for t in text.split(",") if t]  # noqa: E731
-    record = evaluate(
-        args.checkpoint,
-        args.data,
-        split(args.protocol),
-        split(args.baselines),
-        args.which,
-        args.layers,
-        args.data_root,
-        args.cache_dir,
-        args.out,
-        args.seed,
-        args.batch_size,
-        args.num_workers,
-        progress=not args.no_progress,
-        device=args.device,
-        precision=args.precision,
-        linear_steps=args.linear_steps,
-        attentive_epochs=args.attentive_epochs,
-        train_limit=args.train_limit,
-    )
-    print(format_table(record["results"]))
-    for note in record.get("notes", []):
-        print(f"note: {note}")
-    print(f"result: {record['path']} ({record['wall_s']} s)")
-    return 0
-
-
-def _submit(args: argparse.Namespace) -> int:
-    from .launch import submit
-
-    cfg = load_config(args.config, args.overrides)
-    job = submit(
-        cfg,
-        args.log_dir,
-        args.nodes,
-        args.gpus_per_node,
-        args.partition,
-        args.timeout_min,
-        cluster="local" if args.local else None,
-    )
-    print(f"submitted job {job.job_id}; its logs: {args.log_dir}; the run directory: {cfg.logging.folder}")
-    if args.wait:
-        print(f"run directory: {job.result()}")
-    return 0
-
-
-def _viz(args: argparse.Namespace) -> int:
-    from . import viz
-
-    out = check_output_file(args.out, "--out")
-    if out.suffix.lower() != ".png":
-        raise BadInput(f"--out {out}: the picture is a PNG; give a file name ending in .png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.what == "masks":
-        cfg = load_config(args.target, args.overrides)
-        viz.mask_grid(viz.sample_images(cfg, args.n, args.seed), cfg, seed=args.seed).save(out)
-    elif args.what == "curves":
-        out.write_bytes(viz.curves_png(args.target))
-    else:
-        viz.feature_figure_for(Path(args.target), args.overrides, args.n, args.seed).save(out)
-    print(f"wrote {out}")
-    return 0
-
-
-def _report(args: argparse.Namespace) -> int:
-    from .viz import write_report
-
-    if args.out is not None:
-        check_output_file(args.out, "--out")
-    print(f"report: {write_report(args.run_dir, args.out, n_images=args.n, seed=args.seed)}")
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    import json
-
-    from .bench import bench
-
-    cfg = load_config(args.config, args.overrides)
-    if args.loader:
-        from .bench import bench_loader
-
-        result = bench_loader(cfg, batches=args.steps, workers=args.workers, warmup=args.warmup)
-        print(
-            f"loader, {result['dataset']} ({result['images']} images, decoded on {result['decode_on']}), "
-            f"batch {result['batch']} at "
-            f"{result['crop_size']} px; masks {result['masks_us_per_img']} us/image"
-        )
-        for n, rate in result["img_per_s"].items():
-            print(f"  {n} worker(s): {rate} img/s ({result['img_per_s_per_worker'][n]} per worker)")
-        print(json.dumps(result))
-        return 0
-    result = bench(cfg, steps=args.steps, windows=args.windows, warmup=args.warmup, peak=args.peak_tflops)
-    print("phases (ms): " + ", ".join(f"{k} {v}" for k, v in result["phases_ms"].items()))
-    print(json.dumps(result))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="openjepa", description="I-JEPA pretraining and reuse")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("train", help="pretrain (resumes from RUN/checkpoints/latest.pt if present)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="openjepa", description="I-JEPA pretraining and reuse")
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    p = subcommands.add_parser("train", help="pretrain (resumes from RUN/checkpoints/latest.pt if present)")
     p.add_argument("config", help="YAML config (ours or a reference one)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. optimization.epochs=10")
     p.add_argument("--max-steps", type=POSITIVE, default=None, help="stop (with a checkpoint) after this many steps")
-    p.set_defaults(func=_train)
-    p = commands.add_parser(
+    p.set_defaults(func=commands.run_train)
+    p = subcommands.add_parser(
         "eval", help="linear / kNN / low-shot / attentive probes of a frozen encoder, with baselines"
     )
     p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")
     p.add_argument(
         "--data",
         default="fashion_mnist",
-        help="fashion_mnist, or a folder with train/ and val/ (or test/) sub-folders of class folders",
+        help="fashion_mnist; scenes:count or scenes:dist (procedural scenes, no files; scenes for the dense "
+        "protocols); a folder with train/ and val/ (or test/) sub-folders of class folders; or a dense folder",
     )
     p.add_argument("--data-root", default=None, help="where the Fashion-MNIST idx files are (default: searched)")
-    p.add_argument("--protocol", default="linear,knn,lowshot,attentive", help="comma-separated protocols")
+    p.add_argument(
+        "--protocol",
+        default="linear,knn,lowshot,attentive",
+        help="comma-separated: linear, knn, lowshot, attentive (classification); seg, depth (dense)",
+    )
     p.add_argument(
         "--baselines",
         default="random,pixels",
@@ -285,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         help="use this many training images (a seeded random subset) for a quick evaluation",
     )
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_eval)
-    p = commands.add_parser("finetune", help="fine-tune an encoder end to end with a classification head")
+    p.set_defaults(func=commands.run_eval)
+    p = subcommands.add_parser("finetune", help="fine-tune an encoder end to end with a classification head")
     p.add_argument("checkpoint", help="our checkpoint, a reference .pth.tar, or an exported folder")
     p.add_argument(
         "overrides",
@@ -319,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_finetune)
-    p = commands.add_parser("embed", help="pooled features of every image of a folder, with their paths")
+    p.set_defaults(func=commands.run_finetune)
+    p = subcommands.add_parser("embed", help="pooled features of every image of a folder, with their paths")
     p.add_argument(
         "checkpoint", help="our checkpoint (best.pt of a fine-tuning too), a reference .pth.tar, or an exported folder"
     )
@@ -338,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_embed)
-    p = commands.add_parser("submit", help="queue training on SLURM with submitit (requeued on pre-emption)")
+    p.set_defaults(func=commands.run_embed)
+    p = subcommands.add_parser("submit", help="queue training on SLURM with submitit (requeued on pre-emption)")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--nodes", type=POSITIVE, default=1)
@@ -349,22 +188,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", default="runs/slurm", help="submitit's folder for job logs and pickles")
     p.add_argument("--local", action="store_true", help="run as a local process instead (tests the launch path)")
     p.add_argument("--wait", action="store_true", help="wait for the job and print its run directory")
-    p.set_defaults(func=_submit)
-    p = commands.add_parser("viz", help="pictures: masks (from a config), curves (a run dir), features (a checkpoint)")
+    p.set_defaults(func=commands.run_submit)
+    p = subcommands.add_parser(
+        "viz", help="pictures: masks (from a config), curves (a run dir), features (a checkpoint)"
+    )
     p.add_argument("what", choices=["masks", "curves", "features"])
     p.add_argument("target", help="masks: a config; curves: a run directory; features: a training checkpoint")
     p.add_argument("overrides", nargs="*", help="section.key=value (masks, features: e.g. data.root_path=...)")
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--n", type=POSITIVE, default=8, help="images shown")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_viz)
-    p = commands.add_parser("report", help="write RUN_DIR/report.html: config, curves, masks, features, evaluations")
+    p.set_defaults(func=commands.run_viz)
+    p = subcommands.add_parser("report", help="write RUN_DIR/report.html: config, curves, masks, features, evaluations")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None)
     p.add_argument("--n", type=POSITIVE, default=8, help="images shown")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_report)
-    p = commands.add_parser("bench", help="time the training step on synthetic data; last line is JSON")
+    p.set_defaults(func=commands.run_report)
+    p = subcommands.add_parser("bench", help="time the training step on synthetic data; last line is JSON")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--steps", type=POSITIVE, default=10, help="steps per timed window")
@@ -379,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         help="time the input pipeline alone on the config's data (read, decode, crop, masks); --steps batches",
     )
     p.add_argument("--workers", type=_int_list, default=(0, 1, 2), help="with --loader: the worker counts to time")
-    p.set_defaults(func=_bench)
-    p = commands.add_parser(
+    p.set_defaults(func=commands.run_bench)
+    p = subcommands.add_parser(
         "export",
         help="write a checkpoint's encoder (a fine-tuned one with its head) for Hugging Face, timm or safetensors",
     )
@@ -393,38 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=["target", "context"],
         help="the EMA target encoder (the paper's choice, default) or the context encoder",
     )
-    p.set_defaults(func=_export)
-    args, rest = parser.parse_known_args(argv)
-    # key=value overrides may also follow the options (argparse takes a positional list only before them)
-    if (
-        rest
-        and isinstance(getattr(args, "overrides", None), list)
-        and all("=" in r and not r.startswith("-") for r in rest)
-    ):
-        args.overrides += rest
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    try:
-        return args.func(args)
-    except BadInput as e:  # ConfigError, DataError, CheckpointError: the user's input, said in one line
-        print(f"openjepa: error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Preempted as e:
-        print(f"openjepa: {e}", file=sys.stderr)
-        return EXIT_INTERRUPTED if e.signum == signal.SIGINT else EXIT_PREEMPTED
-    except TrainingError as e:
-        print(f"openjepa: training stopped: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("openjepa: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    # Anything else (an error inside torch, numpy, a loader worker, ...) is a bug or a machine failure:
-    # its traceback is what a report needs, so it is not caught here.
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    p.set_defaults(func=commands.run_export)
+    p = subcommands.add_parser("data", help="write a data set to disk: the procedural scenes as class folders")
+    p.add_argument("source", choices=["scenes"], help="what to write")
+    p.add_argument("--out", required=True, help="a new or empty folder: OUT/train/<class>/, OUT/test/<class>/")
+    p.add_argument("--n", type=POSITIVE, required=True, help="training scenes")
+    p.add_argument("--test", type=POSITIVE, default=None, help="test scenes (default n / 5)")
+    p.add_argument("--task", choices=["count", "dist"], default="count", help="the labels: classes of the folders")
+    p.add_argument("--size", type=POSITIVE, default=64, help="pixels a side (default 64)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="which scenes (evaluation uses seed 0)")
+    p.set_defaults(func=commands.run_data)
+    return parser
