@@ -11,9 +11,11 @@ from openjepa.data.transforms import prepare
 from openjepa.decoder import (
     DecoderSettings,
     conditions,
+    context_condition,
+    draw_hidden,
     fill_predictions,
     fit_decoder,
-    hide_blocks,
+    hidden_positions,
     imagine_images,
     load_decoder,
     read_images,
@@ -124,20 +126,45 @@ def test_predictions_fill_the_target_blocks_and_overlaps_take_their_mean():
     assert out[0, :, 0].tolist() == [1.0, 3.0, 6.0, 0.0]
 
 
-def test_hidden_blocks_are_the_samplers_targets_with_the_given_probability(pretrained):
+def test_hidden_blocks_are_the_samplers_targets_drawn_again_for_a_generator(pretrained):
     _, cfg = load_ijepa(pretrained / "checkpoints/latest.pt")
     sampler = mask_sampler_for(cfg)
-    assert not hide_blocks(sampler, 8, 16, 0.0, torch.Generator().manual_seed(0)).any()
-    every = hide_blocks(sampler, 8, 16, 1.0, torch.Generator().manual_seed(0))
-    assert every.any(1).all() and not every.all()
-    again = hide_blocks(sampler, 8, 16, 1.0, torch.Generator().manual_seed(0))
-    assert torch.equal(every, again)
+
+    def draw(prob, seed=0):
+        return draw_hidden(sampler, 64, prob, torch.Generator().manual_seed(seed))
+
+    context_idx, target_idx, chosen = draw(0.5)
+    assert 10 < int(chosen.sum()) < 54 and not draw(0.0)[2].any() and draw(1.0)[2].all()
+    expected = sampler(64, torch.Generator().manual_seed(0))
+    assert torch.equal(context_idx, expected[0]) and torch.equal(target_idx, expected[1])
+    assert all(torch.equal(a, b) for a, b in zip(draw(0.5), draw(0.5)))
+    hidden = hidden_positions(target_idx, 16)
+    assert hidden.any(1).all() and not hidden.all()
 
 
-def test_a_stopped_fit_resumes_to_the_weights_of_an_uninterrupted_one(pretrained, tmp_path):
+def test_the_context_condition_never_sees_the_hidden_pixels(pretrained):
+    model, cfg = load_ijepa(pretrained / "checkpoints/latest.pt")
+    denoiser = Denoiser(cfg.data.in_chans, (16, 16), (4, 4), 192, (8, 8), 4)
+    images = torch.rand(2, cfg.data.in_chans, 16, 16)
+    context_idx = torch.tensor([[0, 1, 4, 5], [2, 3, 6, 7]])  # the top half, left or right
+    changed = images.clone()
+    changed[..., 8:, :] = 1 - changed[..., 8:, :]  # the bottom half, never in the context
+    seen, full = [], []
+    for x in (images, changed):
+        x = prepare(x, model.target_encoder, cfg.data.mean, cfg.data.std)
+        seen.append(context_condition(model, denoiser, x, context_idx))
+        full.append(model.target_features(x))
+    assert torch.equal(seen[0], seen[1])  # nothing of the hidden pixels reaches the decoder
+    assert not torch.allclose(full[0][0, :2], full[1][0, :2])  # the whole image's features do carry them
+    outside = torch.ones(2, 16, dtype=torch.bool).scatter_(1, context_idx, False)
+    assert (seen[0][outside] == denoiser.unknown).all()
+
+
+@pytest.mark.parametrize("condition", ["full", "context"])
+def test_a_stopped_fit_resumes_to_the_weights_of_an_uninterrupted_one(pretrained, tmp_path, condition):
     whole, parts = (shutil.copytree(pretrained, tmp_path / name) for name in ("whole", "parts"))
-    fit_decoder(whole, tiny())
-    fit_decoder(parts, tiny(), max_steps=3)
+    fit_decoder(whole, tiny(condition=condition))
+    fit_decoder(parts, tiny(condition=condition), max_steps=3)
     assert torch.load(parts / "decoder/checkpoints/latest.pt", weights_only=True)["step"] == 3
     assert not same(states(whole)[0], states(parts)[0])
     fit_decoder(parts)  # no settings: the checkpoint's own
@@ -159,23 +186,31 @@ def test_fitting_leaves_the_run_and_its_networks_unchanged(run):
     assert hashlib.sha256(latest.read_bytes()).hexdigest() == before
 
 
-def test_the_three_conditions_differ_only_inside_the_hidden_blocks(run):
-    fit_decoder(run, tiny())
+@pytest.mark.parametrize("condition", ["full", "context"])
+def test_the_predicted_and_control_conditions_differ_only_inside_the_hidden_blocks(run, condition):
+    fit_decoder(run, tiny(condition=condition))
     model, cfg = load_ijepa(run / "checkpoints/latest.pt")
     denoiser, settings, _ = load_decoder(run)
     (_, _), (held, order) = split(cfg, settings.images, settings.seed)
     images, _ = read_images(held, order, cfg.data.crop_size, n=3)
     context_idx, target_idx = mask_sampler_for(cfg)(3, torch.Generator().manual_seed(0))
-    grids = conditions(model, denoiser, to_unit(images), cfg.data.mean, cfg.data.std, context_idx, target_idx)
-    hidden = torch.zeros(3, 16, dtype=torch.bool).scatter_(1, target_idx.flatten(1), True)
-    for name in ("predicted", "control"):
-        assert torch.equal(grids[name][~hidden], grids["target"][~hidden])
-        assert not torch.equal(grids[name][hidden], grids["target"][hidden])
-    assert (grids["control"][hidden] == denoiser.unknown).all()  # the control path: no predictor in it
     x = prepare(to_unit(images), model.target_encoder, cfg.data.mean, cfg.data.std)
+    grids = conditions(
+        model, denoiser, to_unit(images), cfg.data.mean, cfg.data.std, context_idx, target_idx, condition
+    )
+    hidden = hidden_positions(target_idx, 16)
+    assert torch.equal(grids["predicted"][~hidden], grids["control"][~hidden])
+    assert (grids["control"][hidden] == denoiser.unknown).all()  # the control path: no predictor in it
     with torch.no_grad():  # the predictor's outputs go in as they are: it predicts the layer-normed targets
         predicted = model.predictor(model.encoder(x, context_idx), context_idx, target_idx)
-    assert torch.allclose(grids["predicted"], fill_predictions(grids["target"], target_idx, predicted), atol=1e-6)
+    assert torch.allclose(grids["predicted"], fill_predictions(grids["control"], target_idx, predicted), atol=1e-6)
+    assert torch.equal(grids["target"], model.target_features(x))
+    if condition == "full":
+        assert torch.equal(grids["control"][~hidden], grids["target"][~hidden])
+    else:
+        context = hidden_positions(context_idx[:, None], 16)
+        assert (grids["control"][~context] == denoiser.unknown).all()
+        assert torch.equal(grids["control"][context], model.target_features(x, keep_idx=context_idx).flatten(0, 1))
 
 
 def test_imagined_samples_are_held_out_drawn_again_for_a_seed_and_differ_between_samples(run):
@@ -241,7 +276,13 @@ def test_a_folder_that_is_not_a_run_is_refused_by_name(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change, named", [({"steps": 0}, "steps"), ({"unknown_prob": 1.5}, "unknown_prob"), ({"widths": ()}, "widths")]
+    "change, named",
+    [
+        ({"steps": 0}, "steps"),
+        ({"unknown_prob": 1.5}, "unknown_prob"),
+        ({"widths": ()}, "widths"),
+        ({"condition": "all"}, "condition"),
+    ],
 )
 def test_bad_decoder_settings_are_refused_before_anything_is_written(run, change, named):
     with pytest.raises(ConfigError, match=named):
@@ -249,3 +290,11 @@ def test_bad_decoder_settings_are_refused_before_anything_is_written(run, change
     with pytest.raises(ConfigError, match="max_steps"):
         fit_decoder(run, tiny(), max_steps=0)
     assert not (run / "decoder").exists()
+
+
+def test_target_features_of_every_patch_kept_are_the_whole_images(pretrained):
+    model, cfg = load_ijepa(pretrained / "checkpoints/latest.pt")
+    x = prepare(torch.rand(2, cfg.data.in_chans, 16, 16), model.target_encoder, cfg.data.mean, cfg.data.std)
+    every = torch.arange(16).expand(2, -1)
+    assert torch.allclose(model.target_features(x, keep_idx=every), model.target_features(x), atol=1e-5)
+    assert model.target_features(x, keep_idx=every[:, :5]).shape == (2, 5, 192)

@@ -3,14 +3,15 @@ frozen representations, to draw what the predictor predicts for hidden blocks. `
 (its settings), ``data`` (the split, the features, the hidden blocks), ``run`` (the fit, on the
 engine), ``state`` (its checkpoint in RUN/decoder), ``imagine`` (samples under three conditions)."""
 
-from .data import hidden_positions, hide_blocks, read_images, split, target_grid, to_unit
+from .data import context_condition, draw_hidden, hidden_positions, read_images, split, target_grid, to_unit
 from .imagine import CONDITIONS, Imagined, conditions, fill_predictions, imagine_images
 from .run import LOG_COLUMNS, fit_decoder
 from .settings import NOT_MATHEMATICS, DecoderSettings
 from .state import FOLDER, load_decoder, run_checkpoint
 
 __all__ = [
-    "hide_blocks",
+    "context_condition",
+    "draw_hidden",
     "hidden_positions",
     "read_images",
     "split",

@@ -86,9 +86,19 @@ def hidden_positions(target_idx: torch.Tensor, tokens: int) -> torch.Tensor:
     return hidden.scatter_(1, target_idx.flatten(1).cpu(), True)
 
 
-def hide_blocks(sampler, batch: int, tokens: int, prob: float, generator: torch.Generator) -> torch.Tensor:
-    """[B, N] bool: for each image, with probability ``prob``, the target blocks of a mask the run's
-    sampler draws (nothing hidden otherwise); all draws from ``generator``."""
-    _, target_idx = sampler(batch, generator)
-    chosen = torch.rand(batch, generator=generator) < prob
-    return hidden_positions(target_idx, tokens) & chosen[:, None]
+def draw_hidden(sampler, batch: int, prob: float, generator: torch.Generator):
+    """(context_idx [B, Kc], target_idx [B, M, Kt], chosen [B] bool): a mask the run's sampler draws
+    for the batch, and which images hide their target blocks (each with probability ``prob``); all
+    draws from ``generator``."""
+    context_idx, target_idx = sampler(batch, generator)
+    return context_idx, target_idx, torch.rand(batch, generator=generator) < prob
+
+
+def context_condition(model, denoiser, x: torch.Tensor, context_idx: torch.Tensor) -> torch.Tensor:
+    """[B, N, D]: the learned unknown vector everywhere but the context patches ``context_idx``
+    [B, Kc], which carry the training targets the target encoder computes from them alone (the
+    images ``x`` are the encoder's input)."""
+    features = model.target_features(x, keep_idx=context_idx).float()
+    tokens = denoiser.grid[0] * denoiser.grid[1]
+    unknown = denoiser.unknown.to(features.dtype).expand(len(x), tokens, -1)
+    return unknown.scatter(1, context_idx[..., None].expand(-1, -1, features.size(-1)), features)

@@ -5,6 +5,9 @@ of the decoder under three conditions that differ only inside the hidden blocks.
 - ``predicted``: inside the hidden blocks, the predictor's outputs from the context (what it imagines);
 - ``control``: inside the hidden blocks, the learned unknown vector (the decoder's own guess).
 
+Around the hidden blocks the decoder sees what its fit saw (``DecoderSettings.condition``): the
+target features of the whole image, or those of the context computed from it alone.
+
 The predictor is trained to hit ``IJEPA.target_features`` (the target encoder's output,
 layer-normed: ``forward_loss(predictor(...), gather_targets(target_features))``), so its outputs go
 into the grid as they are, with no further norm. A patch in two target blocks takes the mean of
@@ -21,7 +24,7 @@ import torch
 from ..data.seeds import DEC_FIGURE, generator_for
 from ..data.transforms import prepare
 from ..models.diffusion import sample
-from .data import hidden_positions
+from .data import context_condition, hidden_positions
 
 CONDITIONS = ("target", "predicted", "control")
 
@@ -60,21 +63,23 @@ def fill_predictions(features: torch.Tensor, target_idx: torch.Tensor, predictio
 
 
 @torch.no_grad()
-def conditions(model, denoiser, images: torch.Tensor, mean, std, context_idx, target_idx) -> dict[str, torch.Tensor]:
+def conditions(
+    model, denoiser, images: torch.Tensor, mean, std, context_idx, target_idx, condition: str = "full"
+) -> dict[str, torch.Tensor]:
     """The three condition grids [B, N, D] for ``images`` [B, C, H, W] in [0, 1] with the blocks
-    ``target_idx`` hidden; ``model`` the frozen run."""
+    ``target_idx`` hidden; ``model`` the frozen run. ``condition`` (``DecoderSettings.condition``):
+    around the hidden blocks, the features of the whole image ('full') or those the target encoder
+    computes from the context alone, with the unknown vector outside the context ('context')."""
     device = next(model.parameters()).device
     x = prepare(images, model.target_encoder, mean, std).to(device)
+    context_idx, target_idx = context_idx.to(device), target_idx.to(device)
     features = model.target_features(x).float()
-    predictions = model.predictor(
-        model.encoder(x, context_idx.to(device)), context_idx.to(device), target_idx.to(device)
-    )
-    hidden = hidden_positions(target_idx, features.size(1)).to(device)
-    return {
-        "target": features,
-        "predicted": fill_predictions(features, target_idx, predictions.float()),
-        "control": denoiser.condition(features, hidden),
-    }
+    predictions = model.predictor(model.encoder(x, context_idx), context_idx, target_idx).float()
+    if condition == "context":
+        seen = context_condition(model, denoiser, x, context_idx)
+    else:
+        seen = denoiser.condition(features, hidden_positions(target_idx, features.size(1)).to(device))
+    return {"target": features, "predicted": fill_predictions(seen, target_idx, predictions), "control": seen}
 
 
 @torch.no_grad()
@@ -89,12 +94,14 @@ def imagine_images(
     seed: int = 0,
     steps: int = 25,
     eta: float = 1.0,
+    condition: str = "full",
     chunk: int = 256,
 ) -> Imagined:
     """``samples`` decoded images per condition for each of ``images`` [B, C, H, W] in [0, 1], with
-    target blocks drawn by the run's ``sampler``; masks and noise are drawn from ``seed`` alone."""
+    target blocks drawn by the run's ``sampler``; masks and noise are drawn from ``seed`` alone.
+    ``steps``, ``eta``, ``condition``: the decoder's settings (``DecoderSettings``)."""
     context_idx, target_idx = sampler(len(images), generator_for(seed, DEC_FIGURE, 0))
-    grids = conditions(model, denoiser, images, mean, std, context_idx, target_idx)
+    grids = conditions(model, denoiser, images, mean, std, context_idx, target_idx, condition)
     denoiser = denoiser.to(next(iter(grids.values())).device)
     out = {}
     per_chunk = max(1, chunk // samples)

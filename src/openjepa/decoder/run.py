@@ -24,6 +24,7 @@ import torch.nn as nn
 import yaml
 
 from ..data.seeds import DEC_HIDE, DEC_INIT, DEC_NOISE, DEC_ORDER, generator_for, seed_for
+from ..data.transforms import prepare
 from ..device import autocast, resolve_device, resolve_precision
 from ..distributed import World
 from ..engine import (
@@ -44,7 +45,7 @@ from ..errors import BadInput, ConfigError
 from ..masks import mask_sampler_for
 from ..models.decoder import Denoiser
 from ..models.diffusion import diffusion_loss
-from .data import hide_blocks, read_images, split, target_grid
+from .data import context_condition, draw_hidden, hidden_positions, read_images, split, target_grid, to_unit
 from .settings import DecoderSettings
 from .state import FOLDER, checkpointer, fingerprint, read_state, restore_state, run_checkpoint, save_state
 
@@ -148,6 +149,19 @@ def _fit(model, cfg, fit_data, settings: DecoderSettings, device, state, checkpo
     def lr_at(step: int) -> float:
         return warmup_cosine(step + 1, 0.0, s.lr, s.min_lr, s.warmup_steps, s.steps)
 
+    def condition_of(idx, context_idx, target_idx, chosen) -> torch.Tensor:
+        """The batch's features with the chosen images' target blocks hidden (``settings.condition``)."""
+        grid = features[idx].to(device).float()
+        if s.condition == "full":
+            hidden = hidden_positions(target_idx, tokens) & chosen[:, None]
+            return denoiser.condition(grid, hidden.to(device))
+        rows = chosen.nonzero().flatten()
+        if not len(rows):
+            return grid
+        x = prepare(to_unit(images[idx[rows]]), encoder, cfg.data.mean, cfg.data.std).to(device)
+        seen = context_condition(model, denoiser, x, context_idx[rows].to(device))
+        return grid.index_put((rows.to(device),), seen)
+
     def step_fn(step: int) -> None:
         epoch, b = divmod(step, steps_per_epoch)
         if epoch not in orders:
@@ -157,12 +171,11 @@ def _fit(model, cfg, fit_data, settings: DecoderSettings, device, state, checkpo
         x0 = (images[idx].float() / 127.5 - 1.0).to(device)
         g = generator_for(s.seed, DEC_NOISE, step)
         t, noise = torch.rand(len(idx), generator=g), torch.randn(x0.shape, generator=g).to(device)
-        hidden = hide_blocks(sampler, len(idx), tokens, s.unknown_prob, generator_for(s.seed, DEC_HIDE, step))
+        masks = draw_hidden(sampler, len(idx), s.unknown_prob, generator_for(s.seed, DEC_HIDE, step))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         with amp:
-            condition = denoiser.condition(features[idx].to(device).float(), hidden.to(device))
-            loss = diffusion_loss(denoiser, x0, condition, t, noise)
+            loss = diffusion_loss(denoiser, x0, condition_of(idx, *masks), t, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if s.clip_grad > 0:

@@ -24,6 +24,11 @@ class DecoderSettings:
     widths: tuple[int, ...] = (32, 64, 64)  # the U-Net's channels at each resolution
     cond_dim: int = 32  # channels of the projected feature map
     unknown_prob: float = 0.5  # share of training images whose target blocks carry the learned unknown vector
+    # What the decoder sees around hidden blocks. full: the target encoder's features of the whole image
+    # (the issue's design; they can carry the hidden blocks' content through its attention). context: the
+    # features of the context patches computed from them alone, the unknown vector everywhere else (the
+    # decoder sees what the predictor saw, no more). Target features everywhere are drawn either way.
+    condition: str = "full"
     images: int = 10000  # training images the decoder fits on (their features are computed once, kept in memory)
     seed: int = 0
     sample_steps: int = 25  # DDIM steps of a sample
@@ -58,6 +63,8 @@ class DecoderSettings:
         self.widths = tuple(self.widths)
         if not self.widths or any(not isinstance(w, int) or w < 1 for w in self.widths):
             raise ConfigError(f"decoder setting widths must be channel counts of at least 1, got {list(self.widths)}")
+        if self.condition not in ("full", "context"):
+            raise ConfigError(f"decoder setting condition must be full or context, got {self.condition!r}")
         if self.precision not in ("fp32", "bf16", "auto"):
             raise ConfigError(f"decoder setting precision must be fp32, bf16 or auto, got {self.precision!r}")
         return self

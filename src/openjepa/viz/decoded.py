@@ -70,7 +70,7 @@ def imagine(run_dir, out_png, n_images: int = 4, samples: int = 3, seed: int = 0
     images, _ = read_images(held, order, cfg.data.crop_size, n=n_images)
     imagined = imagine_images(
         model, denoiser, to_unit(images), cfg.data.mean, cfg.data.std, mask_sampler_for(cfg), samples, seed,
-        fitted.sample_steps, fitted.eta,
+        fitted.sample_steps, fitted.eta, fitted.condition,
     )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
