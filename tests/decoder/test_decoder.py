@@ -131,10 +131,12 @@ def test_hidden_blocks_are_the_samplers_targets_drawn_again_for_a_generator(pret
     sampler = mask_sampler_for(cfg)
 
     def draw(prob, seed=0):
-        return draw_hidden(sampler, 64, prob, torch.Generator().manual_seed(seed))
+        return draw_hidden(sampler, 64, prob, predictor_prob, torch.Generator().manual_seed(seed))
 
-    context_idx, target_idx, chosen = draw(0.5)
+    predictor_prob = 0.5
+    context_idx, target_idx, chosen, predicted = draw(0.5)
     assert 10 < int(chosen.sum()) < 54 and not draw(0.0)[2].any() and draw(1.0)[2].all()
+    assert predicted.any() and not (predicted & ~chosen).any() and (chosen & ~predicted).any()
     expected = sampler(64, torch.Generator().manual_seed(0))
     assert torch.equal(context_idx, expected[0]) and torch.equal(target_idx, expected[1])
     assert all(torch.equal(a, b) for a, b in zip(draw(0.5), draw(0.5)))
@@ -160,11 +162,12 @@ def test_the_context_condition_never_sees_the_hidden_pixels(pretrained):
     assert (seen[0][outside] == denoiser.unknown).all()
 
 
-@pytest.mark.parametrize("condition", ["full", "context"])
-def test_a_stopped_fit_resumes_to_the_weights_of_an_uninterrupted_one(pretrained, tmp_path, condition):
+@pytest.mark.parametrize("condition, predictor_prob", [("full", 0.0), ("full", 0.5), ("context", 0.5)])
+def test_a_stopped_fit_resumes_to_the_weights_of_an_uninterrupted_one(pretrained, tmp_path, condition, predictor_prob):
     whole, parts = (shutil.copytree(pretrained, tmp_path / name) for name in ("whole", "parts"))
-    fit_decoder(whole, tiny(condition=condition))
-    fit_decoder(parts, tiny(condition=condition), max_steps=3)
+    settings = tiny(condition=condition, predictor_prob=predictor_prob, unknown_prob=0.7)
+    fit_decoder(whole, settings)
+    fit_decoder(parts, settings, max_steps=3)
     assert torch.load(parts / "decoder/checkpoints/latest.pt", weights_only=True)["step"] == 3
     assert not same(states(whole)[0], states(parts)[0])
     fit_decoder(parts)  # no settings: the checkpoint's own

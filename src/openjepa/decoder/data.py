@@ -86,12 +86,14 @@ def hidden_positions(target_idx: torch.Tensor, tokens: int) -> torch.Tensor:
     return hidden.scatter_(1, target_idx.flatten(1).cpu(), True)
 
 
-def draw_hidden(sampler, batch: int, prob: float, generator: torch.Generator):
-    """(context_idx [B, Kc], target_idx [B, M, Kt], chosen [B] bool): a mask the run's sampler draws
-    for the batch, and which images hide their target blocks (each with probability ``prob``); all
-    draws from ``generator``."""
+def draw_hidden(sampler, batch: int, prob: float, predictor_prob: float, generator: torch.Generator):
+    """(context_idx [B, Kc], target_idx [B, M, Kt], hidden [B], predicted [B]) with a mask the run's
+    sampler draws for the batch; ``hidden``: the images whose target blocks are hidden (each with
+    probability ``prob``); ``predicted``: those of them whose blocks carry the predictor's outputs
+    rather than the unknown vector (with probability ``predictor_prob``). All draws from ``generator``."""
     context_idx, target_idx = sampler(batch, generator)
-    return context_idx, target_idx, torch.rand(batch, generator=generator) < prob
+    hidden = torch.rand(batch, generator=generator) < prob
+    return context_idx, target_idx, hidden, hidden & (torch.rand(batch, generator=generator) < predictor_prob)
 
 
 def context_condition(model, denoiser, x: torch.Tensor, context_idx: torch.Tensor) -> torch.Tensor:
@@ -102,3 +104,16 @@ def context_condition(model, denoiser, x: torch.Tensor, context_idx: torch.Tenso
     tokens = denoiser.grid[0] * denoiser.grid[1]
     unknown = denoiser.unknown.to(features.dtype).expand(len(x), tokens, -1)
     return unknown.scatter(1, context_idx[..., None].expand(-1, -1, features.size(-1)), features)
+
+
+def fill_predictions(features: torch.Tensor, target_idx: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+    """features [B, N, D] with each patch of the target blocks ``target_idx`` [B, M, Kt] replaced
+    by the mean of its predictions [B, M, Kt, D]."""
+    B, N, D = features.shape
+    idx = target_idx.flatten(1).to(features.device)
+    sums = torch.zeros_like(features).scatter_add_(
+        1, idx[..., None].expand(-1, -1, D), predictions.flatten(1, 2).to(features.dtype)
+    )
+    counts = torch.zeros(B, N, 1, dtype=features.dtype, device=features.device)
+    counts.scatter_add_(1, idx[..., None], torch.ones(B, idx.size(1), 1, dtype=features.dtype, device=features.device))
+    return torch.where(counts > 0, sums / counts.clamp_min(1), features)

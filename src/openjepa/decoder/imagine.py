@@ -24,7 +24,7 @@ import torch
 from ..data.seeds import DEC_FIGURE, generator_for
 from ..data.transforms import prepare
 from ..models.diffusion import sample
-from .data import context_condition, hidden_positions
+from .data import context_condition, fill_predictions, hidden_positions
 
 CONDITIONS = ("target", "predicted", "control")
 
@@ -47,19 +47,6 @@ class Imagined:
         p = self.patch_size
         cells = which.reshape(len(which), *self.grid)
         return cells.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)
-
-
-def fill_predictions(features: torch.Tensor, target_idx: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
-    """features [B, N, D] with each patch of the target blocks ``target_idx`` [B, M, Kt] replaced
-    by the mean of its predictions [B, M, Kt, D]."""
-    B, N, D = features.shape
-    idx = target_idx.flatten(1).to(features.device)
-    sums = torch.zeros_like(features).scatter_add_(
-        1, idx[..., None].expand(-1, -1, D), predictions.flatten(1, 2).to(features.dtype)
-    )
-    counts = torch.zeros(B, N, 1, dtype=features.dtype, device=features.device)
-    counts.scatter_add_(1, idx[..., None], torch.ones(B, idx.size(1), 1, dtype=features.dtype, device=features.device))
-    return torch.where(counts > 0, sums / counts.clamp_min(1), features)
 
 
 @torch.no_grad()

@@ -45,7 +45,16 @@ from ..errors import BadInput, ConfigError
 from ..masks import mask_sampler_for
 from ..models.decoder import Denoiser
 from ..models.diffusion import diffusion_loss
-from .data import context_condition, draw_hidden, hidden_positions, read_images, split, target_grid, to_unit
+from .data import (
+    context_condition,
+    draw_hidden,
+    fill_predictions,
+    hidden_positions,
+    read_images,
+    split,
+    target_grid,
+    to_unit,
+)
 from .settings import DecoderSettings
 from .state import FOLDER, checkpointer, fingerprint, read_state, restore_state, run_checkpoint, save_state
 
@@ -149,17 +158,26 @@ def _fit(model, cfg, fit_data, settings: DecoderSettings, device, state, checkpo
     def lr_at(step: int) -> float:
         return warmup_cosine(step + 1, 0.0, s.lr, s.min_lr, s.warmup_steps, s.steps)
 
-    def condition_of(idx, context_idx, target_idx, chosen) -> torch.Tensor:
-        """The batch's features with the chosen images' target blocks hidden (``settings.condition``)."""
+    def condition_of(idx, context_idx, target_idx, hidden, predicted) -> torch.Tensor:
+        """The batch's features, with the ``hidden`` images' target blocks hidden (``settings.condition``)
+        and the ``predicted`` ones' filled by the predictor."""
         grid = features[idx].to(device).float()
-        if s.condition == "full":
-            hidden = hidden_positions(target_idx, tokens) & chosen[:, None]
-            return denoiser.condition(grid, hidden.to(device))
-        rows = chosen.nonzero().flatten()
+        rows = hidden.nonzero().flatten()
         if not len(rows):
             return grid
-        x = prepare(to_unit(images[idx[rows]]), encoder, cfg.data.mean, cfg.data.std).to(device)
-        seen = context_condition(model, denoiser, x, context_idx[rows].to(device))
+        context_idx, target_idx, predicted = context_idx[rows].to(device), target_idx[rows].to(device), predicted[rows]
+        x = None
+        if s.condition == "context" or predicted.any():
+            x = prepare(to_unit(images[idx[rows]]), encoder, cfg.data.mean, cfg.data.std).to(device)
+        if s.condition == "full":
+            seen = denoiser.condition(grid[rows], hidden_positions(target_idx, tokens).to(device))
+        else:
+            seen = context_condition(model, denoiser, x, context_idx)
+        if predicted.any():
+            sub = predicted.nonzero().flatten().to(device)
+            c, t = context_idx[sub], target_idx[sub]
+            guesses = model.predictor(model.encoder(x[sub], c), c, t).float()
+            seen = seen.index_put((sub,), fill_predictions(seen[sub], t, guesses))
         return grid.index_put((rows.to(device),), seen)
 
     def step_fn(step: int) -> None:
@@ -171,7 +189,7 @@ def _fit(model, cfg, fit_data, settings: DecoderSettings, device, state, checkpo
         x0 = (images[idx].float() / 127.5 - 1.0).to(device)
         g = generator_for(s.seed, DEC_NOISE, step)
         t, noise = torch.rand(len(idx), generator=g), torch.randn(x0.shape, generator=g).to(device)
-        masks = draw_hidden(sampler, len(idx), s.unknown_prob, generator_for(s.seed, DEC_HIDE, step))
+        masks = draw_hidden(sampler, len(idx), s.unknown_prob, s.predictor_prob, generator_for(s.seed, DEC_HIDE, step))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         with amp:

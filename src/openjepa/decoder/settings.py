@@ -23,7 +23,10 @@ class DecoderSettings:
     ema: float = 0.999  # the sampled network is this exponential average of the fitted one; 0 = the fitted one
     widths: tuple[int, ...] = (32, 64, 64)  # the U-Net's channels at each resolution
     cond_dim: int = 32  # channels of the projected feature map
-    unknown_prob: float = 0.5  # share of training images whose target blocks carry the learned unknown vector
+    unknown_prob: float = 0.5  # share of training images whose target blocks are hidden (the learned unknown vector)
+    # Of those, the share whose hidden blocks carry the predictor's outputs instead, so that the decoder
+    # learns to read them (they are smoother than the target features it fits on: a regression's mean).
+    predictor_prob: float = 0.0
     # What the decoder sees around hidden blocks. full: the target encoder's features of the whole image
     # (the issue's design; they can carry the hidden blocks' content through its attention). context: the
     # features of the context patches computed from them alone, the unknown vector everywhere else (the
@@ -50,7 +53,12 @@ class DecoderSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"decoder setting {name} must be a whole number of at least 0, got {value!r}")
-        for name, low, high in (("unknown_prob", 0.0, 1.0), ("ema", 0.0, 1.0), ("eta", 0.0, 1.0)):
+        for name, low, high in (
+            ("unknown_prob", 0.0, 1.0),
+            ("predictor_prob", 0.0, 1.0),
+            ("ema", 0.0, 1.0),
+            ("eta", 0.0, 1.0),
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not low <= value <= high:
                 raise ConfigError(f"decoder setting {name} must be between {low} and {high}, got {value!r}")
