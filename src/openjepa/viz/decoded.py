@@ -22,7 +22,7 @@ from .masks import to_rgb
 
 log = logging.getLogger("openjepa")
 OUTLINE = (230, 25, 75)
-GREY = 0.5
+UNSEEN = (60, 80, 130)  # the patches the context encoder did not see (a colour no grey image has)
 HEADERS = ("image", "context", "target", "predicted", "control")  # the conditions of decoder.imagine
 
 
@@ -83,18 +83,18 @@ def outline(draw: ImageDraw.ImageDraw, hidden: np.ndarray, origin: tuple[int, in
     """Draw the border of the patches where ``hidden`` [gh, gw] holds: each edge between a hidden
     patch and one that is not (or the image's edge)."""
     x0, y0 = origin
-    gh, gw = hidden.shape
     padded = np.pad(hidden, 1)
     for r, c in zip(*np.nonzero(hidden)):
         left, top = x0 + c * cell, y0 + r * cell
-        if not padded[r, c + 1]:
-            draw.line([(left, top), (left, top + cell - 1)], OUTLINE)
-        if not padded[r + 2, c + 1]:
-            draw.line([(left, top + cell - 1), (left + cell - 1, top + cell - 1)], OUTLINE)
-        if not padded[r + 1, c]:
-            draw.line([(left, top), (left + cell - 1, top)], OUTLINE)
-        if not padded[r + 1, c + 2]:
-            draw.line([(left + cell - 1, top), (left + cell - 1, top + cell - 1)], OUTLINE)
+        right, bottom = left + cell - 1, top + cell - 1
+        if not padded[r, c + 1]:  # the patch above
+            draw.line([(left, top), (right, top)], OUTLINE)
+        if not padded[r + 2, c + 1]:  # below
+            draw.line([(left, bottom), (right, bottom)], OUTLINE)
+        if not padded[r + 1, c]:  # to the left
+            draw.line([(left, top), (left, bottom)], OUTLINE)
+        if not padded[r + 1, c + 2]:  # to the right
+            draw.line([(right, top), (right, bottom)], OUTLINE)
 
 
 def decoded_figure(imagined, scale: int = 4) -> Image.Image:
@@ -109,14 +109,15 @@ def decoded_figure(imagined, scale: int = 4) -> Image.Image:
     context_pixels = imagined.pixel_mask(imagined.context)
     cell = imagined.patch_size * scale
     for b in range(B):
-        shown = torch.where(context_pixels[b], imagined.images[b], torch.full_like(imagined.images[b], GREY))
-        tiles = [imagined.images[b], shown] + [
-            imagined.samples[name][b, k] for name in imagined.samples for k in range(K)
+        context = to_rgb(imagined.images[b])
+        context[~context_pixels[b].numpy()] = UNSEEN
+        tiles = [to_rgb(imagined.images[b]), context] + [
+            to_rgb(imagined.samples[name][b, k]) for name in imagined.samples for k in range(K)
         ]
         hidden = imagined.hidden[b].reshape(imagined.grid).numpy()
         x, y = 0, header + b * (tile_h + pad)
         for i, tile in enumerate(tiles):
-            im = Image.fromarray(np.rint(to_rgb(tile)).astype(np.uint8)).resize((tile_w, tile_h), Image.NEAREST)
+            im = Image.fromarray(np.rint(tile).astype(np.uint8)).resize((tile_w, tile_h), Image.NEAREST)
             canvas.paste(im, (x, y))
             if i != 1:  # the context tile shows the hidden blocks by what is missing
                 outline(draw, hidden, (x, y), cell)
