@@ -33,7 +33,7 @@ from openjepa.viz.decoded import imagine
 
 def tiny(**changes) -> DecoderSettings:
     """A decoder that fits in a fraction of a second on 16 px images."""
-    values = dict(steps=6, batch_size=8, images=24, widths=(8, 8), cond_dim=8, warmup_steps=2, log_every=2)
+    values = dict(steps=6, batch_size=8, images=24, widths=(8, 8), cond_dim=8, warmup_steps=1, log_every=2)
     values.update(save_every=0, sample_steps=3, device="cpu", progress_bar=False)
     return DecoderSettings(**{**values, **changes})
 

@@ -131,10 +131,7 @@ def _fit(model, cfg, fit_data, settings: DecoderSettings, device, state, checkpo
     write_atomic(folder / "settings.yaml", yaml.safe_dump({"source": source, **s.to_dict()}, sort_keys=False))
     batch = min(s.batch_size, len(images))
     steps_per_epoch = len(images) // batch
-    stop = min(s.steps, max_steps) if max_steps is not None else s.steps
-    if start >= stop:
-        log.info("nothing to do: the decoder is at step %d of %d", start, stop)
-        return
+    stop = min(s.steps, max_steps) if max_steps is not None else s.steps  # above start: fit_decoder checked
     log.info(
         "fitting the decoder (%d parameters) on %d images of %s: steps %d..%d of %d, batch %d, on %s",
         sum(p.numel() for p in denoiser.parameters()),
@@ -155,8 +152,13 @@ def _fit(model, cfg, fit_data, settings: DecoderSettings, device, state, checkpo
     writer = tensorboard(folder / "tensorboard", start, s.tensorboard)
     bar = progress_bar(stop, start, s.progress_bar)
 
+    warmup = s.warmup_steps
+    if warmup > s.steps // 4:  # the LR would spend most of the fit rising
+        warmup = s.steps // 10
+        log.warning("warmup_steps=%d for a fit of %d steps: warming up over %d", s.warmup_steps, s.steps, warmup)
+
     def lr_at(step: int) -> float:
-        return warmup_cosine(step + 1, 0.0, s.lr, s.min_lr, s.warmup_steps, s.steps)
+        return warmup_cosine(step + 1, 0.0, s.lr, s.min_lr, warmup, s.steps)
 
     def condition_of(idx, context_idx, target_idx, hidden, predicted) -> torch.Tensor:
         """The batch's features, with the ``hidden`` images' target blocks hidden (``settings.condition``)
