@@ -14,6 +14,7 @@ from .errors import BadInput
 
 PRETRAIN_FORMAT = "openjepa"  # a pretraining checkpoint (pretrain.state)
 FINETUNE_FORMAT = "openjepa-finetune"  # a fine-tuning checkpoint (finetune.run)
+DECODER_FORMAT = "openjepa-decoder"  # a generative decoder fitted on a run (decoder.run)
 
 
 class CheckpointError(BadInput):

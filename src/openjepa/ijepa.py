@@ -64,25 +64,28 @@ class IJEPA(nn.Module):
         self.loss, self.target = loss, target
         self.regularizer = regularizer if regularizer is not None and regularizer.active else None
 
-    def target_features(self, images: torch.Tensor, with_output: bool = False):
+    def target_features(self, images: torch.Tensor, with_output: bool = False, keep_idx: torch.Tensor | None = None):
         """[B, N, D]: layer_norm(target_encoder(image)), or the normalised pixels (no gradient).
 
         With ``target_layers`` k > 1 (data2vec's targets, off by default): the mean of the last k
         blocks' outputs, each layer-normed, layer-normed again (the encoder's final norm unused).
-        ``with_output``: also the target encoder's output itself (targets from its last block only)."""
+        ``with_output``: also the target encoder's output itself (targets from its last block only).
+        ``keep_idx`` [B, K]: the target encoder sees only those patches; [B, K, D] at them (the
+        generative decoder's view of a context, from the context alone)."""
         with torch.no_grad():
             if with_output and (self.target == "pixels" or self.target_layers > 1):
                 raise ValueError(
                     "the target encoder's output is its last block's: not with pixel or multi-layer targets"
                 )
             if self.target == "pixels":
-                return patchify_pixels(images, self.encoder.patch_size)
+                pixels = patchify_pixels(images, self.encoder.patch_size)
+                return pixels if keep_idx is None else gather_tokens(pixels, keep_idx)
             if self.target_layers == 1:
-                h = self.target_encoder(images)
+                h = self.target_encoder(images, keep_idx)
                 features = F.layer_norm(h, (h.size(-1),))
                 return (features, h) if with_output else features
             dim = (self.encoder.embed_dim,)
-            layers = self.target_encoder(images, layers=self.target_layers)
+            layers = self.target_encoder(images, keep_idx, layers=self.target_layers)
             h = torch.stack([F.layer_norm(x, dim) for x in layers]).mean(0)
             return F.layer_norm(h, dim)
 

@@ -26,3 +26,6 @@ SHUFFLE = 4  # tar shards: each loader slot's shuffle buffer
 SCENES = 5  # the procedural scenes: each scene from (seed, SCENES, index)
 FT_ORDER, FT_AUGMENT, FT_RANDAUG, FT_DROP_PATH, FT_MIXUP, FT_SPLIT = 11, 12, 13, 14, 15, 16  # fine-tuning
 SIGREG = 21  # the SIGReg regulariser's random directions, per step
+# the generative decoder (openjepa.decoder): its split of the data, each epoch's order, each step's
+# diffusion times and noise, each step's hidden blocks, the figure's masks and samples, its initial weights
+DEC_SPLIT, DEC_ORDER, DEC_NOISE, DEC_HIDE, DEC_FIGURE, DEC_INIT = 31, 32, 33, 34, 35, 36
