@@ -239,6 +239,13 @@ CASES = [
         "has no images/ folder",
     ),
     ("train-scenes-task", ["train", "{ws}/new.yaml", "data.dataset=scenes", "data.scenes_task=depth"], "scenes_task"),
+    # issue 39: the generative decoder
+    ("imagine-no-run", ["imagine", "{ws}/nowhere", "--out", "{ws}/i.png"], "not found"),
+    ("imagine-users-folder", ["imagine", "{ws}/mine", "--out", "{ws}/i.png"], "not a pretraining run directory"),
+    ("imagine-out-not-png", ["imagine", "{ws}/run", "--out", "{ws}/i.jpg"], "ending in .png"),
+    ("imagine-samples-0", ["imagine", "{ws}/run", "--out", "{ws}/i.png", "--samples", "0"], "--samples"),
+    ("imagine-unknown-setting", ["imagine", "{ws}/run", "--out", "{ws}/i.png", "stepz=3"], "did you mean 'steps'"),
+    ("imagine-bad-setting", ["imagine", "{ws}/run", "--out", "{ws}/i.png", "eta=2"], "eta"),
 ]
 
 

@@ -28,6 +28,7 @@ from openjepa.masks import mask_sampler_for
 from openjepa.models.decoder import Denoiser
 from openjepa.models.diffusion import add_noise, alpha_bar, sample, velocity
 from openjepa.pretrain import train
+from openjepa.viz import write_report
 from openjepa.viz.decoded import imagine
 
 
@@ -244,6 +245,14 @@ def test_imagine_writes_the_figure_and_reuses_the_fitted_decoder(run, tmp_path):
     stamp = checkpoint.stat().st_mtime_ns
     imagine(run, tmp_path / "again.png", n_images=1, samples=1)
     assert checkpoint.stat().st_mtime_ns == stamp  # fitted once, reused
+    page = write_report(run, n_images=2, bank_images=8).read_text()  # the report shows the decoder's figure
+    assert "alt='decoded imagination'" in page and "alt='predictor retrievals'" in page
+
+
+def test_the_report_draws_no_decoder_figure_from_an_unfinished_fit(run):
+    fit_decoder(run, tiny(steps=8), max_steps=3)
+    page = write_report(run, n_images=2, bank_images=8).read_text()
+    assert "unfinished (step 3 of 8)" in page and "decoded imagination" not in page
 
 
 @pytest.mark.parametrize(

@@ -182,3 +182,14 @@ def run_data(args: argparse.Namespace) -> int:
         f"{args.out}/test, one folder per class"
     )
     return 0
+
+
+def run_imagine(args: argparse.Namespace) -> int:
+    from ..config import apply_field_overrides
+    from ..decoder import DecoderSettings
+    from ..viz.decoded import imagine
+
+    settings = apply_field_overrides(DecoderSettings(), args.overrides, "decoder").validate()
+    out = imagine(args.run_dir, args.out, args.n, args.samples, args.seed, settings if args.overrides else None)
+    print(f"wrote {out} (the decoder: {Path(args.run_dir) / 'decoder'})")
+    return 0

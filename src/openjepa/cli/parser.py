@@ -235,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the EMA target encoder (the paper's choice, default) or the context encoder",
     )
     p.set_defaults(func=commands.run_export)
+    p = subcommands.add_parser(
+        "imagine", help="what the predictor imagines in hidden blocks, drawn by a decoder fitted in RUN/decoder"
+    )
+    p.add_argument("run_dir", help="a pretraining run directory")
+    p.add_argument("--out", required=True, help="the figure (.png)")
+    p.add_argument("--n", type=POSITIVE, default=4, help="held-out images (rows)")
+    p.add_argument("--samples", type=POSITIVE, default=3, help="samples of each condition")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("overrides", nargs="*", help="decoder settings key=value, e.g. steps=500 condition=context")
+    p.set_defaults(func=commands.run_imagine)
     p = subcommands.add_parser("data", help="write a data set to disk: the procedural scenes as class folders")
     p.add_argument("source", choices=["scenes"], help="what to write")
     p.add_argument("--out", required=True, help="a new or empty folder: OUT/train/<class>/, OUT/test/<class>/")

@@ -36,18 +36,8 @@ def imagine(run_dir, out_png, n_images: int = 4, samples: int = 3, seed: int = 0
     """Write the figure for the pretraining run ``run_dir`` to ``out_png`` and return its path.
     The decoder of RUN/decoder is fitted first when it is missing or unfinished (``settings``, else
     its checkpoint's or the defaults: see ``openjepa.decoder.fit_decoder``), then reused."""
-    from ..decoder import (
-        fit_decoder,
-        imagine_images,
-        load_decoder,
-        read_images,
-        run_checkpoint,
-        split,
-        to_unit,
-    )
-    from ..decoder.state import fingerprint
+    from ..decoder import fit_decoder, run_checkpoint
     from ..interop import load_ijepa
-    from ..masks import mask_sampler_for
 
     n_images, samples = _count(n_images, "the number of images"), _count(samples, "the number of samples")
     out = Path(out_png)
@@ -56,7 +46,23 @@ def imagine(run_dir, out_png, n_images: int = 4, samples: int = 3, seed: int = 0
     check_output_file(out, "the figure")
     loaded = load_ijepa(run_checkpoint(run_dir))
     fit_decoder(run_dir, settings, model=loaded)
-    model, cfg = loaded
+    picture = decoded_picture(run_dir, n_images, samples, seed, loaded)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    picture.save(tmp)
+    tmp.replace(out)
+    return out
+
+
+def decoded_picture(run_dir, n_images: int = 4, samples: int = 3, seed: int = 0, loaded=None) -> Image.Image:
+    """The figure of ``imagine`` from the decoder already fitted in RUN/decoder (nothing is fitted
+    here: BadInput when there is none). ``loaded``: the run's (model, config), when already read."""
+    from ..decoder import imagine_images, load_decoder, read_images, run_checkpoint, split, to_unit
+    from ..decoder.state import fingerprint
+    from ..interop import load_ijepa
+    from ..masks import mask_sampler_for
+
+    model, cfg = loaded or load_ijepa(run_checkpoint(run_dir))
     denoiser, fitted, source = load_decoder(run_dir)
     if source["target_encoder"] != fingerprint(model.target_encoder):
         log.warning(
@@ -72,11 +78,7 @@ def imagine(run_dir, out_png, n_images: int = 4, samples: int = 3, seed: int = 0
         model, denoiser, to_unit(images), cfg.data.mean, cfg.data.std, mask_sampler_for(cfg), samples, seed,
         fitted.sample_steps, fitted.eta, fitted.condition,
     )  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    decoded_figure(imagined).save(tmp)
-    tmp.replace(out)
-    return out
+    return decoded_figure(imagined)
 
 
 def outline(draw: ImageDraw.ImageDraw, hidden: np.ndarray, origin: tuple[int, int], cell: int) -> None:

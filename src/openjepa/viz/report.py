@@ -27,14 +27,14 @@ TITLES = {
     "curves": "Training curves",
     "masks": "Masks",
     "features": "Feature maps",
-    "imagination": "What the predictor imagines (retrieval)",
+    "imagination": "What the predictor imagines",
     "evaluation": "Evaluation",
 }
 NOTES = {
     "masks": "Context patches keep the image; each target block has its own colour; dark patches are neither.",
     "features": "Rows: images; PCA of the target encoder's patch features (first three components as RGB, "
     "fitted over these images); cosine similarity of the marked centre patch to every patch.",
-    "imagination": 'Columns: image, masked context, "imagination", truth. The predictor\'s output for one target '
+    "imagination": 'Retrieval, columns: image, masked context, "imagination", truth. The predictor\'s output for one target '
     "block is matched to the nearest real patch features in a bank built with the target encoder over "
     "other images of the dataset, and those patches' pixels are pasted into the hole. This is "
     "retrieval, not generation: the model produced no pixels.",
@@ -150,6 +150,28 @@ def summary(run_dir: Path) -> str:
     return "<div id='summary'>" + "".join(lines) + "</div>" if lines else ""
 
 
+DECODED_NOTE = (
+    "Generative decoder (RUN/decoder, openjepa imagine), one row per held-out image: the image; the context the "
+    "encoder saw; samples decoded from the target encoder's features everywhere; samples with the hidden blocks' "
+    "features replaced by the predictor's outputs (what it imagines); samples with them replaced by the decoder's "
+    "learned unknown vector (the control). Hidden blocks are outlined. Below it, the cheaper retrieval view."
+)
+
+
+def decoded_section(run_dir: Path, seed: int) -> str:
+    """The generative decoder's figure when RUN/decoder holds a finished fit; '' otherwise."""
+    from ..decoder import load_decoder
+    from .decoded import decoded_picture
+
+    if not (run_dir / "decoder" / "checkpoints" / "latest.pt").exists():
+        return ""
+    _, settings, source = load_decoder(run_dir)
+    if source["step"] < settings.steps:
+        return f"<p class='note'>The decoder's fit is unfinished (step {source['step']} of {settings.steps}).</p>"
+    uri = png_data_uri(decoded_picture(run_dir, 4, 3, seed))
+    return f"<p class='note'>{html.escape(DECODED_NOTE)}</p><img src='{uri}' alt='decoded imagination'>"
+
+
 def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) -> dict[str, str]:
     from ..config import load_config
     from .curves import curves_png
@@ -204,7 +226,9 @@ def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) ->
         else:
             bank = build_bank(model, bank_src, mean, std)
             rows = imagine(model, shown, mean, std, sampler_for(cfg, "multiblock"), *bank, seed=seed)
-            sections["imagination"] = img(png_data_uri(imagination_figure(rows)), "predictor retrievals")
+            sections["imagination"] = decoded_section(run_dir, seed) + img(
+                png_data_uri(imagination_figure(rows)), "predictor retrievals"
+            )
     else:
         sections["features"] = sections["imagination"] = missing(why)
     sections["evaluation"] = eval_tables(run_dir)
