@@ -55,6 +55,27 @@ def _what_was_refused(message: str) -> str:
     return f": it would import and call {named.group(1)}" if named else ""
 
 
+KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+         (b"RIFF", "a WebP image"), (b"\x1f\x8b", "a gzip file"), (b"<", "an HTML or XML file"),
+         (b"{", "a JSON file"), (b"[", "a JSON file"))  # fmt: skip
+
+
+def not_a_checkpoint(path: Path) -> str | None:
+    """What the file is, when its first bytes show it is not a PyTorch checkpoint (torch's zip
+    format, or the legacy pickle); None when it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    if not head:
+        return "an empty file"
+    stripped = head.lstrip()
+    kind = next((name for magic, name in KINDS if head.startswith(magic) or stripped.startswith(magic)), None)
+    if kind is None and len(head) >= 8 and head[8:10] == b'{"':
+        kind = "a safetensors file (export it back with openjepa's loaders: give its folder)"
+    return kind or "not a PyTorch file"
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load with ``weights_only=True``, memory-mapped (``mmap=True``: the tensors are read from the
     file as they are used, so N processes on a node share the page cache instead of each holding a
@@ -65,6 +86,12 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {path} not found")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
+    try:
+        kind = not_a_checkpoint(path)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
+    if kind is not None:
+        raise CorruptCheckpoint(f"checkpoint {path} is {kind}, not a PyTorch checkpoint")
     try:
         # mmap needs torch's zip format; an older (legacy) file is read whole
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))

@@ -22,6 +22,14 @@ class ConfigError(BadInput):
     """A configuration or setting that cannot run; the message names the key and the problem."""
 
 
+def printable(path) -> str:
+    """A path as text that can be printed, logged or written anywhere: Linux names are bytes, and
+    those that are not UTF-8 (or hold a newline) come out with backslash escapes (``\\xff``,
+    ``\\n``) instead of breaking the writer."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return text.replace("\n", "\\n").replace("\r", "\\r")
+
+
 def check_output_file(path: str | Path, what: str) -> Path:
     """A file we are about to write: not a directory, in a folder that exists (or can be made)
     and can be written. Checked before the work starts, so a bad path costs nothing."""

@@ -53,6 +53,27 @@ def ws(tmp_path_factory):
     (garbage / "log.csv").write_bytes(b"\x00\xff\xfe garbage \x89PNG")
     (garbage / "config.yaml").write_text((root / "c.yaml").read_text())
     (root / "an_out_dir").mkdir()
+    # issue 40: runs of one kind killed before their first checkpoint, unreadable data, odd files
+    for name, kind, files in (
+        ("pre_killed", "pretrain", ("config.yaml",)),
+        ("ft_killed", "finetune", ("settings.yaml",)),
+    ):
+        (root / name / "checkpoints").mkdir(parents=True)
+        (root / name / ".openjepa-run").write_text(f"openjepa run directory (openjepa 0.1.0)\nkind: {kind}\n")
+        for file in files:
+            (root / name / file).write_text("x: 1\n")
+        (root / name / "log.csv").write_text("step,loss\n")
+    broken = root / "broken"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (broken / split / cls).mkdir(parents=True)
+            for i in range(3):
+                (broken / split / cls / f"{i}.png").write_bytes(b"not a png")
+    loose = root / "loose"
+    labelled_folder(loose)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(loose / "train" / "stray.png")
+    (root / "shards_dir").mkdir()
+    export_encoder(root / "run/checkpoints/latest.pt", "safetensors", root / "exported")
 
     class Evil:
         def __reduce__(self):
@@ -215,6 +236,96 @@ CASES = [
             "meta.read_checkpoint=x.pt",
         ],
         "keep one",
+    ),
+    # issue 40, 1: no command writes over its own input, a checkpoint, or a run's own files
+    (
+        "eval-out-the-checkpoint",
+        ["eval", "{ws}/run/checkpoints/latest.pt", "--out", "{ws}/run/checkpoints/latest.pt"],
+        "ending in .json",
+    ),
+    (
+        "eval-out-into-checkpoints",
+        ["eval", "{ws}/run/checkpoints/latest.pt", "--out", "{ws}/run/checkpoints/r.json"],
+        "is a file of the run",
+    ),
+    ("eval-out-a-checkpoint-name", ["eval", "{ws}/run/checkpoints/latest.pt", "--out", "{ws}/r.pt"], "ending in .json"),
+    ("report-out-the-checkpoint", ["report", "{ws}/run", "--out", "{ws}/run/checkpoints/latest.pt"], "ending in .html"),
+    ("report-out-the-config", ["report", "{ws}/run", "--out", "{ws}/run/config.yaml"], "ending in .html"),
+    (
+        "report-out-into-checkpoints",
+        ["report", "{ws}/run", "--out", "{ws}/run/checkpoints/r.html"],
+        "is a file of the run",
+    ),
+    (
+        "viz-out-into-checkpoints",
+        ["viz", "curves", "{ws}/run", "--out", "{ws}/run/checkpoints/c.png"],
+        "is a file of the run",
+    ),
+    (
+        "embed-out-the-checkpoint",
+        ["embed", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two", "--out", "{ws}/run/checkpoints/latest.pt"],
+        ".npz or .parquet",
+    ),
+    # 2. one kind of run is never taken for another, with or without its checkpoints
+    (
+        "finetune-into-a-killed-pretraining-run",
+        ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/two", "--out", "{ws}/pre_killed"],
+        "holds a pretraining run",
+    ),
+    (
+        "train-into-a-killed-finetuning-run",
+        ["train", "{ws}/new.yaml", "logging.folder={ws}/ft_killed"],
+        "holds a fine-tuning run",
+    ),
+    # 3. training that cannot learn is refused before anything is written
+    (
+        "train-on-unreadable-images",
+        ["train", "{ws}/new.yaml", "data.dataset=folder", "data.root_path={ws}/broken"],
+        "none of the first 12 image(s) can be read",
+    ),
+    (
+        "finetune-on-unreadable-images",
+        ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/broken", "--out", "{ws}/ft"],
+        "can be read",
+    ),
+    # 6. options that do nothing are refused
+    ("which-context-of-an-export", ["eval", "{ws}/exported", "--which", "context"], "holds one encoder"),
+    (
+        "export-which-context-of-an-export",
+        ["export", "{ws}/exported", "--format", "safetensors", "--out", "{ws}/x", "--which", "context"],
+        "holds one encoder",
+    ),
+    ("read-checkpoint-alone", ["train", "{ws}/new.yaml", "meta.read_checkpoint=x.pt"], "meta.load_checkpoint: true"),
+    # 9. messages that name the problem
+    ("checkpoint-is-a-png", ["eval", "{ws}/two/train/top/0.png"], "is a PNG image, not a PyTorch checkpoint"),
+    ("checkpoint-is-json", ["eval", "{ws}/exported/encoder.json"], "is a JSON file, not a PyTorch checkpoint"),
+    (
+        "shards-root-a-folder",
+        [
+            "train",
+            "{ws}/new.yaml",
+            "data.dataset=webdataset",
+            "data.root_path={ws}/shards_dir",
+            "data.samples_per_epoch=8",
+        ],
+        "is a folder",
+    ),
+    (
+        "export-out-a-file",
+        ["export", "{ws}/run/checkpoints/latest.pt", "--format", "safetensors", "--out", "{ws}/a_file"],
+        "is a file",
+    ),
+    (
+        "resume-another-model",
+        ["train", "{ws}/c.yaml", "meta.model_name=vit_small"],
+        "trained with meta.model_name=vit_tiny",
+    ),
+    ("resume-another-patch", ["train", "{ws}/c.yaml", "mask.patch_size=8"], "trained with mask.patch_size=4"),
+    ("loose-image-beside-classes", ["eval", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/loose"], "stray.png"),
+    (
+        "finetune-loose-image",
+        ["finetune", "{ws}/run/checkpoints/latest.pt", "--data", "{ws}/loose", "--out", "{ws}/ft"],
+        "beside its class folders",
     ),
     # issue 37: the scenes and the dense probes
     ("data-scenes-into-users-folder", ["data", "scenes", "--out", "{ws}/mine", "--n", "4"], "is not empty"),

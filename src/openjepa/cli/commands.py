@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..config import load_config
-from ..errors import BadInput, check_output_file
+from ..engine import check_output
+from ..errors import BadInput
 from ..pretrain import train
 
 
@@ -122,9 +123,8 @@ def run_submit(args: argparse.Namespace) -> int:
 def run_viz(args: argparse.Namespace) -> int:
     from .. import viz
 
-    out = check_output_file(args.out, "--out")
-    if out.suffix.lower() != ".png":
-        raise BadInput(f"--out {out}: the picture is a PNG; give a file name ending in .png")
+    reads = (args.target, Path(args.target) / "log.csv") if args.what == "curves" else (args.target,)
+    out = check_output(args.out, "--out", reads=reads, suffixes=(".png",))
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.what == "masks":
         cfg = load_config(args.target, args.overrides)
@@ -141,7 +141,7 @@ def run_report(args: argparse.Namespace) -> int:
     from ..viz import write_report
 
     if args.out is not None:
-        check_output_file(args.out, "--out")
+        check_output(args.out, "--out", suffixes=(".html",), owned=("report.html",))
     print(f"report: {write_report(args.run_dir, args.out, n_images=args.n, seed=args.seed)}")
     return 0
 

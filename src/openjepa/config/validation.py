@@ -131,6 +131,11 @@ def validate(cfg: Config) -> Config:
         )
     if meta.sigreg_slices < 1:
         raise ConfigError(f"meta.sigreg_slices must be at least 1, got {meta.sigreg_slices}")
+    if meta.read_checkpoint and not meta.load_checkpoint:
+        raise ConfigError(
+            f"meta.read_checkpoint ({meta.read_checkpoint}) is read only with meta.load_checkpoint: true (the "
+            f"reference's spelling of meta.init_from); set that, or give the file as meta.init_from"
+        )
     if meta.init_from and meta.load_checkpoint and meta.read_checkpoint:
         raise ConfigError(
             f"meta.init_from ({meta.init_from}) and meta.read_checkpoint ({meta.read_checkpoint}) "

@@ -7,7 +7,7 @@
 - ``loader``: numbered micro-batches, masks in the collate, device decoding.
 """
 
-from .build import build_dataset
+from .build import build_dataset, check_readable
 from .images import IMAGE_EXTENSIONS, DataError, EncodedImage, UnreadableImage, load_image, read_jpeg, to_channels
 from .labelled import classes_of, labels_of, load_eval_data, load_three_splits
 from .loader import (
@@ -57,6 +57,7 @@ __all__ = [
     "ImageFolder",
     "SyntheticDataset",
     "build_dataset",
+    "check_readable",
     "download_fashion_mnist",
     "fashion_mnist",
     "fashion_mnist_arrays",

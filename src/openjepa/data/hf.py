@@ -7,6 +7,7 @@ that cannot be decoded is skipped and counted like a broken file in a folder."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import torch
@@ -30,6 +31,12 @@ def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and any((path / n).exists() for n in ("dataset_dict.json", "state.json", "dataset_info.json"))
 
 
+def hub_splits(files: list[Path]) -> list[str]:
+    """The splits that Hub-layout file names give (``train-00000-of-00004.parquet``: train)."""
+    named = (re.match(r"(.+?)-\d{5}-of-\d{5}\.", f.name) for f in files)
+    return sorted({m.group(1) for m in named if m})
+
+
 def open_hf(path: str | Path, split: str = "train"):
     """The ``datasets.Dataset`` at ``path``: a save_to_disk folder (``split`` of a DatasetDict), or
     Parquet / Arrow files."""
@@ -42,6 +49,11 @@ def open_hf(path: str | Path, split: str = "train"):
             if split not in ds:
                 raise DataError(f"{path} holds the splits {', '.join(ds)}, not {split!r} (data.split)")
             ds = ds[split]
+        elif split != "train":
+            raise DataError(
+                f"{path} holds one Dataset, not a DatasetDict of splits: data.split={split!r} has nothing to choose "
+                f"(leave it at its default, train)"
+            )
         return ds
     files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.suffix in (".parquet", ".arrow"))
     # The Hub's layout: data/train-00000-of-00004.parquet, data/test-...: the files of the split.
@@ -58,6 +70,12 @@ def open_hf(path: str | Path, split: str = "train"):
     )
     if named:
         files = named
+    elif files and path.is_dir() and (split != "train" or hub_splits(files)):
+        found = hub_splits(files)
+        raise DataError(
+            f"{path} has no files of the split {split!r} (data.split)"
+            + (f"; its files are of the splits {', '.join(found)}" if found else ": its file names name no split")
+        )
     if not files:
         raise DataError(f"{path} is neither a save_to_disk folder nor Parquet / Arrow files")
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: symbolic links to folders are followed (once each), and the ones left out recorded
 log = logging.getLogger("openjepa")
 
 
@@ -50,23 +50,34 @@ class PathTable:
         return (self[i] for i in range(len(self)))
 
 
-def scan(root: Path, extensions: tuple[str, ...]) -> tuple[list[str], dict[str, int]]:
+def scan(root: Path, extensions: tuple[str, ...]) -> tuple[list[str], dict[str, int], list[str]]:
     """(image paths relative to ``root``, in sorted path order; {directory: mtime_ns} of every
-    directory visited)."""
-    names, dirs, todo = [], {}, [""]
+    directory visited; the links to folders left out). A symbolic link to a folder is followed,
+    as users expect of a data folder, but each real folder is read once: a link back to a folder
+    already read (a loop, or a second way to the same folder) is left out, and listed."""
+    names, dirs, left_out, seen, todo = [], {}, [], set(), [""]
     while todo:
         rel = todo.pop()
         folder = root / rel if rel else root
-        dirs[rel] = folder.stat().st_mtime_ns
+        st = folder.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            left_out.append(rel)
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[rel] = st.st_mtime_ns
         with os.scandir(folder) as entries:
             for entry in entries:
                 name = f"{rel}/{entry.name}" if rel else entry.name
-                if entry.is_dir(follow_symlinks=False):  # as rglob: a symlinked folder is not entered (no loops)
+                try:
+                    is_dir = entry.is_dir()  # through a link too
+                except OSError:  # a broken link
+                    continue
+                if is_dir:
                     todo.append(name)
                 elif os.path.splitext(entry.name)[1].lower() in extensions and entry.is_file():
                     names.append(name)
     names.sort(key=lambda n: n.split("/"))  # the order of sorted Path objects
-    return names, dirs
+    return names, dirs, sorted(left_out)
 
 
 def labels_of(names: list[str]) -> tuple[list[str], np.ndarray]:
@@ -104,6 +115,17 @@ def _locked(path: Path):
         handle.close()
 
 
+def _say_left_out(root: Path, left_out: list[str]) -> None:
+    if left_out:
+        log.warning(
+            "%s: %d linked folder(s) left out, each a second way to a folder already read (a link loop, or two links "
+            "to one folder): %s",
+            root,
+            len(left_out),
+            ", ".join(left_out[:3]) + (" ..." if len(left_out) > 3 else ""),
+        )
+
+
 def _valid(cached, root: Path) -> bool:
     if int(cached["version"]) != INDEX_VERSION or str(cached["root"]) != str(root):
         return False
@@ -120,7 +142,8 @@ def folder_index(root: Path, extensions: tuple[str, ...]) -> tuple[PathTable, li
     """(paths, classes, labels) of the images under ``root``, from the cached index when it is still
     valid, else from a scan (then cached)."""
     root = root.resolve()
-    key = hashlib.sha1(f"{INDEX_VERSION}\0{root}\0{','.join(extensions)}".encode()).hexdigest()[:20]
+    key = f"{INDEX_VERSION}\0{root}\0{','.join(extensions)}".encode("utf-8", "surrogateescape")
+    key = hashlib.sha1(key).hexdigest()[:20]
     folder = cache_dir()
     path = folder / f"{key}.npz"
     try:
@@ -134,10 +157,12 @@ def folder_index(root: Path, extensions: tuple[str, ...]) -> tuple[PathTable, li
                 with np.load(path, allow_pickle=False) as cached:
                     if _valid(cached, root):
                         table = PathTable(root, cached["blob"], cached["offsets"])
+                        _say_left_out(root, [str(n) for n in cached["left_out"]])
                         return table, [str(c) for c in cached["classes"]], cached["labels"]
             except (OSError, ValueError, KeyError):
                 pass  # unreadable or from another version: scanned again
-        names, dirs = scan(root, extensions)
+        names, dirs, left_out = scan(root, extensions)
+        _say_left_out(root, left_out)
         classes, labels = labels_of(names)
         table = PathTable.from_strings(root, names)
         if writable and names:
@@ -152,6 +177,7 @@ def folder_index(root: Path, extensions: tuple[str, ...]) -> tuple[PathTable, li
                 mtimes=np.array(list(dirs.values()), dtype=np.int64),
                 classes=np.array(classes, dtype=str),
                 labels=labels,
+                left_out=np.array(left_out, dtype=str),
             )
             os.replace(tmp, path)
         return table, classes, labels

@@ -44,13 +44,26 @@ def load_eval_data(data: str, in_chans: int, root: str | None = None, image_size
         raise DataError(f"evaluation folder {folder} needs train/ and val/ (or test/) sub-folders of class folders")
     train, test = ImageFolder(folder / "train", in_chans), ImageFolder(test_dir, in_chans)
     for split in (train, test):
-        if not split.classes:
-            raise DataError(f"{split.root} has no class sub-folders: labels are needed for evaluation")
+        require_classes(split)
     if train.classes != test.classes:
         raise DataError(f"{folder}: train/ and {test_dir.name}/ have different class folders")
     if len(train.classes) < 2:
         raise DataError(f"{folder} has one class ({train.classes[0]}): a classifier needs at least two")
     return train, test
+
+
+def require_classes(split) -> None:
+    """DataError unless a folder split's images are all in class sub-folders, saying which are not."""
+    if getattr(split, "classes", None) or not isinstance(split, ImageFolder):
+        return
+    names = [split.files.name(i) for i in range(len(split))]
+    loose = [n for n in names if "/" not in n]
+    if len(loose) < len(names):
+        raise DataError(
+            f"{split.root} has {len(loose)} image(s) directly in it (e.g. {loose[0]}) beside its class folders: "
+            f"every image of a labelled split must be in a class folder (move or remove them)"
+        )
+    raise DataError(f"{split.root} has no class sub-folders: labels are needed")
 
 
 def _hf_eval_splits(folder: Path, in_chans: int):

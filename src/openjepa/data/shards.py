@@ -63,6 +63,14 @@ def expand_shards(root_path: str | list[str]) -> list[str]:
             "/data/train-{000000..000099}.tar, or a list of shards"
         )
     local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    folders = [u for u in local if Path(u).is_dir()]
+    if folders:
+        tars = sorted(p.name for p in Path(folders[0]).glob("*.tar"))[:2]
+        hint = f" (it holds {', '.join(tars)}...)" if tars else ""
+        raise DataError(
+            f"data.root_path {folders[0]} is a folder{hint}: give the shard files, e.g. a brace pattern such as "
+            f"{folders[0].rstrip('/')}/train-{{000000..000099}}.tar"
+        )
     missing = [u for u in local if not Path(u).is_file()]
     if missing:
         raise DataError(f"{len(missing)} of {len(urls)} shards not found, e.g. {missing[0]}")

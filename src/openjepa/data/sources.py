@@ -65,7 +65,7 @@ class ImageFolder(torch.utils.data.Dataset):
         digest = hashlib.sha1()
         for i, path in enumerate(self.files):
             st = path.stat()
-            digest.update(f"{self.files.name(i)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            digest.update(f"{self.files.name(i)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:

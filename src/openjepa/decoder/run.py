@@ -74,7 +74,7 @@ def fit_decoder(
 
     latest = run_checkpoint(run_dir)
     folder = Path(run_dir) / FOLDER
-    check_run_dir(folder, "the decoder folder")
+    check_run_dir(folder, "the decoder folder", kind="decoder")
     checkpoints = checkpointer(run_dir)
     state = read_state(checkpoints)
     if settings is None:
@@ -91,7 +91,7 @@ def fit_decoder(
         log.info("nothing to do: the decoder of %s is at step %d of %d", run_dir, int(state["step"]), stop)
         return folder
     fit_data, _ = split(cfg, settings.images, settings.seed)  # the data is found before anything is written
-    make_run_dir(folder, "the decoder folder")
+    make_run_dir(folder, "the decoder folder", kind="decoder")
     setup_logging(folder)
     devices = [device.index or 0] if device.type == "cuda" else []
     np_state = np.random.get_state()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import logging.handlers
 import resource
 import sys
 import time
@@ -19,20 +20,37 @@ from .signals import TrainingError
 log = logging.getLogger("openjepa")
 
 
-def setup_logging(run_dir: Path | None, name: str = "train.log") -> None:
-    """stderr and ``run_dir/name``; None (a process other than 0): warnings to stderr only."""
-    log.setLevel(logging.INFO if run_dir is not None else logging.WARNING)
+def setup_logging(run_dir: Path | None, name: str = "train.log", hold: bool = False) -> None:
+    """stderr and ``run_dir/name``; None (a process other than 0): warnings to stderr only.
+    ``hold``: no file yet, the lines kept until ``write_held_log`` names it (a resume that may still
+    be refused writes nothing)."""
+    log.setLevel(logging.INFO if run_dir is not None or hold else logging.WARNING)
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     handlers = [logging.StreamHandler(sys.stderr)]
     if run_dir is not None:
-        handlers.append(logging.FileHandler(run_dir / name))
+        handlers.append(logging.FileHandler(run_dir / name, encoding="utf-8", errors="backslashreplace"))
+    elif hold:
+        handlers.append(logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1))
     for handler in handlers:
         handler.setFormatter(fmt)
         log.addHandler(handler)
     log.propagate = False
+
+
+def write_held_log(run_dir: Path, name: str = "train.log") -> None:
+    """Open ``run_dir/name`` and write into it the lines held since ``setup_logging(hold=True)``."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    file_handler = logging.FileHandler(run_dir / name, encoding="utf-8", errors="backslashreplace")
+    file_handler.setFormatter(fmt)
+    for held in [h for h in log.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
+        held.setTarget(file_handler)
+        held.flush()
+        log.removeHandler(held)
+        held.close()
+    log.addHandler(file_handler)
 
 
 def memory_mb(device: torch.device) -> float:
@@ -42,19 +60,64 @@ def memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _whole_number(text) -> bool:
+    try:
+        int(text)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def read_log(path: Path, columns: tuple[str, ...] | None = None) -> tuple[list[dict], list[int]]:
+    """The whole rows of a CSV log (as dicts keyed by its header) and the line numbers of the rows
+    left out: a garbage line, a row cut short, the NUL bytes a crash leaves. The header is the first
+    line naming a ``step`` column; a file whose header is broken is read with ``columns``. A file
+    that is not text gives no rows."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError:
+        return [], []
+    rows, bad, header = [], [], None
+    for number, line in enumerate(lines, start=1):
+        if b"\x00" in line:  # what a crash leaves: padding, or a row half overwritten
+            bad.append(number)
+            continue
+        fields = next(csv.reader([line.decode("utf-8", errors="replace").rstrip("\r")]), [])
+        if not fields or fields == [""]:
+            continue
+        if header is None:
+            if "step" in fields and not any(_whole_number(f) for f in fields):
+                header = fields
+                continue
+            header = list(columns) if columns else None
+            if header is None:
+                bad.append(number)
+                continue
+        if len(fields) != len(header) or not _whole_number(fields[header.index("step")]):
+            bad.append(number)
+            continue
+        rows.append(dict(zip(header, fields)))
+    return rows, bad
+
+
 class CSVLog:
     """A CSV log (log.csv, monitor.csv): the header written once; a resumed run appends, dropping
-    rows past its step. ``rows`` holds the rows kept."""
+    rows past its step. A damaged file keeps its whole rows; the damaged lines are named in the log
+    and the file as it was is kept beside it (``.damaged``). ``rows`` holds the rows kept."""
 
     def __init__(self, path: Path, resume_step: int, columns: tuple[str, ...]):
         self.path, self.columns = path, columns
-        if path.exists() and path.stat().st_size:
-            with open(path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        else:
-            self.rows = []
+        self.rows, bad = read_log(path, columns) if path.exists() else ([], [])
+        self.rows = [r for r in self.rows if int(r["step"]) <= resume_step]
+        if bad:
+            kept = path.with_name(path.name + ".damaged")
+            kept.write_bytes(path.read_bytes())
+            shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            log.warning(
+                "%s: %d damaged line(s) left out (line %s); the file as it was is %s", path, len(bad), shown, kept
+            )
         with open(path, "w", newline="") as f:  # rewrite without rows from after the checkpoint
-            writer = csv.DictWriter(f, columns)
+            writer = csv.DictWriter(f, columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.rows)
 

@@ -177,7 +177,8 @@ def evaluate(
     ``train_limit`` keeps that many training images (a seeded random subset: a quick evaluation);
     the test set is always whole."""
     from ..device import resolve_device
-    from ..errors import BadInput, check_output_file, check_writable_folder
+    from ..engine import check_output
+    from ..errors import BadInput, check_writable_folder
     from ..interop import load_encoder
 
     unknown = [p for p in protocols if p not in PROTOCOLS] + [b for b in baselines if b not in BASELINES]
@@ -199,7 +200,8 @@ def evaluate(
         if value is not None and value < low:
             raise BadInput(f"{name} must be at least {low}, got {value}")
     checkpoint = Path(checkpoint)
-    out = check_output_file(Path(out) if out else default_result_path(checkpoint, which), "the result")
+    out = Path(out) if out else default_result_path(checkpoint, which)
+    out = check_output(out, "the result", reads=(checkpoint,), suffixes=(".json",), owned=("eval/*.json",))
     if cache_dir is not None:
         check_writable_folder(cache_dir, "the feature cache")
     dev = resolve_device(device, "device")  # before the work: a device that is not there is the user's mistake

@@ -22,7 +22,8 @@ import torch
 
 from ..data import DataError, ImageFolder
 from ..device import resolve_device
-from ..errors import BadInput, check_output_file, set_default_mode
+from ..engine import check_output
+from ..errors import BadInput, printable, set_default_mode
 from .features import extract, warn_skipped
 
 log = logging.getLogger("openjepa")
@@ -62,9 +63,7 @@ def embed(
     ``.npz`` as ``skipped``, in a ``.skipped.txt`` beside a Parquet file). Returns a summary."""
     from ..interop import load_encoder
 
-    out = check_output_file(out, "--out")
-    if out.suffix.lower() not in SUFFIXES:
-        raise BadInput(f"--out {out}: write embeddings to a .npz or .parquet file")
+    out = check_output(out, "--out", reads=(checkpoint,), suffixes=SUFFIXES)
     if out.suffix.lower() == ".parquet":
         try:
             import pyarrow  # noqa: F401
@@ -115,7 +114,7 @@ def embed(
 
             table = pa.table(
                 {
-                    "path": pa.array(paths, pa.string()),
+                    "path": pa.array([printable(p) for p in paths], pa.string()),  # Parquet strings are UTF-8
                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
                 }
             )
@@ -125,7 +124,7 @@ def embed(
             pq.write_table(table, tmp)
             listed = out.with_name(out.name + ".skipped.txt")
             if skipped:
-                listed.write_text("".join(f"{p}\n" for p in skipped))
+                listed.write_text("".join(f"{printable(p)}\n" for p in skipped), encoding="utf-8")  # one line a file
             else:
                 listed.unlink(missing_ok=True)  # a list from an earlier run would name files that are fine now
         os.replace(tmp, out)

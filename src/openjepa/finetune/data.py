@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..data import DataError, PretrainTransform, UnreadableImage, generator_for, seed_for
-from ..data.labelled import classes_of, labels_of, load_eval_data, load_three_splits
+from ..data.labelled import classes_of, labels_of, load_eval_data, load_three_splits, require_classes
 from ..data.seeds import FT_AUGMENT, FT_RANDAUG, FT_SPLIT
 from ..evaluate.linear import stratified_split
 from .config import FinetuneConfig, randaugment
@@ -49,6 +49,8 @@ def make_splits(data: str, in_chans: int, root: str | None, ft: FinetuneConfig) 
         train, val, test = named
     else:
         (train, test), val = load_eval_data(data, in_chans, root), None
+    for split in (train, val, test):
+        require_classes(split)
     labels = labels_of(train)
     classes = classes_of(train, data, labels)
     if len(classes) < 2:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import yaml
 
 from ..checkpoint import FINETUNE_FORMAT, CheckpointError
-from ..data import DataError, NumberedBatches, PretrainTransform, close_loader, seed_for
+from ..data import DataError, NumberedBatches, PretrainTransform, check_readable, close_loader, seed_for
 from ..data.seeds import FT_DROP_PATH, FT_MIXUP, FT_ORDER, FT_SPLIT
 from ..data.transforms import per_channel
 from ..device import autocast, resolve_device, resolve_precision
@@ -49,6 +49,7 @@ from ..engine import (
     tensorboard,
     warmup_cosine,
     write_atomic,
+    write_held_log,
 )
 from ..evaluate import random_encoder
 from ..evaluate.features import collate_readable, warn_skipped
@@ -79,7 +80,7 @@ def finetune(
 
     ft = (ft or FinetuneConfig()).validate()
     run_dir = Path(out)
-    check_run_dir(run_dir, "--out")
+    check_run_dir(run_dir, "--out", kind="finetune")
     device = resolve_device(ft.device, "finetune device")
     checkpoints = Checkpointer(run_dir / "checkpoints")
     state = checkpoints.load_latest()
@@ -90,6 +91,7 @@ def finetune(
         )
     encoder = load_encoder(checkpoint, ft.which)
     splits = make_splits(data, encoder.in_chans, data_root, ft)  # every refusal before the run folder is made
+    check_readable(torch.utils.data.Subset(splits.train, splits.fit.tolist()), f"the training split of {data}")
     devices = (
         [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     )
@@ -125,8 +127,25 @@ def _finetune(
     optimizer = torch.optim.AdamW(param_groups(model, ft.weight_decay, ft.layer_decay), lr=lr, betas=(0.9, 0.999))
     steps_per_epoch = max(1, len(splits.fit) // batch)
     total, warmup = ft.epochs * steps_per_epoch, round(ft.warmup_epochs * steps_per_epoch)
-    make_run_dir(run_dir, "--out")
-    setup_logging(run_dir)
+    source = {"checkpoint": str(checkpoint), "which": ft.which, "random_init": ft.random_init}
+    settings = dataclasses.asdict(ft)
+    run = FinetuneState(checkpoints, model, steps_per_epoch, settings, source, data)
+    start, best, history, elapsed = 0, {"epoch": 0, "val_acc": -1.0}, [], 0.0
+    if state is not None:  # before anything is written: a refused resume leaves the run as it was
+        setup_logging(None, hold=True)
+        start, best, history, elapsed = run.restore(state, optimizer)
+    make_run_dir(run_dir, "--out", kind="finetune")
+    if state is not None:
+        write_held_log(run_dir)
+    else:
+        setup_logging(run_dir)
+    if state is not None:
+        log.info(
+            "resuming %s at epoch %d, step %d of the epoch",
+            checkpoints.latest,
+            start // steps_per_epoch,
+            start % steps_per_epoch,
+        )
     if warmup >= total:  # the LR would only ever rise
         log.warning(
             "warmup_epochs=%g is the whole run of %d epoch(s): warming up over its first tenth instead",
@@ -134,18 +153,6 @@ def _finetune(
             ft.epochs,
         )
         warmup = total // 10
-    source = {"checkpoint": str(checkpoint), "which": ft.which, "random_init": ft.random_init}
-    settings = dataclasses.asdict(ft)
-    run = FinetuneState(checkpoints, model, steps_per_epoch, settings, source, data)
-    start, best, history, elapsed = 0, {"epoch": 0, "val_acc": -1.0}, [], 0.0
-    if state is not None:
-        start, best, history, elapsed = run.restore(state, optimizer)
-        log.info(
-            "resuming %s at epoch %d, step %d of the epoch",
-            checkpoints.latest,
-            start // steps_per_epoch,
-            start % steps_per_epoch,
-        )
     resumed = state is not None
     del state
     write_atomic(

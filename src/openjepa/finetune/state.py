@@ -55,6 +55,14 @@ class FinetuneState:
             {**self.settings, what: (self.source, self.data)},
             NOT_MATHEMATICS,
         )
+        saved, now = state.get("classifier", {}), self.model.config()
+        for key, what in (("head", "head"), ("classes", "classes"), ("encoder", "encoder (size, patch or image size)")):
+            if key in saved and saved[key] != now[key]:
+                shown = f" ({saved[key]} there, {now[key]} here)" if key == "head" else ""
+                raise CheckpointError(
+                    f"{self.checkpoints.latest} fine-tunes another classifier: its {what} differs{shown}; resume with "
+                    f"the same checkpoint, data and head, or give a new --out"
+                )
         try:
             self.model.load_state_dict(state["model"])
             groups = [(g["lr_scale"], g["weight_decay"]) for g in optimizer.param_groups]

@@ -34,6 +34,8 @@ from .official import build_encoder_from_state, build_predictor_from_state, is_r
 from .timm import load_timm, save_timm
 
 ENTRY = {"target": "target_encoder", "context": "encoder"}
+FORMAT_NAMES = {"finetune": "fine-tuned classifier", "hf": "Hugging Face export", "timm": "timm export",
+                "safetensors": "safetensors export"}  # fmt: skip
 FORMATS = ("hf", "timm", "safetensors")
 
 
@@ -87,6 +89,11 @@ def load_encoder(path: str | Path, which: str = "target") -> VisionTransformer:
 
 def _encoder_of(fmt: str, obj, path: Path, which: str) -> VisionTransformer:
     """load_encoder on what ``_read(path)`` returned."""
+    if which == "context" and fmt not in ("openjepa", "reference"):
+        raise CheckpointError(
+            f"{path} holds one encoder (a {FORMAT_NAMES.get(fmt, fmt)}): --which context names the context encoder "
+            f"of a pretraining checkpoint; leave it at target"
+        )
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     try:
         if fmt == "openjepa":
@@ -175,7 +182,9 @@ def export_encoder(path: str | Path, fmt: str, out: str | Path, which: str = "ta
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"export folder {out} is a file: give a new folder")
+    if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"export folder {out} already exists and is not empty; choose a new one")
     check_writable_folder(out, "export folder")
     if which not in ENTRY:
@@ -188,6 +197,8 @@ def export_encoder(path: str | Path, fmt: str, out: str | Path, which: str = "ta
             f"{path} has an attentive-pooling head, which {fmt} has no model for; export it as "
             f"safetensors (openjepa.load_classifier reads it back), or fine-tune with head=linear"
         )
+    if classifier is not None and which == "context":
+        _encoder_of(kind, obj, path, which)  # refused: a classifier holds one encoder
     encoder = classifier.encoder if classifier is not None else _encoder_of(kind, obj, path, which)
     info = {
         "source": str(path),

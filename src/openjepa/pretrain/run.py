@@ -13,7 +13,15 @@ from pathlib import Path
 import torch
 
 from ..config import Config, ConfigError, validate
-from ..data import DataError, PretrainTransform, build_dataset, build_pretrain_loader, close_loader, decode_batch
+from ..data import (
+    DataError,
+    PretrainTransform,
+    build_dataset,
+    build_pretrain_loader,
+    check_readable,
+    close_loader,
+    decode_batch,
+)
 from ..device import autocast, resolve_device, training_bf16
 from ..distributed import World, init_distributed
 from ..engine import (
@@ -31,6 +39,7 @@ from ..engine import (
     setup_logging,
     tensorboard,
     write_atomic,
+    write_held_log,
 )
 from ..ijepa import build_ijepa, resolve_config
 from ..masks import mask_sampler_for
@@ -75,6 +84,7 @@ def train(cfg: Config, max_steps: int | None = None, dataset: torch.utils.data.D
     init = prepare_init(source, cfg) if source is not None else None  # checked before anything is written
     if dataset is None:
         dataset = build_dataset(cfg.data)  # fails on a missing or empty data folder before anything is written
+    check_readable(dataset, f"data.dataset={cfg.data.dataset} {cfg.data.root_path}".rstrip())
     world = init_distributed(cfg.meta.device)
     try:
         return _train(cfg, dataset, world, max_steps, init)
@@ -103,10 +113,12 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
 
     run_dir = Path(lg.folder)
     checkpoints = Checkpointer(run_dir / "checkpoints", lg.keep_last)
+    resuming = checkpoints.latest.exists()
     if world.main:
         make_run_dir(run_dir)
-    setup_logging(run_dir if world.main else None)
-    schedules = Schedules.from_config(scaled_lrs(o, images_per_step, world.main), steps_per_epoch)
+    # A resume that is refused writes nothing: train.log is opened once the checkpoint is accepted.
+    setup_logging(run_dir if world.main and not resuming else None, hold=world.main and resuming)
+    schedules = Schedules.from_config(scaled_lrs(o, images_per_step, report=False), steps_per_epoch)
     torch.manual_seed(meta.seed)
     model = build_ijepa(cfg, schedules.total_steps).to(device)
     if init is not None:
@@ -122,6 +134,9 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
         else (0, {})
     )
     del state
+    if resuming and world.main:
+        write_held_log(run_dir)
+    scaled_lrs(o, images_per_step, world.main)  # the global batch beside the recipe's, in the log
     if start_step:
         log.info("resuming %s from step %d (epoch %d)", checkpoints.latest, start_step, start_step // steps_per_epoch)
     if world.main:
@@ -200,6 +215,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
     window, skips, t0 = Window(device, world), _Skips(o.skip_nonfinite_steps, checkpoints.latest), time.perf_counter()
     csv_log = CSVLog(run_dir / "log.csv", start_step, LOG_COLUMNS) if world.main else None
     watch = CollapseWatch()
+    epoch_log = {"steps": 0, "trained": 0, "read": 0, "skipped": 0}  # this session's part of the epoch
 
     def step_fn(step: int) -> None:
         lr, wd, momentum = schedules.lr_at(step), schedules.wd_at(step), schedules.momentum_at(step)
@@ -210,6 +226,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
         micro = []
         for _ in range(o.accum_steps):
             batch = skips.count_images(decode_batch(next(batches), transform, device, d.in_chans))
+            epoch_log["skipped"] += len(batch["skipped"])
+            epoch_log["read"] += 0 if batch["images"] is None else len(batch["images"])
             # All processes skip a micro-batch together when one has no readable image in it: a process
             # that skipped alone would leave the others waiting in the gradient all-reduce.
             if world.any(batch["images"] is None, device):
@@ -222,6 +240,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
                 continue
             micro.append(batch)
         results = accumulate(step_model, micro, device, amp, 1.0 / o.accum_steps, step)
+        epoch_log["steps"] += 1
+        epoch_log["trained"] += len(micro)
         # Only with skipping on is the loss read back every step (a host sync) to decide.
         if o.skip_nonfinite_steps and world.any(not all(bool(r[0].isfinite()) for r in results), device):
             optimizer.zero_grad(set_to_none=True)
@@ -273,7 +293,28 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
         if tick.epoch_end and (tick.epoch % lg.checkpoint_every == 0 or tick.step == total_steps):
             checkpoints.save_periodic(state, tick.epoch)
 
-    hooks = [Hook(check_finite, lambda t: t.save or t.step % lg.log_every == 0, "all")]
+    def end_epoch(tick) -> None:  # an epoch that had nothing to learn from stops the run
+        whole = epoch_log["steps"] == steps_per_epoch
+        if whole and not epoch_log["trained"]:
+            kept = checkpoints.latest if checkpoints.latest.exists() else "(none yet)"
+            raise DataError(
+                f"epoch {tick.epoch} had no readable image ({epoch_log['skipped']} unreadable): nothing was learned; "
+                f"stopping. The last checkpoint {kept} is kept"
+            )
+        if epoch_log["skipped"] > epoch_log["read"]:
+            log.warning(
+                "MOST IMAGES ARE UNREADABLE: epoch %d read %d image(s) and skipped %d that cannot be decoded "
+                "(train.log names them); the run learns from the rest only",
+                tick.epoch,
+                epoch_log["read"],
+                epoch_log["skipped"],
+            )
+        epoch_log.update(steps=0, trained=0, read=0, skipped=0)
+
+    hooks = [
+        Hook(check_finite, lambda t: t.save or t.step % lg.log_every == 0, "all"),
+        Hook(end_epoch, lambda t: t.epoch_end, "all"),
+    ]
     if probe is not None:
         hooks.append(
             Hook(

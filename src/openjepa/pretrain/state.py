@@ -84,6 +84,7 @@ def restore_state(
             f"data.batch_size or optimization.accum_steps), or set optimization.allow_batch_change=true to "
             f"continue at {images_per_step}: the step is then converted to keep the images seen"
         )
+    refuse_other_network(state.get("config", {}), cfg, path)
     try:
         if sharded:
             load_full_state(model, optimizer, state)
@@ -110,6 +111,23 @@ def restore_state(
         step = converted
     warn_changed(sections(state.get("config", {})), sections(cfg.to_dict()), NOT_MATHEMATICS)
     return step, state.get("collapse_probe", {})
+
+
+ARCHITECTURE = ("meta.model_name", "mask.patch_size", "data.crop_size", "data.in_chans", "meta.pred_depth",
+                "meta.pred_emb_dim", "meta.target", "meta.objective")  # fmt: skip
+
+
+def refuse_other_network(saved: dict, cfg: Config, path: Path) -> None:
+    """CheckpointError naming the setting when the checkpoint's networks are of another shape than
+    this config's (model size, patch, crop, channels, predictor): its weights cannot be resumed."""
+    saved, now = sections(saved), sections(cfg.to_dict())
+    for key in ARCHITECTURE:
+        if key in saved and key in now and saved[key] != now[key]:
+            raise CheckpointError(
+                f"checkpoint {path} does not match this config: it was trained with {key}={saved[key]}, this run "
+                f"has {key}={now[key]}, and its weights do not fit. Resume with the checkpoint's settings, or start a new run in another logging.folder "
+                f"(meta.init_from={path} starts one from its weights)"
+            )
 
 
 def init_source(cfg: Config) -> Path | None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
 
+from ..engine.metrics import read_log
 from ..errors import BadInput
 
 CURVES = (
@@ -22,17 +22,12 @@ CURVES = (
 
 
 def read_columns(path: Path) -> dict[str, list[float]]:
-    """The numeric columns of a CSV log; {} for a missing, empty or unreadable (not CSV text) file."""
-    if not path.is_file():
-        return {}
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error, OSError):
-        return {}
+    """The numeric columns of a CSV log's whole rows (damaged lines left out, as a resumed run
+    leaves them: ``engine.read_log``); {} for a missing, empty or unreadable file."""
+    rows, _ = read_log(path) if path.is_file() else ([], [])
     cols = {}
     for key in rows[0].keys() if rows else ():
-        try:  # a row cut short (a killed write) has None for its missing fields
+        try:
             cols[key] = [float(r[key]) if r[key] not in ("", "None", None) else float("nan") for r in rows]
         except (ValueError, TypeError):
             continue

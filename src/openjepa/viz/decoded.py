@@ -17,7 +17,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..data.seeds import DEC_FIGURE, generator_for
-from ..errors import BadInput, check_output_file
+from ..engine import check_output
+from ..errors import BadInput
 from .masks import to_rgb
 
 log = logging.getLogger("openjepa")
@@ -40,10 +41,7 @@ def imagine(run_dir, out_png, n_images: int = 4, samples: int = 3, seed: int = 0
     from ..interop import load_ijepa
 
     n_images, samples = _count(n_images, "the number of images"), _count(samples, "the number of samples")
-    out = Path(out_png)
-    if out.suffix.lower() != ".png":
-        raise BadInput(f"the figure {out} is a PNG: give a file name ending in .png")
-    check_output_file(out, "the figure")
+    out = check_output(out_png, "the figure", suffixes=(".png",))
     loaded = load_ijepa(run_checkpoint(run_dir))
     fit_decoder(run_dir, settings, model=loaded)
     picture = decoded_picture(run_dir, n_images, samples, seed, loaded)

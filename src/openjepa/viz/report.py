@@ -264,6 +264,6 @@ def write_report(
     out = Path(out) if out else run_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page)
+    tmp.write_text(page, encoding="utf-8", errors="backslashreplace")  # a path of any bytes
     tmp.replace(out)
     return out
