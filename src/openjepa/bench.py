@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from .config import Config, validate
+from .config import Config, ConfigError, validate
 from .data import DataError, MaskCollator, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch
 from .device import autocast, resolve_device, training_bf16
 from .engine import memory_mb
@@ -50,6 +50,8 @@ def peak_tflops(device: torch.device) -> float | None:
 
 def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak: float | None = None) -> dict:
     validate(cfg)
+    if cfg.meta.objective != "ijepa":
+        raise ConfigError(f"openjepa bench times I-JEPA's step; meta.objective {cfg.meta.objective} is not timed yet")
     device = resolve_device(cfg.meta.device)
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.meta.seed)

@@ -146,6 +146,14 @@ class IJEPA(nn.Module):
         target = list(self.target_encoder.parameters())
         torch._foreach_lerp_(target, online, 1.0 - momentum)
 
+    def checkpoint_entries(self) -> dict:
+        """What a checkpoint holds of the model (``pretrain.state``): its three networks' states."""
+        return {key: getattr(self, key).state_dict() for key in ("encoder", "predictor", "target_encoder")}
+
+    def load_checkpoint_entries(self, state: dict) -> None:
+        for key in ("encoder", "predictor", "target_encoder"):
+            getattr(self, key).load_state_dict(state[key])
+
 
 def gather_targets(features: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
     """features [B, N, D] at target_idx [B, M, Kt] -> [B, M, Kt, D]."""

@@ -15,6 +15,7 @@ LOSSES = ("smooth_l1", "l2")
 SCENE_TASKS = ("count", "dist", "none")  # data.scenes.TASK_CLASSES (config sits below data)
 TARGETS = ("representations", "pixels")
 LR_SCALING = ("none", "linear", "sqrt")
+OBJECTIVES = ("ijepa", "dino")
 
 
 @dataclass
@@ -70,6 +71,7 @@ class MaskConfig:
 @dataclass
 class MetaConfig:
     model_name: str = "vit_base"
+    objective: str = "ijepa"  # ijepa | dino (a view-invariance baseline on the same engine, data and evaluation)
     pred_depth: int | None = None  # None: the paper's depth for model_name (6 up to ViT-B, 12 for L/H, 16 for g)
     pred_emb_dim: int = 384
     loss: str = "smooth_l1"  # smooth_l1 (reference code) | l2 (paper text)
@@ -103,6 +105,14 @@ class MetaConfig:
     load_checkpoint: bool = False
     read_checkpoint: str | None = None
     copy_data: bool = False
+    # DINO (meta.objective: dino; refused beside ijepa). The paper's head has 65536 prototypes.
+    dino_out_dim: int = 4096  # prototypes K of the projection head
+    dino_hidden: int = 2048  # the head's MLP width
+    dino_local_crops: int = 6  # local views per image besides the two global ones; 0: none
+    dino_local_size: int = 0  # their side; 0 = 96/224 of data.crop_size, rounded to a multiple of mask.patch_size
+    dino_teacher_temp: float = 0.07
+    dino_warmup_teacher_temp: float = 0.04  # the teacher's temperature at step 0, rising linearly to dino_teacher_temp
+    dino_teacher_temp_warmup: float = 0.3  # over this fraction of the run's schedule (epochs x steps x ipe_scale)
 
 
 @dataclass

@@ -6,7 +6,21 @@ from __future__ import annotations
 from ..errors import ConfigError
 from ..masks import SAMPLERS
 from ..models.vit import VIT_SIZES, resolve_size
-from .schema import DATASETS, LOSSES, LR_SCALING, SCENE_TASKS, TARGETS, Config
+from .schema import DATASETS, LOSSES, LR_SCALING, OBJECTIVES, SCENE_TASKS, TARGETS, Config, DataConfig, MetaConfig
+
+DINO_KEYS = tuple(key for key in vars(MetaConfig()) if key.startswith("dino_"))
+# What DINO does not use: I-JEPA's training signal and crop. A changed value is refused, not ignored.
+IJEPA_ONLY = (
+    ("meta", "loss"),
+    ("meta", "target"),
+    ("meta", "target_layers"),
+    ("meta", "variance_weight"),
+    ("meta", "covariance_weight"),
+    ("meta", "sigreg_weight"),
+    ("meta", "invariance_weight"),
+    ("data", "crop_scale"),
+    ("data", "use_horizontal_flip"),
+)
 
 
 def _check_pair(key: str, value: list[float], low: float, high: float) -> None:
@@ -178,4 +192,52 @@ def validate(cfg: Config) -> Config:
             f"logging.monitor_every must be >= 0 and logging.monitor_images >= 10, "
             f"got {log.monitor_every} and {log.monitor_images}"
         )
+    _check_objective(cfg)
     return cfg
+
+
+def _check_objective(cfg: Config) -> None:
+    """``meta.objective`` known; the settings of the other objective left at their defaults."""
+    d, meta = cfg.data, cfg.meta
+    if meta.objective not in OBJECTIVES:
+        raise ConfigError(f"meta.objective must be one of {', '.join(OBJECTIVES)}, got {meta.objective!r}")
+    if meta.objective == "ijepa":
+        for key in DINO_KEYS:
+            if getattr(meta, key) != getattr(MetaConfig(), key):
+                raise ConfigError(f"meta.{key} is a setting of meta.objective: dino; this run's objective is ijepa")
+        return
+    defaults = {"meta": MetaConfig(), "data": DataConfig()}
+    for section, key in IJEPA_ONLY:
+        if getattr(getattr(cfg, section), key) != getattr(defaults[section], key):
+            raise ConfigError(
+                f"{section}.{key} is an I-JEPA setting that meta.objective: dino does not use; leave it at "
+                f"its default {getattr(defaults[section], key)!r} (DINO's views have their own crops and flips)"
+            )
+    for name, on in (
+        ("meta.fsdp", meta.fsdp),
+        ("meta.init_from", meta.init_from or (meta.load_checkpoint and meta.read_checkpoint)),
+        ("data.decode_on_device", d.decode_on_device),
+    ):
+        if on:
+            raise ConfigError(f"{name} is not supported with meta.objective: dino yet")
+    if d.in_chans not in (1, 3):
+        raise ConfigError(f"meta.objective: dino jitters 1- or 3-channel images; data.in_chans is {d.in_chans}")
+    if meta.dino_out_dim < 1 or meta.dino_hidden < 1:
+        raise ConfigError(
+            f"meta.dino_out_dim and meta.dino_hidden must be at least 1, got {meta.dino_out_dim} and {meta.dino_hidden}"
+        )
+    if meta.dino_local_crops < 0:
+        raise ConfigError(f"meta.dino_local_crops must be >= 0 (0: global views only), got {meta.dino_local_crops}")
+    patch = cfg.mask.patch_size
+    if meta.dino_local_size < 0 or meta.dino_local_size % patch or meta.dino_local_size > d.crop_size:
+        raise ConfigError(
+            f"meta.dino_local_size must be a multiple of mask.patch_size {patch} up to data.crop_size "
+            f"{d.crop_size} (0: 96/224 of it), got {meta.dino_local_size}"
+        )
+    for key in ("dino_teacher_temp", "dino_warmup_teacher_temp"):
+        if not getattr(meta, key) > 0:
+            raise ConfigError(f"meta.{key} must be > 0, got {getattr(meta, key)}")
+    if not 0.0 <= meta.dino_teacher_temp_warmup <= 1.0:
+        raise ConfigError(
+            f"meta.dino_teacher_temp_warmup is a fraction of the run, from 0 to 1; got {meta.dino_teacher_temp_warmup}"
+        )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from .images import DataError, EncodedImage, UnreadableImage, load_image, to_channels
-from .seeds import CROP, MASK, ORDER, generator_for
+from .seeds import MASK, ORDER, generator_for, stream_of
 from .transforms import PretrainTransform
 
 
@@ -71,7 +71,7 @@ class NumberedDataset(torch.utils.data.Dataset):
             img, _ = self.read(index)
         except UnreadableImage as e:
             return None, e.path
-        generator = generator_for(self.seed, CROP, batch, index)
+        generator = generator_for(self.seed, stream_of(self.transform), batch, index)
         if isinstance(img, EncodedImage):  # the same random draws; applied after decoding on the device
             return (img, self.transform.plan(img.height, img.width, generator)), batch
         return self.transform(img, generator), batch
@@ -217,12 +217,16 @@ def build_pretrain_loader(
     world_size: int = 1,
     encoded: bool = False,
     pack_group: int = 128,
+    collate: Callable | None = None,
 ) -> torch.utils.data.DataLoader:
     """One loader for the whole run (workers start once), from micro-batch ``start`` on.
     ``encoded`` (``data.decode_on_device``): JPEGs reach the training loop undecoded.
-    ``pack_group``: images per mask group (``MaskCollator``). Tar shards (``shards.TarShards``)
-    are streamed by ``shards.ShardBatches`` into the same numbered micro-batches."""
-    collate = MaskCollator(sampler, seed, batch_size, rank, world_size, pack_group)
+    ``pack_group``: images per mask group (``MaskCollator``). ``collate``: another way to make a
+    micro-batch of the transformed items (DINO's views: ``augment.collate_views``, no masks).
+    Tar shards (``shards.TarShards``) are streamed by ``shards.ShardBatches`` into the same
+    numbered micro-batches."""
+    if collate is None:
+        collate = MaskCollator(sampler, seed, batch_size, rank, world_size, pack_group)
     common = dict(
         collate_fn=collate,
         num_workers=num_workers,

@@ -29,3 +29,10 @@ SIGREG = 21  # the SIGReg regulariser's random directions, per step
 # the generative decoder (openjepa.decoder): its split of the data, each epoch's order, each step's
 # diffusion times and noise, each step's hidden blocks, the figure's masks and samples, its initial weights
 DEC_SPLIT, DEC_ORDER, DEC_NOISE, DEC_HIDE, DEC_FIGURE, DEC_INIT = 31, 32, 33, 34, 35, 36
+DINO_VIEWS = 41  # DINO's multi-crop views: every crop and photometric draw of an image, per (batch, index)
+
+
+def stream_of(transform) -> int:
+    """The stream a pretraining transform draws each image's choices from: its own where it names
+    one (DINO's views: ``DINO_VIEWS``), else the crop's."""
+    return getattr(transform, "stream", CROP)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .images import IMAGE_EXTENSIONS, DataError, UnreadableImage, load_image
-from .seeds import CROP, ORDER, SHUFFLE, generator_for
+from .seeds import ORDER, SHUFFLE, generator_for, stream_of
 from .sources import ArrayDataset
 from .transforms import resize_center_crop
 
@@ -237,4 +237,5 @@ class ShardBatches(torch.utils.data.IterableDataset):
             img = sample_image(sample, self.source.in_chans)
         except UnreadableImage as e:
             return None, e.path
-        return self.transform(img, generator_for(self.seed, CROP, b, self.rank * self.batch_size + j)), b
+        stream = stream_of(self.transform)
+        return self.transform(img, generator_for(self.seed, stream, b, self.rank * self.batch_size + j)), b

@@ -136,12 +136,23 @@ def _eager(cfg: Config) -> Config:
     return cfg
 
 
+def _refuse_other_objective(obj: dict, path: Path) -> None:
+    """A training checkpoint of another objective (``meta.objective: dino``) has encoders but no predictor."""
+    objective = (obj.get("config") or {}).get("meta", {}).get("objective", "ijepa")
+    if objective != "ijepa":
+        raise CheckpointError(
+            f"{path} is a meta.objective: {objective} checkpoint: it has no predictor (load_encoder reads its encoders)"
+        )
+
+
 def load_predictor(path: str | Path) -> Predictor:
     """The predictor of our checkpoints or the reference's, e.g. to continue pretraining."""
     path = Path(path)
     fmt, obj = _read(path)
     if fmt not in ("openjepa", "reference"):
         raise CheckpointError(f"{path} is an exported encoder; only training checkpoints hold a predictor")
+    if fmt == "openjepa":
+        _refuse_other_objective(obj, path)
     try:
         if fmt == "openjepa":
             with torch.device("meta"):
@@ -163,6 +174,7 @@ def load_ijepa(path: str | Path) -> tuple[IJEPA, Config]:
     fmt, obj = _read(path)
     if fmt != "openjepa":
         raise CheckpointError(f"{path} is not an openjepa training checkpoint; only those hold the whole model")
+    _refuse_other_objective(obj, path)
     try:
         cfg = from_dict(obj["config"])
         model = build_ijepa(_eager(cfg))

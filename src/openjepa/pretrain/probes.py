@@ -69,6 +69,8 @@ class CollapseProbe:
             if CollapseRegularizer.from_config(cfg.meta).active
             else "Lower the learning rate, or turn on meta.variance_weight / meta.covariance_weight"
         )
+        if cfg.meta.objective == "dino":  # no regularisers there: its guards are the centring and the sharpening
+            self.advice = "Lower the learning rate, or meta.dino_teacher_temp (a sharper teacher)"
 
     def state(self) -> dict:
         return {"latest": self.latest, "first": self.first, "warned": self.warned}

@@ -15,7 +15,6 @@ import torch
 from ..config import Config, ConfigError, validate
 from ..data import (
     DataError,
-    PretrainTransform,
     build_dataset,
     build_pretrain_loader,
     check_readable,
@@ -23,6 +22,7 @@ from ..data import (
     decode_batch,
 )
 from ..device import autocast, resolve_device, training_bf16
+from ..dino import build_dino
 from ..distributed import World, init_distributed
 from ..engine import (
     Checkpointer,
@@ -43,6 +43,7 @@ from ..engine import (
 )
 from ..ijepa import build_ijepa, resolve_config
 from ..masks import mask_sampler_for
+from .objective import pretrain_inputs
 from .probes import CollapseProbe, CollapseWatch, Monitor
 from .state import checkpoint_state, init_source, load_init, prepare_init, restore_state, scaled_lrs, shard
 from .step import accumulate, build_optimizer, optimizer_step
@@ -120,7 +121,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
     setup_logging(run_dir if world.main and not resuming else None, hold=world.main and resuming)
     schedules = Schedules.from_config(scaled_lrs(o, images_per_step, report=False), steps_per_epoch)
     torch.manual_seed(meta.seed)
-    model = build_ijepa(cfg, schedules.total_steps).to(device)
+    build = build_dino if meta.objective == "dino" else build_ijepa  # meta.objective: the model, then its inputs
+    model = build(cfg, schedules.total_steps).to(device)
     if init is not None:
         load_init(model, init)
     elif meta.init_from or (meta.load_checkpoint and meta.read_checkpoint):
@@ -146,7 +148,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
         log.info("nothing to do: the run is at step %d of %d", start_step, stop_step)
         return run_dir
 
-    transform = PretrainTransform.from_config(d)
+    transform, collate = pretrain_inputs(cfg)
     loader = build_pretrain_loader(
         dataset,
         transform,
@@ -162,6 +164,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
         world.size,
         d.decode_on_device,
         cfg.mask.pack_group,
+        collate,
     )
     bf16 = training_bf16(meta, device)
     log.info(
@@ -216,6 +219,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
     csv_log = CSVLog(run_dir / "log.csv", start_step, LOG_COLUMNS) if world.main else None
     watch = CollapseWatch()
     epoch_log = {"steps": 0, "trained": 0, "read": 0, "skipped": 0}  # this session's part of the epoch
+    masked = meta.objective == "ijepa"  # DINO's views have no masks: the token columns stay empty
 
     def step_fn(step: int) -> None:
         lr, wd, momentum = schedules.lr_at(step), schedules.wd_at(step), schedules.momentum_at(step)
@@ -248,7 +252,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
             skips.nonfinite_step(step + 1)
         else:
             for loss, std, (n, context, target) in results:
-                window.add(loss, n, target_std=std, context_tokens=context, target_tokens=target)
+                tokens = {"context_tokens": context, "target_tokens": target} if masked else {}
+                window.add(loss, n, target_std=std, **tokens)
             optimizer_step(model, optimizer, params, o.clip_grad, momentum)
         bar.update(1)
 
@@ -270,8 +275,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
             "lr": schedules.lr_at(step),
             "wd": schedules.wd_at(step),
             "momentum": schedules.momentum_at(step),
-            "context_tokens": sums.get("context_tokens", 0) / n,
-            "target_tokens": sums.get("target_tokens", 0) / n,
+            "context_tokens": sums.get("context_tokens", 0) / n if masked else "",
+            "target_tokens": sums.get("target_tokens", 0) / n if masked else "",
             "img_per_s": sums["img_per_s"],
             "mem_mb": round(memory_mb(device), 1),
             "skipped_images": skips.images,

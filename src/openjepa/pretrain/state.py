@@ -41,12 +41,7 @@ def checkpoint_state(
         if not weights:
             return {}
     else:
-        weights = {
-            "encoder": model.encoder.state_dict(),
-            "predictor": model.predictor.state_dict(),
-            "target_encoder": model.target_encoder.state_dict(),
-            "opt": optimizer.state_dict(),
-        }
+        weights = {**model.checkpoint_entries(), "opt": optimizer.state_dict()}
     return {
         "format": PRETRAIN_FORMAT,
         "version": 1,
@@ -89,8 +84,7 @@ def restore_state(
         if sharded:
             load_full_state(model, optimizer, state)
         else:
-            for key in ("encoder", "predictor", "target_encoder"):
-                getattr(model, key).load_state_dict(state[key])
+            model.load_checkpoint_entries(state)
             optimizer.load_state_dict(state["opt"])
         step = int(state["step"])
     except (KeyError, RuntimeError, ValueError) as e:

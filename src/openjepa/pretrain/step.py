@@ -12,11 +12,12 @@ from ..engine.optim import decay_groups
 from ..ijepa import IJEPA
 
 
-def param_groups(model: IJEPA) -> list[dict]:
-    """AdamW groups of the encoder and the predictor (``engine.optim``'s rule): weight decay on
-    matrices and kernels, none on biases and 1-D parameters."""
-    named = [(name, p) for module in (model.encoder, model.predictor) for name, p in module.named_parameters()]
-    return decay_groups(named)
+def param_groups(model: nn.Module) -> list[dict]:
+    """AdamW groups of the networks the optimiser trains, the parameters that take a gradient (I-JEPA's
+    encoder and predictor, DINO's student encoder and head; not the EMA targets), in the model's
+    order (``engine.optim``'s rule): weight decay on matrices and kernels, none on biases and 1-D
+    parameters."""
+    return decay_groups((name, p) for name, p in model.named_parameters() if p.requires_grad)
 
 
 def build_optimizer(model: IJEPA, o) -> torch.optim.AdamW:
@@ -38,7 +39,10 @@ def target_std(target) -> torch.Tensor:
 def forward_backward(model: nn.Module, batch: dict, device: torch.device, autocast, scale: float, step: int = 0):
     """One micro-batch: the loss and its gradient (scaled for accumulation). Returns the loss, the
     target spread and the (images, context tokens, target tokens) counts (tokens per image, averaged
-    over the batch's mask groups), the tensors left on the device."""
+    over the batch's mask groups), the tensors left on the device. A batch without masks (DINO's
+    views) goes to ``views_forward_backward``."""
+    if "context_idx" not in batch:
+        return views_forward_backward(model, batch, device, autocast, scale, step)
     images = batch["images"].to(device, non_blocking=True)
     context_idx, target_idx = batch["context_idx"], batch["target_idx"]
     if isinstance(context_idx, torch.Tensor):
@@ -54,6 +58,18 @@ def forward_backward(model: nn.Module, batch: dict, device: torch.device, autoca
         sum(t.size(0) * t.size(1) * t.size(2) for t in target_idx) / n,
     )
     return loss.detach(), target_std(targets), (n, *tokens)
+
+
+def views_forward_backward(model: nn.Module, batch: dict, device: torch.device, autocast, scale: float, step: int = 0):
+    """``forward_backward`` on a micro-batch of views without masks (``meta.objective: dino``):
+    ``images`` [B, 2, C, H, W] and ``local_images`` [B, n, C, h, w]; there are no tokens to count
+    (None, None)."""
+    images = batch["images"].to(device, non_blocking=True)
+    local_images = batch["local_images"].to(device, non_blocking=True)
+    with autocast:
+        loss, targets = model(images, local_images, return_target=True, step=step)
+    (loss * scale).backward()
+    return loss.detach(), target_std(targets), (len(images), None, None)
 
 
 def accumulate(

@@ -18,7 +18,7 @@ import torch
 from ..config import ConfigError
 from ..data import DataError
 from ..errors import BadInput
-from ..interop import load_ijepa
+from ..interop import load_encoder, load_ijepa
 
 log = logging.getLogger("openjepa")
 SECTIONS = ("config", "curves", "masks", "features", "imagination", "evaluation")
@@ -203,14 +203,25 @@ def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) ->
     except (DataError, ConfigError, OSError) as e:
         shown = None
         why = f"the data could not be read ({e})"
-    if shown is not None:
+    masked = cfg.meta.objective == "ijepa"  # another objective (DINO) has no masks and no predictor
+    if shown is not None and masked:
         sections["masks"] = img(png_data_uri(mask_grid(shown, cfg, seed=seed)), "mask grid")
     else:
-        sections["masks"] = missing(why)
+        sections["masks"] = missing(
+            why if masked else f"meta.objective {cfg.meta.objective} trains on views, not masks"
+        )
     checkpoint = run_dir / "checkpoints" / "latest.pt"
     if not checkpoint.exists():
         why = f"{checkpoint} does not exist yet"
         sections["features"] = sections["imagination"] = missing(why)
+    elif shown is not None and not masked:
+        encoder = load_encoder(checkpoint)  # the target (teacher) encoder, as for I-JEPA
+        sections["features"] = img(
+            png_data_uri(feature_figure(encoder, shown, cfg.data.mean, cfg.data.std)), "feature maps"
+        )
+        sections["imagination"] = missing(
+            f"meta.objective {cfg.meta.objective} has no predictor: nothing imagines the hidden blocks"
+        )
     elif shown is not None:
         model, ckpt_cfg = load_ijepa(checkpoint)
         mean, std = cfg.data.mean, cfg.data.std
