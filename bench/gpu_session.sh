@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # What a session lent a GPU runs, as one script sized for the 15 minutes of device time it gets:
 #   1. bench/gpu_check.sh (our step against the reference's), cut at CHECK_S seconds;
-#   2. issue 12's GPU recipe (configs/fmnist_gpu.yaml) through bench/recipe_study.py: each variant
+#   2. bench/gpu_overhead.sh (issue 41: the host's share, profiles, eager against compiled, batch 256,
+#      ViT-H/14), cut at OVERHEAD_S seconds;
+#   3. issue 12's GPU recipe (configs/fmnist_gpu.yaml) through bench/recipe_study.py: each variant
 #      trained once for EPOCHS epochs and its checkpoints evaluated at EVAL_EPOCHS and at the end
-#      (linear, kNN@20, 1% labels), so one run gives accuracy against epochs; cut at RECIPE_S seconds.
+#      (linear, kNN@20, 1% labels), so one run gives accuracy against epochs; cut at RECIPE_S seconds
+#      (0 by default since issue 12 ended: RECIPE_S=300 runs it).
 # Each evaluation appends its row to the CSV as it ends, so a part cut short keeps what it measured.
 # The CSV, the logs and every eval JSON are copied to $OUT (the device tool's folder; default
 # runs/gpu_session); checkpoints stay in runs/ (too large to bring back). CHECK_S=0 skips the step
@@ -13,15 +16,16 @@
 # On the device machine (its own torch, no venv; Fashion-MNIST carried from this checkout):
 #   mkdir -p data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz data/fashion-mnist/
 #   device run, carry data/fashion-mnist:  PY=python3 bash bench/gpu_session.sh
-# The two parts take at most 8 minutes: give the device call timeout_s 540, which with the machine's
-# start (a few minutes) stays inside the 15 minutes a session is lent.
+# The parts take at most 7 minutes by default (CHECK_S + OVERHEAD_S + RECIPE_S): give the device call
+# timeout_s 540, which with the machine's start (a few minutes) stays inside the 15 minutes a session is lent.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PY=${PY:-.venv/bin/python}
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:-runs/gpu_session}
-CHECK_S=${CHECK_S:-180}
-RECIPE_S=${RECIPE_S:-300}
+CHECK_S=${CHECK_S:-150}
+OVERHEAD_S=${OVERHEAD_S:-270}
+RECIPE_S=${RECIPE_S:-0}
 EPOCHS=${EPOCHS:-10}
 EVAL_EPOCHS=${EVAL_EPOCHS:-2,5}
 VARIANTS=${VARIANTS:-base,vit_base:meta.model_name=vit_base}  # base: the config as it is
@@ -52,6 +56,13 @@ if [ "$CHECK_S" -gt 0 ]; then
     echo "gpu_check.sh exit $? ($(grep -c '^{' "$OUT/gpu_check.out") measurements)"
 fi
 
+if [ "$OVERHEAD_S" -gt 0 ]; then
+    echo "== gpu_overhead.sh (at most ${OVERHEAD_S}s)"
+    timeout "$OVERHEAD_S" bash bench/gpu_overhead.sh > "$OUT/gpu_overhead.out" 2>&1
+    echo "gpu_overhead.sh exit $? ($(grep -c '^{' "$OUT/gpu_overhead.out") measurements)"
+fi
+
+[ "$RECIPE_S" -gt 0 ] || exit 0
 echo "== GPU recipe: $VARIANTS, $EPOCHS epochs, evaluated at $EVAL_EPOCHS and the end (at most ${RECIPE_S}s)"
 timeout "$RECIPE_S" "$PY" bench/recipe_study.py --base configs/fmnist_gpu.yaml --device "$DEVICE" --jobs "$JOBS" \
     --epochs "$EPOCHS" --eval-epochs "$EVAL_EPOCHS" --variants "$VARIANTS" ${RECIPE_ARGS:-} \

@@ -175,16 +175,18 @@ def resolve_config(cfg):
     return cfg
 
 
-def build_ijepa(cfg, total_steps: int = 0) -> IJEPA:
+def build_ijepa(cfg, total_steps: int = 0, width: int | None = None) -> IJEPA:
     """The three networks a config describes (``cfg`` a ``Config``); ``total_steps``, the run's
-    schedule length, is what the regularisers' decay (``meta.regularizer_final``) spans."""
+    schedule length, is what the regularisers' decay (``meta.regularizer_final``) spans. ``width``
+    replaces both the encoder's and the predictor's width, depths and heads kept (the overhead
+    benchmark's networks, whose arithmetic vanishes)."""
     d, m, meta = cfg.data, cfg.mask, cfg.meta
-    encoder = build_encoder(meta.model_name, d.crop_size, m.patch_size, d.in_chans)
+    encoder = build_encoder(meta.model_name, d.crop_size, m.patch_size, d.in_chans, width)
     size = resolve_size(meta.model_name)
     out_dim = d.in_chans * m.patch_size**2 if meta.target == "pixels" else None
     # The predictor keeps MLP ratio 4 at every size (the reference's, the giant included).
     predictor = Predictor(
-        encoder.grid, encoder.embed_dim, meta.pred_emb_dim, predictor_depth(meta), size.heads, out_dim=out_dim
+        encoder.grid, encoder.embed_dim, width or meta.pred_emb_dim, predictor_depth(meta), size.heads, out_dim=out_dim
     )
     if meta.grad_checkpointing:
         encoder.set_grad_checkpointing()

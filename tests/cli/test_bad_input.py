@@ -141,6 +141,11 @@ CASES = [
     ("bench-steps-0", ["bench", "{ws}/c.yaml", "--steps", "0"], "--steps"),
     ("bench-loader-steps-0", ["bench", "{ws}/c.yaml", "--loader", "--steps", "0"], "--steps"),
     ("bench-workers-garbage", ["bench", "{ws}/c.yaml", "--loader", "--workers", "one"], "--workers"),
+    ("bench-overhead-and-loader", ["bench", "{ws}/c.yaml", "--overhead", "--loader"], "give one"),
+    ("bench-overhead-batches-reversed", ["bench", "{ws}/c.yaml", "--overhead", "--batches", "4,1"], "first smaller"),
+    ("bench-overhead-batch-0", ["bench", "{ws}/c.yaml", "--overhead", "--batches", "0,4"], "of 1 or more"),
+    ("bench-overhead-three-batches", ["bench", "{ws}/c.yaml", "--overhead", "--batches", "1,2,3"], "two batch sizes"),
+    ("bench-overhead-dino", ["bench", "{ws}/c.yaml", "meta.objective=dino", "--overhead"], "not timed yet"),
     (
         "eval-attentive-epochs-0",
         ["eval", "{ws}/run/checkpoints/latest.pt", "--attentive-epochs", "0"],

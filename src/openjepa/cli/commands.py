@@ -152,6 +152,25 @@ def run_bench(args: argparse.Namespace) -> int:
     from ..bench import bench
 
     cfg = load_config(args.config, args.overrides)
+    if args.loader and args.overhead:
+        raise BadInput("--loader and --overhead time different things: give one")
+    if args.overhead:
+        from ..bench.overhead import overhead
+
+        if len(args.batches) != 2:
+            raise BadInput(f"--batches takes two batch sizes, e.g. 1,4; got {','.join(map(str, args.batches))}")
+        result = overhead(cfg, steps=args.steps, windows=args.windows, warmup=args.warmup, batches=args.batches)
+        shapes = result["shapes"]
+        print(
+            f"overhead of {result['model']} (depth {shapes['depth']}, {shapes['heads']} heads, {shapes['tokens']} "
+            f"tokens, predictor depth {shapes['pred_depth']}, width {shapes['width']}): "
+            f"{result['overhead_ms']} ms/step at batch 0 (measured {result['step_ms']}); "
+            f"{result['ops_per_step']} ops, {result['kernels_per_step']} kernel-like, "
+            f"{result['syncs_per_step']} host syncs per step; masks {result['masks_ms_per_batch']} ms per batch "
+            f"of {result['batch_for_masks']}"
+        )
+        print(json.dumps(result))
+        return 0
     if args.loader:
         from ..bench import bench_loader
 

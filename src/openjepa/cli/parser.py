@@ -220,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="time the input pipeline alone on the config's data (read, decode, crop, masks); --steps batches",
     )
     p.add_argument("--workers", type=_int_list, default=(0, 1, 2), help="with --loader: the worker counts to time")
+    p.add_argument(
+        "--overhead",
+        action="store_true",
+        help="the host's cost of the step: the config's depths, heads and tokens at a width of 4 per head; "
+        "ms per step (extrapolated to batch 0), operators, kernel-like operators and host syncs per step",
+    )
+    p.add_argument(
+        "--batches", type=_int_list, default=(1, 4), help="with --overhead: the two batch sizes timed (default 1,4)"
+    )
     p.set_defaults(func=commands.run_bench)
     p = subcommands.add_parser(
         "export",

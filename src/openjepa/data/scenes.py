@@ -23,12 +23,12 @@ covers a farther one), the floor the depth under the camera, the sky (and the fl
 horizon, past it) ``DEPTH_FAR`` = 50. Segmentation ``shape``: 0 background (floor and sky),
 1 sphere, 2 cube, 3 cylinder; ``color``: 0 background, then 1..8 in ``COLORS`` order.
 
-Tasks. ``count``: number of objects - 3 (8 classes for 3..10; uniform by construction, 12.1-12.9%
-each over 20,000 scenes). ``dist``: the nearest object's z in 6 bins, ``DIST_EDGES``. VTAB bins
-CLEVR's distance at [0, 8, 8.5, 9, 9.5, 10, 100]; our units differ, so the edges are the sextiles
-of the nearest z over 20,000 scenes of seed 0: [4, 4.28, 4.61, 5.03, 5.61, 6.68, 16]. Class shares,
-seed 0: 16.9 / 16.4 / 16.9 / 16.6 / 16.6 / 16.7 %; seed 1 (not used to choose them): 16.1 / 16.4 /
-17.2 / 16.9 / 17.0 / 16.5 %. ``none``: label -1.
+Tasks. ``count``: number of objects - 3 (8 classes for 3..10; uniform by construction, 12.1-13.0%
+each over 20,000 scenes of seeds 0 and 1). ``dist``: the nearest object's z in 6 bins, ``DIST_EDGES``.
+VTAB bins CLEVR's distance at [0, 8, 8.5, 9, 9.5, 10, 100]; our units differ, so the edges are the
+sextiles of the nearest z over 20,000 scenes: [4, 4.28, 4.61, 5.03, 5.61, 6.68, 16]. Class shares
+over 20,000 scenes, seed 0: 16.3 / 16.5 / 16.5 / 16.9 / 17.5 / 16.4 %; seed 1: 16.1 / 16.2 / 17.0 /
+17.2 / 17.0 / 16.5 %. ``none``: label -1.
 """
 
 from __future__ import annotations

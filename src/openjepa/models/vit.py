@@ -289,10 +289,15 @@ class VisionTransformer(nn.Module):
 
 
 def build_encoder(
-    model_name: str = "vit_base", img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3
+    model_name: str = "vit_base",
+    img_size: int | tuple[int, int] = 224,
+    patch_size: int = 16,
+    in_chans: int = 3,
+    width: int | None = None,
 ) -> VisionTransformer:
+    """The encoder of a named size; ``width`` replaces its width (depth and heads kept)."""
     s = resolve_size(model_name)
-    return VisionTransformer(img_size, patch_size, in_chans, s.dim, s.depth, s.heads, s.mlp_ratio)
+    return VisionTransformer(img_size, patch_size, in_chans, width or s.dim, s.depth, s.heads, s.mlp_ratio)
 
 
 def count_params(module: nn.Module) -> int:

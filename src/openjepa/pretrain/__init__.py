@@ -5,7 +5,16 @@ monitor)."""
 from .probes import CollapseProbe, CollapseWatch, Monitor
 from .run import LOG_COLUMNS, train
 from .state import NOT_MATHEMATICS, checkpoint_state, restore_state
-from .step import accumulate, build_optimizer, forward_backward, optimizer_step, param_groups, target_std
+from .step import (
+    accumulate,
+    build_optimizer,
+    forward_backward,
+    optimizer_step,
+    param_groups,
+    record,
+    set_hyperparameters,
+    target_std,
+)
 
 __all__ = [
     "train",
@@ -21,5 +30,7 @@ __all__ = [
     "forward_backward",
     "optimizer_step",
     "param_groups",
+    "record",
+    "set_hyperparameters",
     "target_std",
 ]

@@ -46,7 +46,7 @@ from ..masks import mask_sampler_for
 from .objective import pretrain_inputs
 from .probes import CollapseProbe, CollapseWatch, Monitor
 from .state import checkpoint_state, init_source, load_init, prepare_init, restore_state, scaled_lrs, shard
-from .step import accumulate, build_optimizer, optimizer_step
+from .step import accumulate, build_optimizer, optimizer_step, record, set_hyperparameters
 
 log = logging.getLogger("openjepa")
 
@@ -223,10 +223,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
 
     def step_fn(step: int) -> None:
         lr, wd, momentum = schedules.lr_at(step), schedules.wd_at(step), schedules.momentum_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-            if group["decay"]:
-                group["weight_decay"] = wd
+        set_hyperparameters(optimizer, lr, wd)
         micro = []
         for _ in range(o.accum_steps):
             batch = skips.count_images(decode_batch(next(batches), transform, device, d.in_chans))
@@ -251,9 +248,7 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
             optimizer.zero_grad(set_to_none=True)
             skips.nonfinite_step(step + 1)
         else:
-            for loss, std, (n, context, target) in results:
-                tokens = {"context_tokens": context, "target_tokens": target} if masked else {}
-                window.add(loss, n, target_std=std, **tokens)
+            record(window, results, masked)
             optimizer_step(model, optimizer, params, o.clip_grad, momentum)
         bar.update(1)
 

@@ -86,6 +86,22 @@ def accumulate(
     return results
 
 
+def set_hyperparameters(optimizer, lr: float, wd: float) -> None:
+    """The step's learning rate on every group, its weight decay on the groups that decay."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if group["decay"]:
+            group["weight_decay"] = wd
+
+
+def record(window, results: list, masked: bool) -> None:
+    """``accumulate``'s results into the loss window (device tensors: no read-back); the token
+    counts only for masked objectives."""
+    for loss, std, (n, context, target) in results:
+        tokens = {"context_tokens": context, "target_tokens": target} if masked else {}
+        window.add(loss, n, target_std=std, **tokens)
+
+
 def optimizer_step(model: IJEPA, optimizer, params: list, clip_grad: float, momentum: float) -> None:
     """After the step's gradients: clip (when ``clip_grad`` > 0), AdamW, and the EMA of the target."""
     if clip_grad > 0:

@@ -15,14 +15,14 @@ import time
 
 import torch
 
-from .config import Config, ConfigError, validate
-from .data import DataError, MaskCollator, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch
-from .device import autocast, resolve_device, training_bf16
-from .engine import memory_mb
-from .ijepa import build_ijepa, predictor_depth
-from .masks import mask_sampler_for
-from .models.vit import resolve_size
-from .pretrain import accumulate, build_optimizer, optimizer_step
+from ..config import Config, ConfigError, validate
+from ..data import DataError, MaskCollator, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch
+from ..device import autocast, resolve_device, training_bf16
+from ..engine import memory_mb
+from ..ijepa import build_ijepa, predictor_depth
+from ..masks import mask_sampler_for
+from ..models.vit import resolve_size
+from ..pretrain import accumulate, build_optimizer, optimizer_step
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}  # bf16 dense
 
