@@ -57,7 +57,9 @@ def test_bench_times_the_training_loops_own_step(tmp_path, monkeypatch):
     per warm-up, timed and split step."""
     import importlib
 
-    bench, step = (importlib.import_module(f"openjepa.{name}") for name in ("bench.step", "pretrain.step"))  # the modules
+    bench, step = (
+        importlib.import_module(f"openjepa.{name}") for name in ("bench.step", "pretrain.step")
+    )  # the modules
     assert bench.accumulate is step.accumulate and bench.optimizer_step is step.optimizer_step
     calls = {"accumulate": 0, "optimizer_step": 0}
     for name in calls:

@@ -45,7 +45,7 @@ def _int_list(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
     if any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"worker counts must be >= 0, got {text}")
+        raise argparse.ArgumentTypeError(f"the numbers must be >= 0, got {text}")
     return values
 
 
