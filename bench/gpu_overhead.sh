@@ -25,6 +25,10 @@ echo "== ViT-B/16, 224 px, bf16: 100-step profiles (top kernels, GPU busy share)
 $PY bench/profile_gpu_step.py $B16 meta.device=cuda --steps 100 | tail -1
 $PY bench/profile_gpu_step.py $B16 meta.device=cuda meta.compile=true --warmup 10 --steps 100 | tail -1
 
+echo "== ViT-B/16, batch 128: CUDA graphs (compile mode reduce-overhead) on bucketed context lengths"
+$PY -m openjepa.cli bench $B16 meta.device=cuda meta.compile=true meta.compile_mode=reduce-overhead mask.bucket=8 \
+    --warmup 15 --steps 20 | tail -1
+
 echo "== ViT-B/16 at batch 256, eager then compiled (openjepa bench: MFU)"
 $PY -m openjepa.cli bench $B16 meta.device=cuda data.batch_size=256 --steps 20 | tail -1
 $PY -m openjepa.cli bench $B16 meta.device=cuda data.batch_size=256 meta.compile=true --warmup 10 --steps 20 | tail -1

@@ -180,5 +180,5 @@ def build_dino(cfg, total_steps: int = 0) -> DINO:
     model = DINO(encoder, head, meta.dino_teacher_temp, meta.dino_warmup_teacher_temp, warmup)
     if meta.compile:
         for blocks in (model.encoder.blocks, model.target_encoder.blocks):
-            compile_blocks(blocks)
+            compile_blocks(blocks, mode=meta.compile_mode)
     return model

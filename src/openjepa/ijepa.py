@@ -201,5 +201,5 @@ def build_ijepa(cfg, total_steps: int = 0, width: int | None = None) -> IJEPA:
     )
     if meta.compile:
         for blocks in (model.encoder.blocks, model.target_encoder.blocks, model.predictor.predictor_blocks):
-            compile_blocks(blocks)
+            compile_blocks(blocks, mode=meta.compile_mode)
     return model

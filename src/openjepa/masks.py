@@ -78,13 +78,16 @@ def place_blocks(
     return in_rows.unsqueeze(-1) & in_cols.unsqueeze(-2)
 
 
-def pack(masks: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Boolean masks [B, K, N] -> sorted flat indices [B, K, L], L the smallest count; masks with
-    more than L patches keep a uniformly random subset of L."""
+def pack(masks: torch.Tensor, generator: torch.Generator | None, bucket: int = 0) -> torch.Tensor:
+    """Boolean masks [B, K, N] -> sorted flat indices [B, K, L], L the smallest count (with ``bucket``,
+    rounded down to a multiple of it when that leaves at least one bucket); masks with more than L
+    patches keep a uniformly random subset of L."""
     counts = masks.sum(-1)
     length = int(counts.min())
     if length == 0:
         raise MaskError("a mask is empty; the mask settings leave no patch to keep")
+    if bucket and length >= bucket:
+        length -= length % bucket
     if bool((counts == length).all()):
         return masks.nonzero()[:, -1].reshape(*masks.shape[:-1], length)
     keys = torch.rand(masks.shape, generator=generator).masked_fill_(~masks, 2.0)
@@ -94,7 +97,12 @@ def pack(masks: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
 class MultiBlockSampler:
     """I-JEPA's multi-block masking. One target size and one context size are drawn per batch
     (targets are then whole blocks of one length, so no target patch is ever dropped); scale and
-    aspect ratio are drawn independently (the reference draws both from one number)."""
+    aspect ratio are drawn independently (the reference draws both from one number).
+
+    ``bucket`` (0: off) rounds the context length down to a multiple of that many tokens, dropping
+    a uniformly random further few (fewer than ``bucket``) from each context, so that the step sees
+    a few lengths (static shapes for a compiled or CUDA-graph step). Targets keep their whole blocks:
+    their lengths are the products h x w the scale and aspect ranges allow, already few."""
 
     def __init__(
         self,
@@ -106,9 +114,13 @@ class MultiBlockSampler:
         context_aspect=(1.0, 1.0),
         min_keep: int = 10,
         allow_overlap: bool = False,
+        bucket: int = 0,
     ):
         self.grid = (int(grid[0]), int(grid[1]))
         self.num_patches = self.grid[0] * self.grid[1]
+        if not 0 <= bucket < self.num_patches:
+            raise MaskError(f"bucket must be in [0, {self.num_patches}) tokens for a {self.grid} grid, got {bucket}")
+        self.bucket = int(bucket)
         if num_targets < 1:
             raise MaskError(f"num_targets must be at least 1, got {num_targets}")
         self.num_targets = int(num_targets)
@@ -141,7 +153,7 @@ class MultiBlockSampler:
                 f"lower min_keep or the target scale"
             )
         target_idx = pack(targets.flatten(2), g)
-        context_idx = pack(context.flatten(1).unsqueeze(1), g).squeeze(1)
+        context_idx = pack(context.flatten(1).unsqueeze(1), g, self.bucket).squeeze(1)
         return context_idx, target_idx
 
     def _context(self, targets: torch.Tensor, size: tuple[int, int], g) -> torch.Tensor:
@@ -338,5 +350,6 @@ def mask_sampler_for(cfg) -> MaskSampler:
         context_scale=m.enc_mask_scale,
         min_keep=m.min_keep,
         allow_overlap=m.allow_overlap,
+        **({"bucket": m.bucket} if m.bucket else {}),
         **m.options,
     )

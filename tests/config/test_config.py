@@ -98,11 +98,43 @@ def test_unknown_keys_are_named_with_the_closest_valid_one(tmp_path):
         ("meta.target_layers=0", "meta.target_layers must be a whole number from 1 to vit_base's 12 blocks"),
         ("meta.target_layers=13", "meta.target_layers must be a whole number from 1 to vit_base's 12 blocks"),
         ("lr=0.1", "not of the form section.key=value"),
+        ("mask.bucket=-8", "mask.bucket must be a whole number of tokens from 0"),
+        ("mask.bucket=196", "to 195, got 196"),
+        ("mask.bucket=8.5", "mask.bucket must be an integer"),
+        ("mask.bucket=true", "mask.bucket must be an integer"),
+        ("mask.strategy=random", None),  # a control: fine alone
+        ("meta.compile_mode=fast", "meta.compile_mode must be one of default, reduce-overhead"),
+        ("meta.compile_mode=reduce-overhead", "does nothing without meta.compile: true"),
     ],
 )
 def test_bad_values_are_rejected_with_a_named_reason(override, message):
+    if message is None:
+        load_config(None, [override])
+        return
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["mask.bucket=8", "mask.strategy=random"], ["mask.bucket=8", "mask.reference_sampler=true"]],
+)
+def test_bucketing_is_refused_where_it_would_do_nothing(overrides):
+    with pytest.raises(ConfigError, match="mask.bucket rounds the multiblock sampler's context lengths"):
+        load_config(None, overrides)
+
+
+def test_bucket_and_compile_mode_reach_the_sampler_and_torch_compile(monkeypatch):
+    from openjepa.ijepa import build_ijepa
+    from openjepa.masks import mask_sampler_for
+
+    cfg = load_config(None, ["mask.bucket=8"])
+    assert mask_sampler_for(cfg).bucket == 8
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
+    small = ["meta.model_name=vit_tiny", "data.crop_size=32", "mask.patch_size=8", "mask.min_keep=2"]
+    build_ijepa(load_config(None, [*small, "meta.compile=true", "meta.compile_mode=reduce-overhead"]))
+    assert modes and set(modes) == {"reduce-overhead"}
 
 
 def test_multi_layer_targets_need_representation_targets():

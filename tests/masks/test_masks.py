@@ -164,3 +164,45 @@ def test_bad_options_name_the_problem():
         build_mask_sampler("random", GRID, num_targets=3)
     with pytest.raises(ValueError, match="min_keep"):
         build_mask_sampler("multiblock", GRID, min_keep=64)
+
+
+def test_bucketed_contexts_have_few_lengths_lose_under_a_bucket_and_keep_the_statistics():
+    """mask.bucket: every context length is a multiple of the bucket; against the same sampler
+    without it, the mean length falls by less than one bucket, the contexts stay disjoint from the
+    targets, the coverage stays symmetric, and the targets are untouched (same seed, same blocks)."""
+    grid, bucket, batch = (14, 14), 8, 64
+    plain = build_mask_sampler("multiblock", grid, min_keep=10)
+    bucketed = build_mask_sampler("multiblock", grid, min_keep=10, bucket=bucket)
+    lengths = {"plain": [], "bucketed": []}
+    n = grid[0] * grid[1]
+    ctx = torch.zeros(n)
+    for name, sampler in (("plain", plain), ("bucketed", bucketed)):
+        g = torch.Generator().manual_seed(3)
+        for _ in range(60):
+            c, t = sampler(batch, g)
+            lengths[name].append(c.size(1))
+            if name == "bucketed":
+                assert c.size(1) % bucket == 0
+                ctx += torch.bincount(c.flatten(), minlength=n)
+                for ci, ti in zip(c[:8], t[:8]):
+                    assert len(set(ci.tolist())) == len(ci)
+                    assert not set(ci.tolist()) & set(ti.flatten().tolist())
+    plain_mean, bucketed_mean = np.mean(lengths["plain"]), np.mean(lengths["bucketed"])
+    assert plain_mean - bucket < bucketed_mean < plain_mean
+    assert len(set(lengths["bucketed"])) < len(set(lengths["plain"]))
+    freq = (ctx / ctx.sum()).reshape(grid)
+    assert (freq - freq.flip(0)).abs().max() < 0.25 * freq.mean()
+    assert (freq - freq.flip(1)).abs().max() < 0.25 * freq.mean()
+    # the targets come from the same draws: bucketing only drops context tokens afterwards
+    c1, t1 = plain(batch, torch.Generator().manual_seed(9))
+    c2, t2 = bucketed(batch, torch.Generator().manual_seed(9))
+    assert torch.equal(t1, t2)
+    assert set(c2[0].tolist()) <= set(range(n)) - set(t2[0].flatten().tolist())
+
+
+def test_a_context_shorter_than_one_bucket_is_kept_whole():
+    counts = torch.zeros(2, 1, 20, dtype=torch.bool)
+    counts[0, 0, :5] = True
+    counts[1, 0, :7] = True
+    packed = pack(counts, torch.Generator().manual_seed(0), bucket=8)
+    assert packed.shape == (2, 1, 5)

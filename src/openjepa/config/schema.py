@@ -16,6 +16,7 @@ SCENE_TASKS = ("count", "dist", "none")  # data.scenes.TASK_CLASSES (config sits
 TARGETS = ("representations", "pixels")
 LR_SCALING = ("none", "linear", "sqrt")
 OBJECTIVES = ("ijepa", "dino")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -66,6 +67,9 @@ class MaskConfig:
     # Masks are drawn and packed (contexts cut to the group's shortest) in groups of this many images
     # of the global batch: the reference's 128 images per GPU, whatever the batch or process count.
     pack_group: int = 128
+    # Static shapes (multiblock): each group's context length rounded down to a multiple of this many
+    # tokens (0: off), so a compiled or graph-captured step sees a few lengths instead of dozens.
+    bucket: int = 0
 
 
 @dataclass
@@ -95,6 +99,7 @@ class MetaConfig:
     seed: int = 0
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile each transformer block (token counts marked dynamic: no recompiles)
+    compile_mode: str = "default"  # torch.compile's mode; reduce-overhead captures CUDA graphs on a GPU
     fsdp: bool = False  # under torchrun: shard encoder, target encoder and predictor with FSDP (fully_shard)
     # Start a new run from a checkpoint (ours, the reference's .pth.tar, a fine-tuned or exported
     # encoder): its networks, with new optimiser state and schedules. A run that has its own

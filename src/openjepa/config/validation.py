@@ -6,7 +6,18 @@ from __future__ import annotations
 from ..errors import ConfigError
 from ..masks import SAMPLERS
 from ..models.vit import VIT_SIZES, resolve_size
-from .schema import DATASETS, LOSSES, LR_SCALING, OBJECTIVES, SCENE_TASKS, TARGETS, Config, DataConfig, MetaConfig
+from .schema import (
+    COMPILE_MODES,
+    DATASETS,
+    LOSSES,
+    LR_SCALING,
+    OBJECTIVES,
+    SCENE_TASKS,
+    TARGETS,
+    Config,
+    DataConfig,
+    MetaConfig,
+)
 
 DINO_KEYS = tuple(key for key in vars(MetaConfig()) if key.startswith("dino_"))
 # What DINO does not use: I-JEPA's training signal and crop. A changed value is refused, not ignored.
@@ -97,6 +108,17 @@ def validate(cfg: Config) -> Config:
     grid = (d.crop_size // m.patch_size) ** 2
     if not 1 <= m.min_keep < grid:
         raise ConfigError(f"mask.min_keep must be in [1, {grid}) for a {grid}-patch grid, got {m.min_keep}")
+    if not isinstance(m.bucket, int) or isinstance(m.bucket, bool) or not 0 <= m.bucket < grid:
+        raise ConfigError(f"mask.bucket must be a whole number of tokens from 0 (off) to {grid - 1}, got {m.bucket!r}")
+    if m.bucket and (m.strategy != "multiblock" or m.reference_sampler):
+        raise ConfigError(
+            "mask.bucket rounds the multiblock sampler's context lengths; it does nothing with "
+            f"mask.strategy {m.strategy}{' and mask.reference_sampler' if m.reference_sampler else ''}"
+        )
+    if meta.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"meta.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {meta.compile_mode!r}")
+    if meta.compile_mode != "default" and not meta.compile:
+        raise ConfigError(f"meta.compile_mode {meta.compile_mode} does nothing without meta.compile: true")
     try:
         size = resolve_size(meta.model_name)
     except ValueError:
