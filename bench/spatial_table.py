@@ -2,7 +2,7 @@
 (each folder's encoder, then its random-init twin and raw pixels at its input size), Clevr-like count and dist accuracy
 (linear, kNN@20, attentive, %), seg mIoU (%), depth RMSE and delta1 (%).
 
-    python bench/spatial_table.py runs/spatial/scenes_e8 runs/spatial/fmnist_demo [--names A,B]
+    python bench/spatial_table.py runs/spatial/scenes_cpu runs/spatial/other [--names "A;B"]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def rows_of(folder: Path, name: str) -> dict[str, dict]:
         if not path.exists():
             continue
         for encoder, result in json.loads(path.read_text())["results"].items():
-            label = name if encoder in ("target", "context") else f"{name}: {encoder}"
+            label = f"{name}: {encoder}" if encoder in ("random", "pixels") else name
             for key, value in headline(result).items():
                 rows.setdefault(label, {})[(task, key)] = value
     return rows
@@ -50,9 +50,9 @@ def cell(key: tuple[str, str], value) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+", type=Path)
-    p.add_argument("--names", default=None, help="comma-separated row names (default: the folders' names)")
+    p.add_argument("--names", default=None, help="row names separated by ';' (default: the folders' names)")
     a = p.parse_args()
-    names = a.names.split(",") if a.names else [f.name for f in a.folders]
+    names = a.names.split(";") if a.names else [f.name for f in a.folders]
     table: dict[str, dict] = {}
     for folder, name in zip(a.folders, names):
         for label, row in rows_of(folder, name).items():
