@@ -19,7 +19,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from openjepa.bench.overhead import OverheadStep
+from openjepa.bench.step import SyntheticStep
 from openjepa.config import load_config
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=12)
     a = p.parse_args()
     cfg = load_config(a.config, a.overrides)
-    step = OverheadStep(cfg, a.batch or cfg.data.batch_size, narrow=False)
+    step = SyntheticStep(cfg, a.batch or cfg.data.batch_size, narrow=False)
     cuda = step.device.type == "cuda"
     for _ in range(a.warmup):
         step()

@@ -27,15 +27,14 @@ import logging
 import os
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 from openjepa.bench.counting import StepCount
+from openjepa.bench.overhead import fixed_cost, time_alternately
+from openjepa.bench.step import WIDTH_PER_HEAD
 from openjepa.models.vit import resolve_size
-
-WIDTH_PER_HEAD = 4  # as openjepa.bench.overhead
 
 
 def build(a, batch: int, dev: torch.device):
@@ -154,22 +153,10 @@ def main() -> None:
     small, large = (int(b) for b in a.batches.split(","))
     steps = {b: make_step(a, b, dev) for b in (small, large)}
 
-    def timed(b: int, n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            steps[b]()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / n * 1e3
-
-    for b in steps:
-        timed(b, a.warmup)
-    times = {b: [] for b in steps}
-    for _ in range(a.windows):  # alternating, as ours
-        for b in steps:
-            times[b].append(timed(b, a.steps))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None
+    times = time_alternately(steps, a.steps, a.windows, a.warmup, sync)  # as openjepa bench --overhead
     ms = {b: statistics.median(t) for b, t in times.items()}
-    fixed = ms[small] - (ms[large] - ms[small]) * small / (large - small)
+    fixed = fixed_cost(ms, small, large)
     with StepCount(host_tensors(steps[small].optimizer)) as count:
         for _ in range(a.steps):
             steps[small]()

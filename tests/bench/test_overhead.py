@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from openjepa.bench.counting import StepCount
-from openjepa.bench.overhead import OverheadStep
+from openjepa.bench.step import SyntheticStep
 from openjepa.cli import main
 from openjepa.config import load_config
 
@@ -81,7 +81,7 @@ def test_the_training_step_body_reads_nothing_back_from_the_device(overrides):
     """Between log rows the step never waits for the device: no value read back and no output whose
     size depends on the data, in the forward, the backward, clipping, AdamW or the EMA."""
     cfg = load_config(None, [*TINY, "optimization.clip_grad=1.0", *overrides])
-    step = OverheadStep(cfg, batch=4, pool=2)
+    step = SyntheticStep(cfg, batch=4, pool=2)
     step()  # the optimiser's state is made in the first step
     with StepCount(step.host_tensors()) as count:
         step()
@@ -91,10 +91,10 @@ def test_the_training_step_body_reads_nothing_back_from_the_device(overrides):
 
 
 def test_a_read_back_slipped_into_the_step_is_caught(monkeypatch):
-    import openjepa.bench.overhead as overhead
+    import openjepa.bench.step as overhead  # where the synthetic step looks its functions up
 
     cfg = load_config(None, TINY)
-    step = OverheadStep(cfg, batch=2, pool=1)
+    step = SyntheticStep(cfg, batch=2, pool=1)
     step()
     original = overhead.record
 
@@ -125,7 +125,7 @@ def test_overhead_prints_times_counts_and_no_syncs_as_json(tmp_path, capsys):
 
 
 def test_the_overhead_step_is_the_training_loops_own():
-    import openjepa.bench.overhead as overhead
+    import openjepa.bench.step as overhead  # the synthetic step's module
     import openjepa.pretrain.step as step
 
     for name in ("set_hyperparameters", "accumulate", "record", "optimizer_step"):

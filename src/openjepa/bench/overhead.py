@@ -24,70 +24,38 @@ import torch
 
 from ..config import Config, ConfigError, validate
 from ..data import MaskCollator
-from ..device import autocast, resolve_device, training_bf16
-from ..engine import Window
-from ..ijepa import build_ijepa, predictor_depth
+from ..device import training_bf16
+from ..ijepa import predictor_depth
 from ..masks import mask_sampler_for
 from ..models.vit import resolve_size
-from ..pretrain import accumulate, build_optimizer, optimizer_step, record, set_hyperparameters
 from .counting import StepCount
-
-WIDTH_PER_HEAD = 4  # the narrowest width the 2-D sin-cos embedding allows per head
-
-
-class OverheadStep:
-    """The training step on ``batch`` images at a negligible width (``narrow``; else the config's),
-    with a pool of masks drawn beforehand (cycled, so every step has masks ready as the loader
-    provides them)."""
-
-    def __init__(self, cfg: Config, batch: int, pool: int = 8, narrow: bool = True):
-        self.device = resolve_device(cfg.meta.device)
-        heads = resolve_size(cfg.meta.model_name).heads
-        torch.manual_seed(cfg.meta.seed)
-        self.model = build_ijepa(cfg, width=WIDTH_PER_HEAD * heads if narrow else None).to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg.optimization)
-        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.amp = autocast(self.device, training_bf16(cfg.meta, self.device))
-        self.window = Window(self.device)
-        self.clip, self.steps = cfg.optimization.clip_grad, 0
-        d = cfg.data
-        self.collator = MaskCollator(mask_sampler_for(cfg), cfg.meta.seed, batch, group=cfg.mask.pack_group)
-        images = torch.randn(batch, d.in_chans, d.crop_size, d.crop_size, device=self.device)
-        self.batches = [self._batch(images, i) for i in range(pool)]
-
-    def _batch(self, images: torch.Tensor, number: int) -> dict:
-        masks = self.collator.masks(number, list(range(len(images))))
-        on_device = {k: [t.to(self.device, non_blocking=True) for t in masks[k]] for k in ("context_idx", "target_idx")}
-        return {"images": images, **on_device}
-
-    def __call__(self) -> None:
-        step, self.steps = self.steps, self.steps + 1
-        set_hyperparameters(self.optimizer, 1e-4, 0.04)
-        results = accumulate(self.model, [self.batches[step % len(self.batches)]], self.device, self.amp, 1.0, step)
-        record(self.window, results, masked=True)
-        optimizer_step(self.model, self.optimizer, self.params, self.clip, 0.996)
-
-    def host_tensors(self) -> tuple[torch.Tensor, ...]:
-        """Optimiser step counters that live on the host whatever the device (not fused AdamW's)."""
-        return tuple(s["step"] for s in self.optimizer.state.values() if "step" in s and s["step"].device.type == "cpu")
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+from .step import WIDTH_PER_HEAD, SyntheticStep
 
 
-def _timed(step: OverheadStep, steps: int, windows: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        step()
-    step.sync()
-    out = []
-    for _ in range(windows):
+def time_alternately(steps: dict, n: int, windows: int, warmup: int, sync=lambda: None) -> dict[int, list[float]]:
+    """{batch: ms per step of each window} of the step functions ``steps`` ({batch: step}), after
+    ``warmup`` steps each, timed window by window in turn (``n`` steps a window) so that drift hits
+    all alike."""
+
+    def window(step, count: int) -> float:
         start = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(count):
             step()
-        step.sync()
-        out.append((time.perf_counter() - start) / steps * 1e3)
-    return out
+        sync()
+        return (time.perf_counter() - start) / max(count, 1) * 1e3
+
+    for step in steps.values():
+        window(step, warmup)
+    times: dict[int, list[float]] = {b: [] for b in steps}
+    for _ in range(windows):
+        for b, step in steps.items():
+            times[b].append(window(step, n))
+    return times
+
+
+def fixed_cost(ms: dict[int, float], small: int, large: int) -> float:
+    """The time per step at batch 0, extrapolated linearly from the medians at two batch sizes."""
+    return ms[small] - (ms[large] - ms[small]) * small / (large - small)
 
 
 def overhead(
@@ -101,15 +69,10 @@ def overhead(
     small, large = batches
     if not 0 < small < large:
         raise ConfigError(f"--batches needs two batch sizes of 1 or more, the first smaller; got {small} and {large}")
-    runs = {b: OverheadStep(cfg, b) for b in batches}
-    times: dict[int, list[float]] = {b: [] for b in batches}
-    for b in batches:
-        _timed(runs[b], 1, 1, warmup)
-    for _ in range(windows):
-        for b in batches:
-            times[b] += _timed(runs[b], steps, 1, 0)
+    runs = {b: SyntheticStep(cfg, b) for b in batches}
+    times = time_alternately(runs, steps, windows, warmup, runs[small].sync)
     ms = {b: statistics.median(t) for b, t in times.items()}
-    fixed = ms[small] - (ms[large] - ms[small]) * small / (large - small)
+    fixed = fixed_cost(ms, small, large)
 
     count_step = runs[small]
     with StepCount(count_step.host_tensors()) as count:

@@ -18,13 +18,58 @@ import torch
 from ..config import Config, ConfigError, validate
 from ..data import DataError, MaskCollator, PretrainTransform, build_dataset, build_pretrain_loader, decode_batch
 from ..device import autocast, resolve_device, training_bf16
-from ..engine import memory_mb
+from ..engine import Window, memory_mb
 from ..ijepa import build_ijepa, predictor_depth
 from ..masks import mask_sampler_for
 from ..models.vit import resolve_size
-from ..pretrain import accumulate, build_optimizer, optimizer_step
+from ..pretrain import accumulate, build_optimizer, optimizer_step, record, set_hyperparameters
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}  # bf16 dense
+WIDTH_PER_HEAD = 4  # the overhead benchmark's width per head: the narrowest the 2-D sin-cos embedding allows
+
+
+class SyntheticStep:
+    """The training step of a config on ``batch`` synthetic images: its networks (at a width of
+    ``WIDTH_PER_HEAD`` per head when ``narrow``: the overhead benchmark's), optimiser, precision,
+    mask collator and images, and a pool of ``pool`` mask batches drawn beforehand and copied to the
+    device, as the loader provides them. Calling it runs one step on the next batch of the pool with
+    the training loop's own functions (``set_hyperparameters``, ``accumulate``, ``record``,
+    ``optimizer_step``)."""
+
+    def __init__(self, cfg: Config, batch: int, pool: int = 8, narrow: bool = True):
+        self.device = resolve_device(cfg.meta.device)
+        heads = resolve_size(cfg.meta.model_name).heads
+        torch.manual_seed(cfg.meta.seed)
+        self.model = build_ijepa(cfg, width=WIDTH_PER_HEAD * heads if narrow else None).to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optimization)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.amp = autocast(self.device, training_bf16(cfg.meta, self.device))
+        self.window = Window(self.device)
+        self.clip, self.steps = cfg.optimization.clip_grad, 0
+        d = cfg.data
+        self.collator = MaskCollator(mask_sampler_for(cfg), cfg.meta.seed, batch, group=cfg.mask.pack_group)
+        self.images = torch.randn(batch, d.in_chans, d.crop_size, d.crop_size, device=self.device)
+        self.batches = [self._batch(i) for i in range(pool)]
+
+    def _batch(self, number: int) -> dict:
+        masks = self.collator.masks(number, list(range(len(self.images))))
+        on_device = {k: [t.to(self.device, non_blocking=True) for t in masks[k]] for k in ("context_idx", "target_idx")}
+        return {"images": self.images, **on_device}
+
+    def __call__(self) -> None:
+        step, self.steps = self.steps, self.steps + 1
+        set_hyperparameters(self.optimizer, 1e-4, 0.04)
+        results = accumulate(self.model, [self.batches[step % len(self.batches)]], self.device, self.amp, 1.0, step)
+        record(self.window, results, masked=True)
+        optimizer_step(self.model, self.optimizer, self.params, self.clip, 0.996)
+
+    def host_tensors(self) -> tuple[torch.Tensor, ...]:
+        """Optimiser step counters that live on the host whatever the device (not fused AdamW's)."""
+        return tuple(s["step"] for s in self.optimizer.state.values() if "step" in s and s["step"].device.type == "cpu")
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 def block_flops(tokens: float, dim: int, depth: int) -> float:
@@ -52,16 +97,18 @@ def bench(cfg: Config, steps: int = 10, windows: int = 3, warmup: int = 3, peak:
     validate(cfg)
     if cfg.meta.objective != "ijepa":
         raise ConfigError(f"openjepa bench times I-JEPA's step; meta.objective {cfg.meta.objective} is not timed yet")
-    device = resolve_device(cfg.meta.device)
+    B = cfg.data.batch_size
+    rig = SyntheticStep(cfg, B, pool=0, narrow=False)  # masks are drawn inside the timed step here
+    device, model, optimizer, params, collator, images, amp = (
+        rig.device,
+        rig.model,
+        rig.optimizer,
+        rig.params,
+        rig.collator,
+        rig.images,
+        rig.amp,
+    )
     cuda = device.type == "cuda"
-    torch.manual_seed(cfg.meta.seed)
-    model = build_ijepa(cfg).to(device)
-    optimizer = build_optimizer(model, cfg.optimization)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    B, size = cfg.data.batch_size, cfg.data.crop_size
-    collator = MaskCollator(mask_sampler_for(cfg), cfg.meta.seed, B, group=cfg.mask.pack_group)
-    images = torch.randn(B, cfg.data.in_chans, size, size, device=device)
-    amp = autocast(device, training_bf16(cfg.meta, device))
     tokens, count = [], iter(range(10**9))
     names = ("masks", "target", "context", "backward", "optimizer", "ema")
     phases, marks, split = {k: [] for k in names}, {}, [False]

@@ -20,6 +20,16 @@ from .signals import TrainingError
 log = logging.getLogger("openjepa")
 
 
+LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+
+
+def _file_handler(path: Path) -> logging.FileHandler:
+    """A log file that takes any path in its lines (names that are not UTF-8 come out escaped)."""
+    handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
+    handler.setFormatter(LOG_FORMAT)
+    return handler
+
+
 def setup_logging(run_dir: Path | None, name: str = "train.log", hold: bool = False) -> None:
     """stderr and ``run_dir/name``; None (a process other than 0): warnings to stderr only.
     ``hold``: no file yet, the lines kept until ``write_held_log`` names it (a resume that may still
@@ -28,23 +38,20 @@ def setup_logging(run_dir: Path | None, name: str = "train.log", hold: bool = Fa
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     handlers = [logging.StreamHandler(sys.stderr)]
     if run_dir is not None:
-        handlers.append(logging.FileHandler(run_dir / name, encoding="utf-8", errors="backslashreplace"))
+        handlers.append(_file_handler(run_dir / name))
     elif hold:
         handlers.append(logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1))
     for handler in handlers:
-        handler.setFormatter(fmt)
+        handler.setFormatter(LOG_FORMAT)
         log.addHandler(handler)
     log.propagate = False
 
 
 def write_held_log(run_dir: Path, name: str = "train.log") -> None:
     """Open ``run_dir/name`` and write into it the lines held since ``setup_logging(hold=True)``."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    file_handler = logging.FileHandler(run_dir / name, encoding="utf-8", errors="backslashreplace")
-    file_handler.setFormatter(fmt)
+    file_handler = _file_handler(run_dir / name)
     for held in [h for h in log.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
         held.setTarget(file_handler)
         held.flush()

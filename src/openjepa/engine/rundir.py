@@ -15,7 +15,7 @@ import fnmatch
 import os
 from pathlib import Path
 
-from ..errors import BadInput, ConfigError, check_output_file, check_writable_folder
+from ..errors import BadInput, ConfigError, check_output_file, check_writable_folder, printable
 
 RUN_MARKER = ".openjepa-run"  # written into every run directory: what makes a folder one of ours
 KINDS = ("pretrain", "finetune", "decoder")
@@ -104,7 +104,7 @@ def check_output(path, what: str, reads=(), suffixes: tuple[str, ...] = (), owne
     ``eval/*.json``) or a new file outside the run's own sub-folders. Then: not a directory, in a
     folder that can be written."""
     path = Path(path)
-    shown = os.fsdecode(path)
+    shown = printable(path)
     if path.is_dir():
         raise BadInput(f"{what} {shown} is a directory; give a file name")
     if suffixes and not path.name.lower().endswith(suffixes):
@@ -121,7 +121,7 @@ def check_output(path, what: str, reads=(), suffixes: tuple[str, ...] = (), owne
         mine = any(fnmatch.fnmatch(inside.as_posix(), pattern) for pattern in owned)
         if not mine and (inside.parts[0] in RUNS_OWN or path.exists()):
             raise BadInput(
-                f"{what} {shown} is a file of the run {os.fsdecode(run)} (its checkpoints, logs and settings are the "
+                f"{what} {shown} is a file of the run {printable(run)} (its checkpoints, logs and settings are the "
                 f"run's own): write the output elsewhere"
             )
     return check_output_file(path, what)

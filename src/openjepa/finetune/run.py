@@ -135,11 +135,10 @@ def _finetune(
         setup_logging(None, hold=True)
         start, best, history, elapsed = run.restore(state, optimizer)
     make_run_dir(run_dir, "--out", kind="finetune")
-    if state is not None:
-        write_held_log(run_dir)
-    else:
+    if state is None:
         setup_logging(run_dir)
-    if state is not None:
+    else:
+        write_held_log(run_dir)
         log.info(
             "resuming %s at epoch %d, step %d of the epoch",
             checkpoints.latest,

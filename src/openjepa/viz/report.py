@@ -158,8 +158,9 @@ DECODED_NOTE = (
 )
 
 
-def decoded_section(run_dir: Path, seed: int) -> str:
-    """The generative decoder's figure when RUN/decoder holds a finished fit; '' otherwise."""
+def decoded_section(run_dir: Path, seed: int, loaded=None) -> str:
+    """The generative decoder's figure when RUN/decoder holds a finished fit; '' otherwise.
+    ``loaded``: the run's (model, config) when the report has read them already."""
     from ..decoder import load_decoder
     from .decoded import decoded_picture
 
@@ -168,7 +169,7 @@ def decoded_section(run_dir: Path, seed: int) -> str:
     _, settings, source = load_decoder(run_dir)
     if source["step"] < settings.steps:
         return f"<p class='note'>The decoder's fit is unfinished (step {source['step']} of {settings.steps}).</p>"
-    uri = png_data_uri(decoded_picture(run_dir, 4, 3, seed))
+    uri = png_data_uri(decoded_picture(run_dir, 4, 3, seed, loaded))
     return f"<p class='note'>{html.escape(DECODED_NOTE)}</p><img src='{uri}' alt='decoded imagination'>"
 
 
@@ -237,7 +238,7 @@ def build_sections(run_dir: Path, n_images: int, bank_images: int, seed: int) ->
         else:
             bank = build_bank(model, bank_src, mean, std)
             rows = imagine(model, shown, mean, std, sampler_for(cfg, "multiblock"), *bank, seed=seed)
-            sections["imagination"] = decoded_section(run_dir, seed) + img(
+            sections["imagination"] = decoded_section(run_dir, seed, (model, ckpt_cfg)) + img(
                 png_data_uri(imagination_figure(rows)), "predictor retrievals"
             )
     else:
