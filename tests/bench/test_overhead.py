@@ -63,6 +63,7 @@ def test_a_host_counter_of_the_optimiser_is_not_a_sync():
     with StepCount(host=(step,)) as count:
         step.item()
     assert not count.syncs
+    assert not count.dispatch.kernels  # nor a kernel: the value never leaves the host
 
 
 @pytest.mark.parametrize(

@@ -67,10 +67,11 @@ class DispatchCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func._overloadpacket).removeprefix("aten.")
         self.ops[name] += 1
-        if not func.is_view and func._overloadpacket not in NO_KERNEL:
+        on_host = bool(args) and id(args[0]) in self._host  # work on a host value: no kernel, no sync
+        if not func.is_view and func._overloadpacket not in NO_KERNEL and not on_host:
             self.kernels[name] += 1
         kwargs = kwargs or {}
-        if _data_dependent(func, args, kwargs) and not (args and id(args[0]) in self._host):
+        if _data_dependent(func, args, kwargs) and not on_host:
             self.syncs[name] += 1
         return func(*args, **kwargs)
 
