@@ -288,3 +288,21 @@ def test_parquet_files_of_one_split_are_read(hf_folder, tmp_path):
     (tmp_path / "bad.arrow").write_bytes(b"not arrow")
     with pytest.raises(DataError, match="bad.arrow cannot be read as a dataset file"):
         HFImages(tmp_path / "bad.arrow")
+
+
+def test_a_split_that_no_file_names_is_refused_with_the_splits_there_are(hf_folder, tmp_path):
+    import datasets
+
+    from openjepa.data.hf import HFImages
+
+    for split in ("train", "test"):
+        ds = datasets.load_from_disk(str(hf_folder))[split]
+        ds.to_parquet(str(tmp_path / "hub" / f"{split}-00000-of-00001.parquet"))
+        ds.to_parquet(str(tmp_path / "plain" / f"part{split}.parquet"))
+    with pytest.raises(
+        DataError, match="has no files of the split 'validation' .data.split.; its files are of the splits test, train"
+    ):
+        HFImages(tmp_path / "hub", "validation", in_chans=1)
+    with pytest.raises(DataError, match="has no files of the split 'test' .data.split.: its file names name no split"):
+        HFImages(tmp_path / "plain", "test", in_chans=1)
+    assert len(HFImages(tmp_path / "plain", "train", in_chans=1)) == 60  # unnamed files are the train split

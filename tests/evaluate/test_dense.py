@@ -223,3 +223,20 @@ def test_a_label_beyond_num_classes_is_refused():
     (x, y), (xt, yt) = planted_seg(10, 0), planted_seg(4, 1)
     with pytest.raises(DataError, match="test seg labels hold class 3, not below num_classes=3"):
         seg_probe(x, y.clamp_max(2), xt, yt, 3, steps=1)
+
+
+def test_the_best_head_is_picked_by_its_direction_and_a_nan_score_never_wins():
+    from openjepa.evaluate.dense import pick_head
+
+    assert pick_head([0.2, math.nan, 0.5, 0.4], True, "x") == 2  # mIoU: higher
+    assert pick_head([0.2, math.nan, 0.5, 0.1], False, "x") == 3  # RMSE: lower
+    assert pick_head([math.nan, 3.0], False, "x") == 1
+    with pytest.raises(DataError, match="the 2 held-out image.s. have nothing to choose the head on"):
+        pick_head([math.nan, math.nan], True, "the 2 held-out image(s) have nothing")
+
+
+def test_a_seg_probe_whose_held_out_images_are_all_unlabelled_says_so():
+    x, y = planted_seg(40, 0)
+    xt, yt = planted_seg(10, 1)
+    with pytest.raises(DataError, match="held-out training image.s. have no labelled pixel to choose the head on"):
+        seg_probe(x, torch.full_like(y, IGNORE), xt, yt, CLASSES, **FAST)

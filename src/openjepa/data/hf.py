@@ -70,12 +70,13 @@ def open_hf(path: str | Path, split: str = "train"):
     )
     if named:
         files = named
-    elif files and path.is_dir() and (split != "train" or hub_splits(files)):
-        found = hub_splits(files)
-        raise DataError(
-            f"{path} has no files of the split {split!r} (data.split)"
-            + (f"; its files are of the splits {', '.join(found)}" if found else ": its file names name no split")
-        )
+    elif files and path.is_dir():
+        found = hub_splits(files)  # a folder of unnamed files is the train split's; named ones are not
+        if split != "train" or found:
+            raise DataError(
+                f"{path} has no files of the split {split!r} (data.split)"
+                + (f"; its files are of the splits {', '.join(found)}" if found else ": its file names name no split")
+            )
     if not files:
         raise DataError(f"{path} is neither a save_to_disk folder nor Parquet / Arrow files")
     try:

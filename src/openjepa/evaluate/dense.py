@@ -91,6 +91,22 @@ def check_labels(seg: torch.Tensor, num_classes: int, what: str) -> None:
         )
 
 
+def pick_head(scores: list[float], higher_is_better: bool, nothing: str) -> int:
+    """The grid's head with the best held-out score; a NaN score (nothing to score on) never wins,
+    and all NaN is a DataError (``nothing`` says why)."""
+    if all(math.isnan(v) for v in scores):
+        raise DataError(f"{nothing} to choose the head on")
+    sign = 1.0 if higher_is_better else -1.0
+    return max(range(len(scores)), key=lambda h: -math.inf if math.isnan(scores[h]) else sign * scores[h])
+
+
+def first_outputs(tokens: torch.Tensor, show: int, weight, bias, stats, device) -> torch.Tensor:
+    """One head's outputs on the first ``show`` images (the figure's predictions)."""
+    first = torch.arange(min(show, len(tokens)))
+    ((_, out),) = head_outputs(tokens, first, weight, bias, stats, device, len(first))
+    return out
+
+
 def seg_probe(
     train_tokens: torch.Tensor,
     train_seg: torch.Tensor,
@@ -134,9 +150,7 @@ def seg_probe(
         seg_scores(c)["miou"]
         for c in seg_confusions(train_tokens, train_seg, val, weights, biases, stats, device, batch_size)
     ]
-    if all(math.isnan(v) for v in val_miou):
-        raise DataError(f"the {len(val)} held-out training image(s) have no labelled pixel to choose the head on")
-    best = max(range(len(grid)), key=lambda h: -1.0 if math.isnan(val_miou[h]) else val_miou[h])
+    best = pick_head(val_miou, True, f"the {len(val)} held-out training image(s) have no labelled pixel")
     confusion = seg_confusions(
         test_tokens,
         test_seg,
@@ -158,10 +172,7 @@ def seg_probe(
         **grid_report("miou", grid, val_miou),
     }
     if show:
-        first = torch.arange(min(show, len(test_tokens)))
-        ((_, out),) = head_outputs(
-            test_tokens, first, weights[best : best + 1], biases[best : best + 1], stats, device, len(first)
-        )
+        out = first_outputs(test_tokens, show, weights[best : best + 1], biases[best : best + 1], stats, device)
         result["predictions"] = seg_logits(out, test_seg.shape[-2:])[0].argmax(1).to(torch.uint8).cpu()
     return result
 
@@ -266,9 +277,7 @@ def depth_probe(
         depth_scores(s)["rmse"]
         for s in depth_errors(train_tokens, train_depth, val, weights, biases, stats, scale, device, batch_size)
     ]
-    if all(math.isnan(v) for v in val_rmse):
-        raise DataError(f"the {len(val)} held-out training image(s) have no valid depth to choose the head on")
-    best = min(range(len(grid)), key=lambda h: math.inf if math.isnan(val_rmse[h]) else val_rmse[h])
+    best = pick_head(val_rmse, False, f"the {len(val)} held-out training image(s) have no valid depth")
     sums = depth_errors(
         test_tokens,
         test_depth,
@@ -292,9 +301,6 @@ def depth_probe(
         **grid_report("rmse", grid, val_rmse),
     }
     if show:
-        first = torch.arange(min(show, len(test_tokens)))
-        ((_, out),) = head_outputs(
-            test_tokens, first, weights[best : best + 1], biases[best : best + 1], stats, device, len(first)
-        )
+        out = first_outputs(test_tokens, show, weights[best : best + 1], biases[best : best + 1], stats, device)
         result["predictions"] = scale.decode(patch_pixels(out, patch))[0].float().cpu()
     return result

@@ -87,6 +87,16 @@ def load_encoder(path: str | Path, which: str = "target") -> VisionTransformer:
     return _encoder_of(*_read(path), path, which)
 
 
+def encoder_of_checkpoint(state: dict, path: str | Path, which: str = "target") -> VisionTransformer:
+    """``load_encoder`` on a training checkpoint already read with ``load_checkpoint`` (``path``
+    names it in errors): one read of the file for a caller that needs its config too."""
+    if which not in ENTRY:
+        raise ValueError(f"which must be 'target' or 'context', got {which!r}")
+    if state.get("format") != PRETRAIN_FORMAT:
+        raise CheckpointError(f"{path} is not an openjepa training checkpoint")
+    return _encoder_of("openjepa", state, Path(path), which)
+
+
 def _encoder_of(fmt: str, obj, path: Path, which: str) -> VisionTransformer:
     """load_encoder on what ``_read(path)`` returned."""
     if which == "context" and fmt not in ("openjepa", "reference"):
@@ -333,6 +343,7 @@ def preprocess(images, encoder: VisionTransformer, size: int | None = None) -> t
 
 __all__ = [
     "load_encoder",
+    "encoder_of_checkpoint",
     "load_predictor",
     "load_ijepa",
     "load_classifier",

@@ -48,17 +48,16 @@ def sample_images(cfg, n: int, seed: int = 0) -> torch.Tensor:
 def feature_figure_for(checkpoint, overrides=(), n: int = 8, seed: int = 0) -> Image.Image:
     """``feature_figure`` of a training checkpoint's target encoder on images of its dataset
     (``overrides`` such as ``data.root_path=...`` point elsewhere)."""
-    from ..checkpoint import PRETRAIN_FORMAT, CheckpointError, load_checkpoint
+    from ..checkpoint import load_checkpoint
     from ..config import apply_overrides, from_dict, validate
-    from ..interop import load_encoder
+    from ..interop import encoder_of_checkpoint
 
     state = load_checkpoint(checkpoint)
-    if state.get("format") != PRETRAIN_FORMAT:  # the images come from the training config it holds
-        raise CheckpointError(f"{checkpoint} is not an openjepa training checkpoint")
+    # the target encoder (any objective's: I-JEPA's, DINO's teacher); the images come from the config it holds
+    encoder = encoder_of_checkpoint(state, checkpoint)
     cfg = from_dict(state["config"])
     apply_overrides(cfg, list(overrides))
     validate(cfg)
-    encoder = load_encoder(checkpoint)  # the target encoder: any objective's (I-JEPA's, DINO's teacher)
     return feature_figure(encoder, sample_images(cfg, n, seed), cfg.data.mean, cfg.data.std)
 
 
