@@ -13,7 +13,8 @@ recipe with one change), DINO (meta.objective: dino, its own augmentations, the 
 optimiser, LR and schedules); random init and raw pixels come with the I-JEPA arm's evaluation.
 Domains: Fashion-MNIST (configs/fmnist_vit_tiny.yaml; linear probe and 1% labels) and the
 procedural scenes (configs/scenes_cpu.yaml at ViT-Tiny; count and dist with linear and attentive
-probes, seg mIoU, depth RMSE). Comparisons whose gap is under 2 points get seeds 1.. too (--seeds).
+probes, seg mIoU, depth RMSE). The claims' own comparisons that their verdict leaves within noise
+get seeds 1.. too (--seeds).
 
 Everything resumes: a run continues from its latest checkpoint, an evaluation whose JSON exists is
 read back, so an interrupted call loses at most one segment or one evaluation.
@@ -190,7 +191,7 @@ def main() -> None:
         "--seeds",
         type=int,
         default=3,
-        help="seeds for the claims' own comparisons whose gap is under 2 points (of --arms)",
+        help="seeds for the claims' own comparisons that their verdict leaves within noise (of --arms)",
     )
     p.add_argument("--eval-limit", type=int, default=None, help="probe on a seeded subset of the training images")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs/claims")

@@ -147,15 +147,16 @@ def verdict(a: list[float], b: list[float], metric: str, kind: str) -> str:
 
 
 def close_pairs(results: list[dict], domains: list[str]) -> list[tuple[str, str]]:
-    """(domain, arm) of both sides of every claim row on a SEEDED metric whose seed-0 gap is under
-    NOISE_POINTS: these get more seeds. Baselines have one evaluation and are never re-run."""
+    """(domain, arm) of both sides of every claim row on a SEEDED metric that its verdict leaves
+    within noise (a one-seed gap under NOISE_POINTS, or under the seeded side's two standard
+    errors): these get more seeds. Baselines have one evaluation and are never re-run."""
     out: list[tuple[str, str]] = []
     for _, _, rows in CLAIMS:
-        for domain, metric, a, b, _ in rows:
+        for domain, metric, a, b, kind in rows:
             if domain not in domains or (domain, metric) not in SEEDED:
                 continue
-            va, vb = values(results, domain, a, metric)[:1], values(results, domain, b, metric)[:1]
-            if va and vb and abs(gap(va, vb, metric)) < NOISE_POINTS:
+            va, vb = values(results, domain, a, metric), values(results, domain, b, metric)
+            if va and vb and verdict(va, vb, metric, kind).startswith("within noise"):
                 out += [(domain, arm) for arm in (a, b) if arm in ARMS and (domain, arm) not in out]
     return out
 
