@@ -310,12 +310,17 @@ def figure(results: list[dict], domains: list[str], path: Path) -> Path | None:
     return path
 
 
+def domains_of(results: list[dict]) -> list[str]:
+    """The domains the results hold, in DOMAIN_TASKS' order."""
+    return [d for d in DOMAIN_TASKS if any(r["domain"] == d for r in results)]
+
+
 def budget(results: list[dict], domain: str) -> int:
     return max((r["images"] for r in results if r["domain"] == domain and r["final"]), default=0)
 
 
 def section(results: list[dict], machine: str, figure_path: str | None) -> list[str]:
-    domains = [d for d in DOMAIN_TASKS if any(r["domain"] == d for r in results)]
+    domains = domains_of(results)
     lines = [
         f"Written by `bench/claims.py` on {machine}; every arm pretrains "
         + ", ".join(f"{budget(results, d):,} images on {d}" for d in domains)
@@ -336,7 +341,7 @@ def section(results: list[dict], machine: str, figure_path: str | None) -> list[
 def write_section(results: list[dict], md: Path, figure_path: Path, machine: str, tag: str = "") -> None:
     """Rewrite the section between its marks (added at the end of ``md`` the first time), the rest of the file kept."""
     start, end, title = marks(tag)
-    domains = [d for d in DOMAIN_TASKS if any(r["domain"] == d for r in results)]
+    domains = domains_of(results)
     drawn = figure(results, domains, figure_path)
     rel = (
         str(drawn.relative_to(md.parent))
