@@ -33,17 +33,18 @@ BOTTLENECK = 256  # the head's last MLP width, before the prototypes
 class DINOHead(nn.Module):
     """DINO's projection head: a 3-layer MLP (GELU) to a bottleneck, L2-normalised, then a
     weight-normalised linear layer to K prototypes whose gain is frozen at 1. With the gain fixed,
-    the layer is each prototype's weight row divided by its norm, written so here (no hook)."""
+    the layer is each prototype's weight row divided by its norm, written so here (no hook).
+    ``batch_norm``: a BatchNorm after each hidden layer (before its GELU), as the DINO code's option."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 2048, bottleneck: int = BOTTLENECK):
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden: int = 2048, bottleneck: int = BOTTLENECK, batch_norm: bool = False
+    ):
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, bottleneck),
-        )
+
+        def layer(width_in: int) -> list[nn.Module]:  # without the norm, the state keys of the plain head
+            return [nn.Linear(width_in, hidden), *([nn.BatchNorm1d(hidden)] if batch_norm else []), nn.GELU()]
+
+        self.mlp = nn.Sequential(*layer(in_dim), *layer(hidden), nn.Linear(hidden, bottleneck))
         self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck))
         init_weights(self.mlp)  # trunc-normal(0.02) weights, zero biases: DINO's
         nn.init.trunc_normal_(self.prototypes, std=0.02, a=-2.0, b=2.0)  # only the direction of a row matters
@@ -173,7 +174,7 @@ def build_dino(cfg, total_steps: int = 0) -> DINO:
     (``meta.dino_teacher_temp_warmup`` of it)."""
     d, meta = cfg.data, cfg.meta
     encoder = build_encoder(meta.model_name, d.crop_size, cfg.mask.patch_size, d.in_chans)
-    head = DINOHead(encoder.embed_dim, meta.dino_out_dim, meta.dino_hidden)
+    head = DINOHead(encoder.embed_dim, meta.dino_out_dim, meta.dino_hidden, batch_norm=meta.dino_head_bn)
     if meta.grad_checkpointing:
         encoder.set_grad_checkpointing()
     warmup = int(meta.dino_teacher_temp_warmup * total_steps)

@@ -47,7 +47,7 @@ def test_every_arm_is_a_config_the_engine_accepts_and_differs_from_the_recipe_as
     dino, _, _ = run.arm_config(domain, "DINO", 0, 2560, 3, tmp_path)
     pixels, _, _ = run.arm_config(domain, "pixel targets", 0, 2560, 3, tmp_path)
     plain, _, _ = run.arm_config(domain, "I-JEPA plain", 0, 2560, 3, tmp_path)
-    assert dino.meta.objective == "dino" and recipe.meta.objective == "ijepa"
+    assert dino.meta.objective == "dino" and dino.meta.dino_head_bn and recipe.meta.objective == "ijepa"
     assert pixels.meta.target == "pixels" and recipe.meta.target == "representations"
     assert recipe.meta.variance_weight > 0 and plain.meta.variance_weight == 0 == plain.meta.covariance_weight
 

@@ -27,7 +27,7 @@ from openjepa.data.augment import (
     solarize,
 )
 from openjepa.data.seeds import DINO_VIEWS, generator_for
-from openjepa.dino import CENTER_MOMENTUM, build_dino, dino_loss
+from openjepa.dino import CENTER_MOMENTUM, DINOHead, build_dino, dino_loss
 from openjepa.pretrain import param_groups, train
 
 HEAD = {"objective": "dino", "dino_out_dim": 32, "dino_hidden": 32}
@@ -272,7 +272,35 @@ def test_bad_dino_settings_are_one_line_config_errors(tmp_path, override, messag
 def test_dino_settings_are_refused_beside_ijepa(tmp_path):
     with pytest.raises(ConfigError, match="meta.dino_out_dim is a setting of meta.objective: dino"):
         tiny_config(tmp_path, meta={"dino_out_dim": 64})
+    with pytest.raises(ConfigError, match="meta.dino_head_bn is a setting of meta.objective: dino"):
+        tiny_config(tmp_path, meta={"dino_head_bn": True})
     assert tiny_config(tmp_path).meta.objective == "ijepa"
+
+
+def test_the_head_batch_norm_spreads_a_centred_teacher_over_images_whose_features_barely_differ():
+    """A fresh ViT's pooled features of small grey images differ by about 1% between images: the
+    plain head's centred, sharpened output is then uniform (loss ln K, no signal) and the normed
+    head's is not. The plain head keeps its state keys (checkpoints of earlier runs load)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 64) + 0.01 * torch.randn(32, 64)
+    plain, normed = DINOHead(64, 256, 128), DINOHead(64, 256, 128, batch_norm=True)
+    linears = [[m for m in head.mlp if isinstance(m, torch.nn.Linear)] for head in (plain, normed)]
+    for a, b in zip(*linears):  # the same linear layers and prototypes
+        b.load_state_dict(a.state_dict())
+    normed.prototypes.data.copy_(plain.prototypes)
+
+    def teacher_entropy(head):
+        with torch.no_grad():
+            logits = head(x)
+        p = torch.softmax((logits - logits.mean(0)) / 0.04, dim=-1)
+        return float(-(p * p.log()).sum(-1).mean())
+
+    assert teacher_entropy(plain) > math.log(256) - 0.01
+    assert teacher_entropy(normed) < math.log(256) - 0.5
+    assert [k for k in plain.state_dict() if k.startswith("mlp")] == [
+        f"mlp.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")
+    ]
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in normed.mlp) == 2
 
 
 # Runs on the engine.

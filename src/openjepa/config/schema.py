@@ -113,6 +113,10 @@ class MetaConfig:
     # DINO (meta.objective: dino; refused beside ijepa). The paper's head has 65536 prototypes.
     dino_out_dim: int = 4096  # prototypes K of the projection head
     dino_hidden: int = 2048  # the head's MLP width
+    # BatchNorm after the head's two hidden layers (the DINO code's use_bn_in_head; off in its ViT recipe). On
+    # small grey images a fresh ViT's pooled features barely differ between images, the centred teacher is then
+    # uniform from step 0 and DINO never leaves loss = ln K; the norm spreads the head's output across images.
+    dino_head_bn: bool = False
     dino_local_crops: int = 6  # local views per image besides the two global ones; 0: none
     dino_local_size: int = 0  # their side; 0 = 96/224 of data.crop_size, rounded to a multiple of mask.patch_size
     dino_teacher_temp: float = 0.07

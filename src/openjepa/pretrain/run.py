@@ -123,6 +123,8 @@ def _train(cfg: Config, dataset, world: World, max_steps: int | None, init: dict
     torch.manual_seed(meta.seed)
     build = build_dino if meta.objective == "dino" else build_ijepa  # meta.objective: the model, then its inputs
     model = build(cfg, schedules.total_steps).to(device)
+    if world.size > 1 and device.type == "cuda":  # a BatchNorm (DINO's head option) sees every GPU's batch
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if init is not None:
         load_init(model, init)
     elif meta.init_from or (meta.load_checkpoint and meta.read_checkpoint):
