@@ -25,7 +25,8 @@ The fit resumes from RUN/decoder when started again (its saved settings win over
   inside the blocks, mean over samples) than the control's;
 - ``probe``: linear probes (on pixels, and on the frozen target encoder's pooled features) trained
   on real training images, scored on real, reconstructed, imagined and control images;
-- ``spread``: the std across samples per pixel, inside the hidden blocks and outside them;
+- ``spread``: the std across samples per pixel, inside the hidden blocks and outside them (and in
+  the context alone, where the decoder is given the image's own features);
 - ``targets``: each against the issue's target (PSNR >= 20 dB, nearer >= 70%, imagined classified
   >= 10 points more often than control, spread inside >= 2x outside).
 """
@@ -137,11 +138,17 @@ def measure(imagined, labels, model, cfg, train_images, train_labels) -> dict:
     out["nearer_share"] = float((per_image["predicted"] < per_image["control"]).float().mean())
     if K > 1:
         spread = {}
+        inside = hidden[:, 0]
+        context = imagined.pixel_mask(imagined.context)[:, None].expand_as(inside)
         for name, x in samples.items():
             std = x.std(dim=1)  # [B, C, H, W]
-            inside = hidden[:, 0]
-            spread[name] = {"inside": float(std[inside].mean()), "outside": float(std[~inside].mean())}
+            spread[name] = {
+                "inside": float(std[inside].mean()),
+                "outside": float(std[~inside].mean()),
+                "context": float(std[context].mean()),
+            }
             spread[name]["ratio"] = spread[name]["inside"] / max(spread[name]["outside"], 1e-12)
+            spread[name]["ratio_to_context"] = spread[name]["inside"] / max(spread[name]["context"], 1e-12)
         out["spread"] = spread
     if (labels >= 0).all() and (train_labels >= 0).all():
         y = labels.repeat_interleave(K)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config
+from openjepa.data.seeds import DEC_FIGURE, generator_for
 from openjepa.data.transforms import prepare
 from openjepa.decoder import (
     DecoderSettings,
@@ -230,6 +231,11 @@ def test_imagined_samples_are_held_out_drawn_again_for_a_seed_and_differ_between
 
     first = draw(0)
     assert first.samples["target"].shape == (2, 3, 3, 16, 16) and first.pixel_mask().shape == (2, 16, 16)
+    g = generator_for(0, DEC_FIGURE, 0)  # each image's mask drawn alone: no context cut to the shortest
+    masks = [mask_sampler_for(cfg)(1, g) for _ in range(2)]
+    assert torch.equal(first.context, torch.cat([hidden_positions(c[:, None], 16) for c, _ in masks]))
+    assert torch.equal(first.hidden, torch.cat([hidden_positions(t, 16) for _, t in masks]))
+    assert not (first.context & first.hidden).any()
     for name, x in first.samples.items():
         assert torch.equal(x, draw(0).samples[name])
         assert (x[:, 0] - x[:, 1]).abs().mean() > 1e-4  # K samples of one condition differ

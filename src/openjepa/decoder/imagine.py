@@ -85,10 +85,13 @@ def imagine_images(
     chunk: int = 256,
 ) -> Imagined:
     """``samples`` decoded images per condition for each of ``images`` [B, C, H, W] in [0, 1], with
-    target blocks drawn by the run's ``sampler``; masks and noise are drawn from ``seed`` alone.
+    target blocks drawn by the run's ``sampler`` for each image alone (as one batch, every context
+    would be cut to the batch's shortest); masks and noise are drawn from ``seed`` alone.
     ``steps``, ``eta``, ``condition``: the decoder's settings (``DecoderSettings``)."""
-    context_idx, target_idx = sampler(len(images), generator_for(seed, DEC_FIGURE, 0))
-    grids = conditions(model, denoiser, images, mean, std, context_idx, target_idx, condition)
+    g = generator_for(seed, DEC_FIGURE, 0)
+    masks = [sampler(1, g) for _ in range(len(images))]  # each image its own mask (a batch's would cut every context)
+    per_image = [conditions(model, denoiser, images[i : i + 1], mean, std, *m, condition) for i, m in enumerate(masks)]
+    grids = {name: torch.cat([grid[name] for grid in per_image]) for name in CONDITIONS}
     denoiser = denoiser.to(next(iter(grids.values())).device)
     out = {}
     per_chunk = max(1, chunk // samples)
@@ -101,7 +104,6 @@ def imagine_images(
             drawn.append(((x.float().cpu() + 1) / 2).reshape(-1, samples, *images.shape[1:]))
         out[name] = torch.cat(drawn)
     tokens = grids["target"].size(1)
-    context = hidden_positions(context_idx[:, None], tokens)
-    return Imagined(
-        images, context, hidden_positions(target_idx, tokens), out, denoiser.grid, images.size(-1) // denoiser.grid[1]
-    )
+    context = torch.cat([hidden_positions(c[:, None], tokens) for c, _ in masks])
+    hidden = torch.cat([hidden_positions(t, tokens) for _, t in masks])
+    return Imagined(images, context, hidden, out, denoiser.grid, images.size(-1) // denoiser.grid[1])
