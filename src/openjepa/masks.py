@@ -318,6 +318,13 @@ SAMPLERS = {
 }
 
 
+def masks_per_image(sampler: MaskSampler, n: int, generator: torch.Generator | None = None) -> list:
+    """[(context_idx [1, Kc], target_idx [1, M, Kt])] for ``n`` images, each drawn alone from
+    ``generator``. One draw for a batch cuts every context to the batch's shortest (what training
+    needs: one tensor); a figure or a measurement shows each image with its own mask."""
+    return [sampler(1, generator) for _ in range(n)]
+
+
 def build_mask_sampler(name: str, grid: Grid, reference: bool = False, **options) -> MaskSampler:
     """A sampler by strategy name; ``reference=True`` (multiblock only) gives the reference
     repository's sampler. Unknown names or options raise MaskError (a ValueError) naming them."""

@@ -86,8 +86,9 @@ def test_imagination_keeps_context_and_truth_pixels(tmp_path):
     model.target_layers = 1
     sampler = build_mask_sampler("multiblock", (4, 4), min_keep=2)
     rows = imagine(model, images, cfg.data.mean, cfg.data.std, sampler, *bank, seed=0)
-    context_idx, target_idx = sampler(3, torch.Generator().manual_seed(0))
-    for (image, context, imagined, truth), ctx, tgt in zip(rows, context_idx, target_idx[:, 0]):
+    g = torch.Generator().manual_seed(0)  # each image's mask drawn alone
+    masks = [sampler(1, g) for _ in range(3)]
+    for (image, context, imagined, truth), (ctx, tgt) in zip(rows, ((c[0], t[0, 0]) for c, t in masks)):
         own, ctx_p, imag_p, truth_p = (image_patches(x[None], 4)[0] for x in (image, context, imagined, truth))
         assert torch.equal(ctx_p[ctx], own[ctx]) and torch.equal(imag_p[ctx], own[ctx])
         assert torch.equal(truth_p[tgt], own[tgt])

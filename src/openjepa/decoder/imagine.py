@@ -23,6 +23,7 @@ import torch
 
 from ..data.seeds import DEC_FIGURE, generator_for
 from ..data.transforms import prepare
+from ..masks import masks_per_image
 from ..models.diffusion import sample
 from .data import context_condition, fill_predictions, hidden_positions
 
@@ -88,8 +89,7 @@ def imagine_images(
     target blocks drawn by the run's ``sampler`` for each image alone (as one batch, every context
     would be cut to the batch's shortest); masks and noise are drawn from ``seed`` alone.
     ``steps``, ``eta``, ``condition``: the decoder's settings (``DecoderSettings``)."""
-    g = generator_for(seed, DEC_FIGURE, 0)
-    masks = [sampler(1, g) for _ in range(len(images))]  # each image its own mask (a batch's would cut every context)
+    masks = masks_per_image(sampler, len(images), generator_for(seed, DEC_FIGURE, 0))
     per_image = [conditions(model, denoiser, images[i : i + 1], mean, std, *m, condition) for i, m in enumerate(masks)]
     grids = {name: torch.cat([grid[name] for grid in per_image]) for name in CONDITIONS}
     denoiser = denoiser.to(next(iter(grids.values())).device)

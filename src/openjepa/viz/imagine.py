@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..data.transforms import prepare
 from ..ijepa import image_patches
+from ..masks import masks_per_image
 from .masks import to_rgb
 
 GREY = 0.5
@@ -50,15 +51,15 @@ def retrieve(bank: torch.Tensor, queries: torch.Tensor, chunk: int = 4096) -> to
 @torch.no_grad()
 def imagine(model, images: torch.Tensor, mean, std, sampler, bank_feats, bank_pixels, seed: int = 0) -> list:
     """For each image [C, H, W] in [0, 1]: (image, context, imagination, truth) as [C, H, W]
-    tensors; the first target block of a mask drawn by ``sampler`` from ``seed`` is the hole."""
+    tensors; the first target block of the image's own mask (``masks_per_image``: ``sampler``
+    from ``seed``) is the hole."""
     encoder = model.encoder
     grid, p = encoder.grid, encoder.patch_size
-    context_idx, target_idx = sampler(len(images), torch.Generator().manual_seed(seed))
-    block = target_idx[:, :1]
-    pred = model.forward_context(prepare(images, encoder, mean, std), context_idx, block)  # [B, 1, Kt, D]
-    found = retrieve(bank_feats, pred.flatten(0, 2)).reshape(len(images), -1)
     rows = []
-    for img, ctx, tgt, hit in zip(images, context_idx, block[:, 0], found):
+    for img, (ctx, tgt) in zip(images, masks_per_image(sampler, len(images), torch.Generator().manual_seed(seed))):
+        block = tgt[:, :1]
+        pred = model.forward_context(prepare(img[None], encoder, mean, std), ctx, block)  # [1, 1, Kt, D]
+        hit, ctx, tgt = retrieve(bank_feats, pred.flatten(0, 2)), ctx[0], block[0, 0]
         own = image_patches(img[None], p)[0]
         context = torch.full_like(own, GREY)
         context[ctx] = own[ctx]
